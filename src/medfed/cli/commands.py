@@ -1,0 +1,221 @@
+"""What each ``medfed`` sub-command does."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from medfed.core.errors import ConfigError, JobError, MedfedError
+
+log = logging.getLogger("medfed")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    handler = {
+        "demo": _demo,
+        "provision": _provision,
+        "coordinator": _coordinator,
+        "node": _node,
+        "job": _job,
+    }[args.command]
+    return handler(args)
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from medfed.cli.demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(workdir=args.workdir, rounds=args.rounds, strategy=args.strategy, report=args.report))
+
+
+# --- provision -----------------------------------------------------------------------------
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from medfed.security.plan import parse_plan
+    from medfed.security.provision import add_site, add_user, provision, revoke
+
+    out: Path = args.out
+    if args.add_site:
+        ident = add_site(out, args.add_site)
+        print(f"issued site {ident.name!r} (serial {ident.serial:x}); kit in {out / 'sites' / ident.name}")
+    elif args.add_user:
+        if not args.role:
+            raise ConfigError("--add-user needs --role researcher|admin")
+        ident = add_user(out, args.add_user, args.role)
+        print(f"issued {args.role} {ident.name!r} (serial {ident.serial:x}); kit in {out / 'users' / ident.name}")
+    elif args.revoke:
+        ident = revoke(out, args.revoke)
+        print(f"revoked {ident.name!r} (serial {ident.serial:x}); CRL rewritten in {out / 'coordinator' / 'crl.pem'}")
+    else:
+        if args.plan is None:
+            raise ConfigError("give a federation plan (TOML), or one of --add-site, --add-user, --revoke")
+        from medfed.cli.config import read_toml
+
+        read_toml(args.plan)  # a clear error for a missing or malformed file
+        result = provision(parse_plan(args.plan.read_text(), source_name=str(args.plan)), out)
+        print(f"federation {result.federation!r} provisioned in {result.root}")
+    return 0
+
+
+# --- coordinator ---------------------------------------------------------------------------
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(3600):
+        pass
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    from medfed.cli.config import load_server_tls
+    from medfed.coordinator.app import start_coordinator
+    from medfed.coordinator.service import CoordinatorSettings
+    from medfed.report.html import write_job_report
+
+    tls, crl = load_server_tls(args.kit)
+    state: Path = args.state
+
+    def report(job_id: str, view: dict[str, Any]) -> None:
+        path = write_job_report(view, state / "reports" / f"{job_id}.html")
+        log.info("job %s finished (%s); report %s", job_id, view["state"], path)
+
+    settings = CoordinatorSettings(state_dir=state, heartbeat_interval_s=args.heartbeat)
+    proc = start_coordinator(settings, address=args.listen, tls=tls, crl_path=crl, on_job_finished=report)
+    print(f"coordinator ready on port {proc.port}", flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        proc.stop()
+    return 0
+
+
+# --- node ----------------------------------------------------------------------------------
+
+
+def _node(args: argparse.Namespace) -> int:
+    from medfed.cli.config import load_node_config
+
+    cfg = load_node_config(args.config)
+    if args.action == "check":
+        return _node_check(cfg)
+    from medfed.node.runtime import NodeRuntime
+    from medfed.transport.grpc_client import GrpcCoordinatorLink
+
+    problems = _identity_problems(cfg.tls.cert_pem, cfg.tls.ca_pem)
+    if problems:
+        raise ConfigError(f"{args.config}: this site's certificate would be refused: " + "; ".join(problems))
+    runtime = NodeRuntime(cfg.settings, GrpcCoordinatorLink(cfg.coordinator, cfg.tls))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: runtime.stop())
+    print(f"node {cfg.settings.site} dialling {cfg.coordinator}", flush=True)
+    runtime.run()
+    return 0
+
+
+def _identity_problems(cert_pem: bytes, ca_pem: bytes) -> list[str]:
+    from medfed.crypto.pki import check_identity
+
+    return check_identity(cert_pem, ca_pem, now=dt.datetime.now(dt.UTC))
+
+
+def _node_check(cfg: Any) -> int:
+    from medfed.data.tabular import load_csv_dataset
+    from medfed.transport.api import Hello
+    from medfed.transport.grpc_client import GrpcCoordinatorLink
+
+    ok = True
+    problems = _identity_problems(cfg.tls.cert_pem, cfg.tls.ca_pem)
+    print(f"certificate: {'ok' if not problems else '; '.join(problems)}")
+    ok &= not problems
+    for name, ds in cfg.settings.datasets.items():
+        try:
+            data = load_csv_dataset(ds.path, label=ds.label)
+            print(f"dataset {name}: ok ({len(data.y_train)} train / {len(data.y_test)} test rows, {data.n_features} features)")
+        except MedfedError as exc:
+            ok = False
+            print(f"dataset {name}: {exc}")
+    link = GrpcCoordinatorLink(cfg.coordinator, cfg.tls, timeout_s=5.0)
+    try:
+        welcome = link.register(Hello(version="check", datasets=tuple(cfg.settings.datasets)))
+        print(f"coordinator {cfg.coordinator}: ok (we are {welcome.site!r})")
+    except MedfedError as exc:
+        ok = False
+        print(f"coordinator {cfg.coordinator}: {exc}")
+    finally:
+        link.close()
+    return 0 if ok else 1
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from medfed.cli.config import load_client_config
+    from medfed.transport.grpc_client import ResearcherClient
+
+    path = args.config or Path(os.environ.get("MEDFED_CLIENT_CONFIG", "client.toml"))
+    cfg = load_client_config(Path(path))
+    return ResearcherClient(cfg.coordinator, cfg.tls)
+
+
+def _job(args: argparse.Namespace) -> int:
+    from medfed.cli.views import print_job, print_job_list, watch_job
+
+    client = _client(args)
+    try:
+        if args.action == "submit":
+            try:
+                text = args.spec.read_text()
+            except OSError as exc:
+                raise ConfigError(f"{args.spec}: {exc.strerror or exc}") from None
+            view = client.submit_job(text, str(args.spec))
+            print(f"job {view['job_id']} submitted ({view['name']}, spec sha256 {view['spec_hash'][:12]})")
+            if args.watch:
+                return _exit_for(watch_job(client, view["job_id"]))
+        elif args.action == "status":
+            print_job(client.get_job(args.job_id), detail=False)
+        elif args.action == "watch":
+            return _exit_for(watch_job(client, args.job_id))
+        elif args.action == "cancel":
+            print_job(client.cancel_job(args.job_id), detail=False)
+        elif args.action == "list":
+            print_job_list(client.list_jobs())
+        elif args.action == "result":
+            view = client.get_job(args.job_id)
+            if args.json:
+                print(json.dumps(view, indent=2, sort_keys=True))
+            else:
+                print_job(view, detail=True)
+            if args.out:
+                _save_model(client, args.job_id, args.out)
+    finally:
+        client.close()
+    return 0
+
+
+def _save_model(client: Any, job_id: str, out: Path) -> None:
+    from medfed.coordinator.checkpoints import save_model
+
+    digest = save_model(out, client.fetch_model(job_id))
+    print(f"model written to {out} (sha256 {digest[:16]}…)")
+
+
+def _exit_for(view: dict[str, Any]) -> int:
+    if view["state"] == "completed":
+        return 0
+    raise JobError(f"job {view['job_id']} {view['state']}: {view.get('error', '')}")
+
+
+__all__ = ["dispatch"]

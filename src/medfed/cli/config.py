@@ -1,0 +1,128 @@
+"""The only place that reads configuration files and environment variables.
+
+``site.toml`` (a node), ``client.toml`` (a person) and the coordinator's startup kit become frozen
+settings here; everything below receives values, never paths to configuration.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medfed.core.errors import ConfigError
+from medfed.node.runtime import DatasetConfig, NodeSettings
+from medfed.transport.grpc_client import ClientTls
+from medfed.transport.grpc_server import ServerTls
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def read_pem(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN" not in data:
+        raise ConfigError(f"{what} {path} is not a PEM file")
+    return data
+
+
+def _table(doc: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    table = doc.get(key)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: missing [{key}] table")
+    return table
+
+
+def _tls_paths(doc: dict[str, Any], path: Path) -> tuple[Path, Path, Path]:
+    tls = _table(doc, "tls", path)
+    missing = [k for k in ("ca", "cert", "key") if not isinstance(tls.get(k), str)]
+    if missing:
+        raise ConfigError(f"{path}: [tls] needs {missing} (paths, relative to the file)")
+    base = path.parent
+    return base / tls["ca"], base / tls["cert"], base / tls["key"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    settings: NodeSettings
+    coordinator: str
+    tls: ClientTls
+    log_file: Path | None
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    """Parse a ``site.toml``: ``[site]``, ``[tls]``, ``[datasets.<name>]``, optional ``[node]``."""
+    doc = read_toml(path)
+    site = _table(doc, "site", path)
+    name, target = site.get("name"), site.get("coordinator")
+    if not isinstance(name, str) or not isinstance(target, str):
+        raise ConfigError(f"{path}: [site] needs name and coordinator = \"host:port\"")
+    ca, cert, key = _tls_paths(doc, path)
+    datasets: dict[str, DatasetConfig] = {}
+    for ds_name, ds in (doc.get("datasets") or {}).items():
+        if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):
+            raise ConfigError(f"{path}: [datasets.{ds_name}] needs path = \"<directory with train.csv, test.csv>\"")
+        fmt = ds.get("kind", ds.get("format", "csv"))
+        if fmt != "csv":
+            raise ConfigError(f"{path}: datasets.{ds_name}.kind {fmt!r} is not supported here (allowed: ['csv'])")
+        datasets[ds_name] = DatasetConfig(name=ds_name, path=path.parent / ds["path"], label=str(ds.get("label", "label")))
+    node = doc.get("node") or {}
+    settings = NodeSettings(
+        site=name,
+        datasets=datasets,
+        poll_wait_s=float(node.get("poll_wait_s", 10.0)),
+        backoff_max_s=float(node.get("backoff_max_s", 10.0)),
+    )
+    tls = ClientTls(
+        ca_pem=read_pem(ca, "CA certificate"),
+        cert_pem=read_pem(cert, "certificate"),
+        key_pem=read_pem(key, "private key"),
+        server_name=str(site.get("server_name", "")),
+    )
+    log_file = node.get("log_file")
+    return NodeConfig(settings=settings, coordinator=target, tls=tls, log_file=path.parent / log_file if log_file else None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    name: str
+    coordinator: str
+    tls: ClientTls
+
+
+def load_client_config(path: Path) -> ClientConfig:
+    """Parse a person's ``client.toml``: ``[client] name, coordinator`` and ``[tls]``."""
+    doc = read_toml(path)
+    client = doc.get("client") or doc.get("user") or {}
+    target = client.get("coordinator")
+    if not isinstance(target, str):
+        raise ConfigError(f"{path}: [client] needs coordinator = \"host:port\"")
+    ca, cert, key = _tls_paths(doc, path)
+    tls = ClientTls(
+        ca_pem=read_pem(ca, "CA certificate"),
+        cert_pem=read_pem(cert, "certificate"),
+        key_pem=read_pem(key, "private key"),
+        server_name=str(client.get("server_name", "")),
+    )
+    return ClientConfig(name=str(client.get("name", "")), coordinator=target, tls=tls)
+
+
+def load_server_tls(kit: Path) -> tuple[ServerTls, Path | None]:
+    """The coordinator's identity from its startup kit directory, and its CRL path if present."""
+    tls = ServerTls(
+        ca_pem=read_pem(kit / "ca.pem", "CA certificate"),
+        cert_pem=read_pem(kit / "cert.pem", "coordinator certificate"),
+        key_pem=read_pem(kit / "key.pem", "coordinator private key"),
+    )
+    crl = kit / "crl.pem"
+    return tls, crl if crl.exists() else None

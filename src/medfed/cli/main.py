@@ -1,0 +1,90 @@
+"""``medfed``: the command line. Parses arguments, loads configuration, calls the layers below.
+
+Exit codes: 0 success, 1 a medfed error (message on stderr), 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from medfed import __version__
+from medfed.core.errors import MedfedError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medfed", description="Federated learning for healthcare sites.")
+    p.add_argument("--version", action="version", version=f"medfed {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the four-hospital Fed-Heart-Disease demo federation")
+    demo.add_argument("--workdir", type=Path, help="keep the federation here (default: a temporary directory)")
+    demo.add_argument("--rounds", type=int, default=15)
+    demo.add_argument("--strategy", default="", help="override the demo's strategy (default: tuned best)")
+    demo.add_argument("--report", type=Path, default=Path("medfed-demo-report.html"))
+
+    prov = sub.add_parser("provision", help="create a federation's PKI and startup kits, or change it")
+    prov.add_argument("plan", type=Path, nargs="?", help="federation plan (TOML) for a new federation")
+    prov.add_argument("--out", type=Path, required=True, help="the federation directory")
+    change = prov.add_mutually_exclusive_group()
+    change.add_argument("--add-site", metavar="NAME", help="issue a kit for a new site")
+    change.add_argument("--add-user", metavar="NAME", help="issue a kit for a person (needs --role)")
+    change.add_argument("--revoke", metavar="NAME", help="revoke a site's or person's certificate")
+    prov.add_argument("--role", choices=["researcher", "admin"], help="role for --add-user")
+
+    coord = sub.add_parser("coordinator", help="run the coordinator")
+    csub = coord.add_subparsers(dest="action", required=True)
+    cstart = csub.add_parser("start")
+    cstart.add_argument("--kit", type=Path, required=True, help="the coordinator's startup kit directory")
+    cstart.add_argument("--state", type=Path, required=True, help="state directory (SQLite, checkpoints, reports)")
+    cstart.add_argument("--listen", default="127.0.0.1:50443", help="host:port for nodes and people (mTLS)")
+    cstart.add_argument("--heartbeat", type=float, default=5.0, help="node heartbeat interval in seconds")
+
+    node = sub.add_parser("node", help="run or check a site's node")
+    nsub = node.add_subparsers(dest="action", required=True)
+    for name in ("start", "check"):
+        n = nsub.add_parser(name)
+        n.add_argument("--config", type=Path, required=True, help="the site's site.toml")
+
+    job = sub.add_parser("job", help="submit and follow jobs")
+    jsub = job.add_subparsers(dest="action", required=True)
+    submit = jsub.add_parser("submit")
+    submit.add_argument("spec", type=Path)
+    submit.add_argument("--watch", action="store_true")
+    for name in ("status", "watch", "cancel"):
+        j = jsub.add_parser(name)
+        j.add_argument("job_id")
+    result = jsub.add_parser("result")
+    result.add_argument("job_id")
+    result.add_argument("--out", type=Path, help="write the final model here (.npz, no pickle)")
+    result.add_argument("--json", action="store_true", help="print the full job view as JSON")
+    jsub.add_parser("list")
+    for j in (submit, result, *(jsub.choices[n] for n in ("status", "watch", "cancel", "list"))):
+        j.add_argument("--config", type=Path, help="client.toml (default: $MEDFED_CLIENT_CONFIG or ./client.toml)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        from medfed.cli import commands
+
+        return commands.dispatch(args)
+    except MedfedError as exc:
+        print(f"medfed: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Run a coordinator process: the store, the job runners and the mTLS gRPC service."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from medfed.core.errors import AuthenticationError, ValidationError
+from medfed.coordinator.service import Coordinator, CoordinatorSettings
+from medfed.crypto.pki import load_crl
+from medfed.transport.api import JobViewDict
+from medfed.transport.grpc_server import ServerTls, serve
+
+log = logging.getLogger(__name__)
+
+
+class CrlWatcher:
+    """Revoked serials from a CRL file, reloaded when the file changes (checked on each call).
+
+    A CRL that fails its signature check is refused and the last good list stays in force.
+    """
+
+    def __init__(self, path: Path | None, ca_pem: bytes) -> None:
+        self._path, self._ca = path, ca_pem
+        self._stamp: tuple[float, int] | None = None
+        self._revoked: frozenset[int] = frozenset()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> frozenset[int]:
+        if self._path is None:
+            return self._revoked
+        try:
+            st = self._path.stat()
+        except FileNotFoundError:
+            return self._revoked
+        stamp = (st.st_mtime, st.st_size)
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    self._revoked = load_crl(self._path.read_bytes(), self._ca)
+                    log.info("loaded CRL %s: %d revoked serial(s)", self._path, len(self._revoked))
+                except (AuthenticationError, ValidationError, OSError) as exc:
+                    log.error("refused CRL %s: %s (keeping the previous list)", self._path, exc)
+                self._stamp = stamp
+            return self._revoked
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoordinatorProcess:
+    coordinator: Coordinator
+    server: grpc.Server
+    port: int
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        self.coordinator.stop()
+        self.server.stop(grace_s).wait(grace_s + 1)
+
+
+def start_coordinator(
+    settings: CoordinatorSettings,
+    *,
+    address: str,
+    tls: ServerTls,
+    crl_path: Path | None,
+    on_job_finished: Callable[[str, JobViewDict], None] | None = None,
+) -> CoordinatorProcess:
+    """Open the store, resume unfinished jobs, and listen on ``address`` (mTLS only)."""
+    coordinator = Coordinator(settings, on_job_finished=on_job_finished)
+    server, port = serve(coordinator, address=address, tls=tls, revoked=CrlWatcher(crl_path, tls.ca_pem))
+    coordinator.start()
+    log.info("coordinator listening on %s (mutual TLS), state in %s", address.rsplit(":", 1)[0] + f":{port}", settings.state_dir)
+    return CoordinatorProcess(coordinator=coordinator, server=server, port=port)

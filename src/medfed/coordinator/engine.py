@@ -1,0 +1,206 @@
+"""The round loop of one job: dispatch, wait (deadline, dropouts), aggregate, checkpoint, resume."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from medfed.aggregation.base import Strategy
+from medfed.core.errors import JobError, MedfedError
+from medfed.core.params import Parameters
+from medfed.core.records import JobSpec, JobState, RoundRecord, Scalar, TaskKind, TaskMessage
+from medfed.coordinator.checkpoints import load_checkpoint, save_checkpoint, save_model
+from medfed.coordinator.nodes import NodeRegistry
+from medfed.coordinator.rounds import RoundInProgress, RoundKey
+from medfed.coordinator.store import Store
+from medfed.learn.base import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobContext:
+    """What a runner needs besides its spec."""
+
+    job_id: str
+    store: Store
+    nodes: NodeRegistry
+    state_dir: Path
+    rounds_by_task: dict[str, RoundInProgress]  # shared index: task_id -> open round
+    lock: threading.Lock
+    on_finish: Callable[[str], None]
+
+
+class JobRunner(threading.Thread):
+    """Runs (or resumes) one job to the end in its own thread."""
+
+    def __init__(self, spec: JobSpec, strategy: Strategy, task: Task, ctx: JobContext) -> None:
+        super().__init__(name=f"job-{ctx.job_id}", daemon=True)
+        self.spec, self.strategy, self.task, self.ctx = spec, strategy, task, ctx
+        self.cancelled = threading.Event()
+
+    # --- entry -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        store, job_id = self.ctx.store, self.ctx.job_id
+        store.set_job_state(job_id, JobState.RUNNING)
+        try:
+            self._run_rounds()
+        except _Cancelled:
+            store.set_job_state(job_id, JobState.CANCELLED, error="cancelled by a user")
+        except MedfedError as exc:
+            log.error("job %s failed: %s", job_id, exc)
+            store.set_job_state(job_id, JobState.FAILED, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must fail the job visibly, not kill the thread silently
+            log.exception("job %s crashed", job_id)
+            store.set_job_state(job_id, JobState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            store.set_job_state(job_id, JobState.COMPLETED)
+        self.ctx.on_finish(job_id)
+
+    def _checkpoint_path(self, rnd: int) -> Path:
+        return self.ctx.state_dir / "checkpoints" / self.ctx.job_id / f"round-{rnd:05d}.npz"
+
+    def _start_point(self) -> tuple[int, Parameters, Parameters]:
+        ck = self.ctx.store.latest_checkpoint(self.ctx.job_id)
+        if ck is not None:
+            rnd, path, digest = ck
+            params, state = load_checkpoint(Path(path), digest)
+            log.info("job %s resumes after round %d", self.ctx.job_id, rnd)
+            return rnd, params, state
+        params = self.task.init_parameters(dict(self.spec.task_options), self.spec.seed)
+        state = self.strategy.initial_state(params)
+        path = self._checkpoint_path(0)
+        digest = save_checkpoint(path, params, state)
+        self.ctx.store.add_checkpoint(self.ctx.job_id, 0, str(path), digest)
+        return 0, params, state
+
+    def _run_rounds(self) -> None:
+        done, params, state = self._start_point()
+        for rnd in range(done + 1, self.spec.rounds + 1):
+            round_ = self._round_with_retries(rnd, TaskKind.FIT, params)
+            assert round_.mean is not None  # noqa: S101 - FIT rounds always carry a mean
+            new_params, state = self.strategy.aggregate(rnd, params, round_.mean.result(), state)
+            params.check_like(new_params, where=f"strategy {self.spec.strategy.name!r}, round {rnd}")
+            params = new_params
+            path = self._checkpoint_path(rnd)
+            digest = save_checkpoint(path, params, state)
+            self._record(round_, rnd, checkpoint=(str(path), digest))
+        final = self._round_with_retries(self.spec.rounds + 1, TaskKind.EVALUATE, params)
+        self._record(final, self.spec.rounds + 1, checkpoint=None)
+        save_model(self.ctx.state_dir / "models" / f"{self.ctx.job_id}.npz", params)
+
+    def _record(self, round_: RoundInProgress, rnd: int, *, checkpoint: tuple[str, str] | None) -> None:
+        record = RoundRecord(
+            job_id=self.ctx.job_id,
+            round=rnd,
+            kind=round_.key.kind,
+            sites=round_.site_metrics(),
+            aggregated=round_.aggregated_metrics(),
+            duration_s=round_.duration_s,
+        )
+        self.ctx.store.complete_round(record, checkpoint=checkpoint)
+
+    # --- one round -------------------------------------------------------------------------
+
+    def _round_with_retries(self, rnd: int, kind: TaskKind, params: Parameters) -> RoundInProgress:
+        """Run a round; retry it (new tasks) while sites went missing, up to the policy's limit.
+
+        When every asked site answered and too few succeeded, the errors are deterministic (a
+        missing dataset, a bad configuration): retrying would only repeat them.
+        """
+        policy = self.spec.policy
+        for attempt in range(policy.max_round_retries + 1):
+            round_ = self._run_round(RoundKey(job_id=self.ctx.job_id, round=rnd, kind=kind, attempt=attempt), params)
+            if len(round_.ok_sites) >= policy.min_nodes:
+                return round_
+            errors = "; ".join(f"{s}: {m.error}" for s, m in sorted(round_.results.items()) if m.error)
+            missing = sorted(round_.pending)
+            reason = (
+                f"{len(round_.ok_sites)} of min_nodes={policy.min_nodes} sites succeeded (attempt {attempt + 1})"
+                + (f"; errors: {errors}" if errors else "")
+                + (f"; no answer from {missing}" if missing else "")
+                + ("" if round_.sites else "; no eligible site online")
+            )
+            log.warning("job %s round %d: %s", self.ctx.job_id, rnd, reason)
+            if round_.sites and not missing:
+                break
+        raise JobError(f"round {rnd} ({kind.value}) failed: {reason}")
+
+    def _eligible_sites(self) -> list[str]:
+        online = self.ctx.nodes.online()
+        if self.spec.sites:
+            return [n.site for n in online if n.site in self.spec.sites]
+        return [n.site for n in online if not n.datasets or self.spec.dataset in n.datasets]
+
+    def _wait_for_sites(self, deadline: float) -> list[str]:
+        cond = self.ctx.nodes.cond
+        with cond:
+            while True:
+                self._check_cancel()
+                sites = self._eligible_sites()
+                if len(sites) >= self.spec.policy.min_nodes or time.monotonic() >= deadline:
+                    return sites
+                cond.wait(min(1.0, max(deadline - time.monotonic(), 0.0)))
+
+    def _run_round(self, key: RoundKey, params: Parameters) -> RoundInProgress:
+        started = time.monotonic()
+        deadline = started + self.spec.policy.deadline_s
+        sites = self._wait_for_sites(deadline)
+        config = dict(self.spec.task_options)
+        if key.kind is TaskKind.FIT:
+            config |= self.strategy.fit_config(key.round)
+        tasks = {uuid.uuid4().hex: site for site in sites}
+        round_ = RoundInProgress(key, tasks, params)
+        with self.ctx.lock:
+            self.ctx.rounds_by_task.update({tid: round_ for tid in tasks})
+        for task_id, site in tasks.items():
+            self.ctx.nodes.enqueue(site, self._task(task_id, key, config, params))
+        try:
+            self._await(round_, deadline)
+        finally:
+            round_.close()
+            self.ctx.nodes.withdraw(set(tasks))
+            with self.ctx.lock:
+                for tid in tasks:
+                    self.ctx.rounds_by_task.pop(tid, None)
+        round_.duration_s = time.monotonic() - started
+        return round_
+
+    def _task(self, task_id: str, key: RoundKey, config: dict[str, Scalar], params: Parameters) -> TaskMessage:
+        return TaskMessage(
+            task_id=task_id, job_id=key.job_id, round=key.round, kind=key.kind, task=self.spec.task,
+            dataset=self.spec.dataset, seed=self.spec.seed * 1_000_003 + key.round, config=config, parameters=params,
+        )
+
+    def _await(self, round_: RoundInProgress, deadline: float) -> None:
+        """Wait until every asked site answered, the deadline passed, or the rest went silent."""
+        cond = self.ctx.nodes.cond
+        with cond:
+            while True:
+                self._check_cancel()
+                pending = round_.pending
+                if not pending:
+                    return
+                if all(not self.ctx.nodes.alive(s) for s in pending):
+                    log.warning("round %d: %s stopped heartbeating", round_.key.round, sorted(pending))
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("round %d: deadline passed waiting for %s", round_.key.round, sorted(pending))
+                    return
+                cond.wait(min(remaining, self.ctx.nodes.stale_after_s / 2))
+
+    def _check_cancel(self) -> None:
+        if self.cancelled.is_set():
+            raise _Cancelled
+
+
+class _Cancelled(Exception):
+    pass
+

@@ -1,0 +1,97 @@
+"""Who is connected, and the per-site task mailboxes nodes long-poll."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from medfed.core.records import TaskMessage
+from medfed.transport.api import Hello
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeInfo:
+    site: str
+    version: str
+    datasets: tuple[str, ...]
+    tasks: tuple[str, ...]
+    last_seen: float
+
+
+class NodeRegistry:
+    """Liveness by heartbeat and a FIFO mailbox per site, behind one condition variable.
+
+    A node is *alive* while its last contact (register, heartbeat, poll) is younger than
+    ``stale_after_s``. Waiting is event-driven: producers notify the condition.
+    """
+
+    def __init__(self, *, stale_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stale_after_s = stale_after_s
+        self._clock = clock
+        self._nodes: dict[str, NodeInfo] = {}
+        self._queues: dict[str, deque[TaskMessage]] = {}
+        self.cond = threading.Condition()
+
+    def register(self, site: str, hello: Hello) -> None:
+        with self.cond:
+            self._nodes[site] = NodeInfo(
+                site=site, version=hello.version, datasets=hello.datasets, tasks=hello.tasks, last_seen=self._clock()
+            )
+            self._queues.setdefault(site, deque())
+            self.cond.notify_all()
+
+    def touch(self, site: str) -> bool:
+        """Record contact; False if the site never registered with this coordinator."""
+        with self.cond:
+            info = self._nodes.get(site)
+            if info is None:
+                return False
+            self._nodes[site] = replace(info, last_seen=self._clock())
+            return True
+
+    def alive(self, site: str) -> bool:
+        with self.cond:
+            info = self._nodes.get(site)
+            return info is not None and self._clock() - info.last_seen < self.stale_after_s
+
+    def online(self) -> list[NodeInfo]:
+        with self.cond:
+            now = self._clock()
+            return sorted(
+                (n for n in self._nodes.values() if now - n.last_seen < self.stale_after_s), key=lambda n: n.site
+            )
+
+    def all(self) -> list[NodeInfo]:
+        with self.cond:
+            return sorted(self._nodes.values(), key=lambda n: n.site)
+
+    def enqueue(self, site: str, task: TaskMessage) -> None:
+        with self.cond:
+            self._queues.setdefault(site, deque()).append(task)
+            self.cond.notify_all()
+
+    def withdraw(self, task_ids: set[str]) -> None:
+        """Remove tasks that were not picked up yet (their round closed)."""
+        with self.cond:
+            for site, queue in self._queues.items():
+                self._queues[site] = deque(t for t in queue if t.task_id not in task_ids)
+
+    def take(self, site: str, wait_s: float) -> TaskMessage | None:
+        """Next task for ``site``, waiting up to ``wait_s`` seconds for one."""
+        deadline = self._clock() + wait_s
+        with self.cond:
+            while True:
+                queue = self._queues.setdefault(site, deque())
+                if queue:
+                    return queue.popleft()
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return None
+                self.cond.wait(remaining)
+
+    def notify(self) -> None:
+        with self.cond:
+            self.cond.notify_all()

@@ -1,0 +1,204 @@
+"""The coordinator: implements the transport's CoordinatorAPI over a store, a node registry and
+one runner thread per job. It never dials a node: nodes poll it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medfed import __version__
+from medfed.aggregation.strategies import make_strategy
+from medfed.core.config import parse_job_spec
+from medfed.core.errors import JobError, PermissionDenied, RegistryError, StoreError, ValidationError
+from medfed.core.params import Parameters
+from medfed.core.records import JobState, ResultMessage, Role
+from medfed.coordinator.checkpoints import load_checkpoint
+from medfed.coordinator.engine import JobContext, JobRunner
+from medfed.coordinator.nodes import NodeRegistry
+from medfed.coordinator.rounds import RoundInProgress
+from medfed.coordinator.store import JobRow, Store
+from medfed.coordinator.views import job_view
+from medfed.learn.base import Task
+from medfed.learn.registry import load_task
+from medfed.transport.api import Hello, JobViewDict, Peer, PollOutcome, Welcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoordinatorSettings:
+    state_dir: Path
+    heartbeat_interval_s: float = 5.0
+    stale_after_heartbeats: float = 3.0
+    poll_retry_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval_s <= 0:
+            raise ValidationError(f"heartbeat_interval_s must be > 0, got {self.heartbeat_interval_s}")
+
+
+class Coordinator:
+    """Jobs, rounds and aggregation; the object behind the gRPC service (or the in-memory twin)."""
+
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        *,
+        task_loader: Callable[[str], Task] = load_task,
+        on_job_finished: Callable[[str, JobViewDict], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = Store(settings.state_dir / "coordinator.sqlite")
+        self.nodes = NodeRegistry(stale_after_s=settings.heartbeat_interval_s * settings.stale_after_heartbeats)
+        self._task_loader = task_loader
+        self._on_job_finished = on_job_finished
+        self._rounds_by_task: dict[str, RoundInProgress] = {}
+        self._lock = threading.Lock()
+        self._runners: dict[str, JobRunner] = {}
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Resume jobs that were running (or pending) when the coordinator last stopped."""
+        for row in self.store.jobs(state=JobState.RUNNING) + self.store.jobs(state=JobState.PENDING):
+            log.info("resuming job %s (%s) after round %d", row.job_id, row.name, row.completed_round)
+            try:
+                self._launch(row)
+            except (RegistryError, ValidationError, StoreError) as exc:
+                self.store.set_job_state(row.job_id, JobState.FAILED, error=f"cannot resume: {exc}")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        for runner in list(self._runners.values()):
+            runner.cancelled.set()
+        self.nodes.notify()
+        for runner in list(self._runners.values()):
+            runner.join(timeout_s)
+
+    def wait_job(self, job_id: str, timeout_s: float) -> JobViewDict:
+        """Block until the job finishes (or the timeout); return its view."""
+        runner = self._runners.get(job_id)
+        if runner is not None:
+            runner.join(timeout_s)
+        return job_view(self.store, self._row(job_id), detail=True)
+
+    def _launch(self, row: JobRow) -> None:
+        spec = parse_job_spec(row.spec_toml, source_name=f"job {row.job_id}")
+        strategy = make_strategy(spec.strategy)
+        task = self._task_loader(spec.task)
+        ctx = JobContext(
+            job_id=row.job_id,
+            store=self.store,
+            nodes=self.nodes,
+            state_dir=self.settings.state_dir,
+            rounds_by_task=self._rounds_by_task,
+            lock=self._lock,
+            on_finish=self._finished,
+        )
+        runner = JobRunner(spec, strategy, task, ctx)
+        self._runners[row.job_id] = runner
+        runner.start()
+
+    def _finished(self, job_id: str) -> None:
+        if self._on_job_finished is not None:
+            try:
+                self._on_job_finished(job_id, job_view(self.store, self._row(job_id), detail=True))
+            except Exception:  # noqa: BLE001 - a report failure must not take the coordinator down
+                log.exception("job %s: finishing hook failed", job_id)
+
+    # --- node-facing -----------------------------------------------------------------------
+
+    def register(self, peer: Peer, hello: Hello) -> Welcome:
+        self.nodes.register(peer.name, hello)
+        self.store.touch_node(peer.name, version=hello.version, datasets=hello.datasets)
+        log.info("site %s registered (version %s, datasets %s)", peer.name, hello.version, list(hello.datasets))
+        return Welcome(
+            site=peer.name, heartbeat_interval_s=self.settings.heartbeat_interval_s, coordinator_version=__version__
+        )
+
+    def heartbeat(self, peer: Peer) -> bool:
+        return self.nodes.touch(peer.name)
+
+    def poll(self, peer: Peer, wait_s: float) -> PollOutcome:
+        if not self.nodes.touch(peer.name):
+            raise ValidationError(f"site {peer.name!r} must register before polling")
+        task = self.nodes.take(peer.name, wait_s)
+        self.nodes.touch(peer.name)
+        if task is None:
+            return PollOutcome(retry_after_s=self.settings.poll_retry_s)
+        return PollOutcome(task=task)
+
+    def submit(self, peer: Peer, result: ResultMessage) -> None:
+        self.nodes.touch(peer.name)
+        with self._lock:
+            round_ = self._rounds_by_task.get(result.task_id)
+        if round_ is None:
+            raise ValidationError(
+                f"result from site {peer.name!r} for task {result.task_id!r} (job {result.job_id}, round "
+                f"{result.round}) arrived after its round closed or for an unknown task"
+            )
+        try:
+            round_.accept(result)
+        finally:
+            self.nodes.notify()
+
+    # --- people-facing ---------------------------------------------------------------------
+
+    def submit_job(self, peer: Peer, spec_toml: str, source_name: str) -> JobViewDict:
+        spec = parse_job_spec(spec_toml, source_name=source_name or "<job>")
+        make_strategy(spec.strategy)  # refuse unknown strategies and bad options now, not later
+        self._task_loader(spec.task)
+        job_id = uuid.uuid4().hex[:12]
+        self.store.add_job(
+            job_id=job_id, name=spec.name, owner=peer.name, spec_toml=spec_toml, spec_hash=spec.spec_hash, rounds=spec.rounds
+        )
+        log.info("job %s (%s) submitted by %s, spec sha256 %s", job_id, spec.name, peer.name, spec.spec_hash[:12])
+        row = self._row(job_id)
+        self._launch(row)
+        return job_view(self.store, row, detail=False)
+
+    def _row(self, job_id: str) -> JobRow:
+        row = self.store.job(job_id)
+        if row is None:
+            raise JobError(f"no job with id {job_id!r}")
+        return row
+
+    def _owned(self, peer: Peer, job_id: str) -> JobRow:
+        row = self._row(job_id)
+        if peer.role is not Role.ADMIN and row.owner != peer.name:
+            raise PermissionDenied(f"job {job_id} belongs to {row.owner!r}, not {peer.name!r}")
+        return row
+
+    def get_job(self, peer: Peer, job_id: str) -> JobViewDict:
+        return job_view(self.store, self._owned(peer, job_id), detail=True)
+
+    def list_jobs(self, peer: Peer) -> JobViewDict:
+        rows = [r for r in self.store.jobs() if peer.role is Role.ADMIN or r.owner == peer.name]
+        online = {n.site for n in self.nodes.online()}
+        sites = [n | {"online": n["site"] in online} for n in self.store.nodes()]
+        return {"job_id": "", "jobs": [job_view(self.store, r, detail=False) for r in rows], "sites": sites}
+
+    def cancel_job(self, peer: Peer, job_id: str) -> JobViewDict:
+        row = self._owned(peer, job_id)
+        runner = self._runners.get(job_id)
+        if runner is not None and runner.is_alive():
+            runner.cancelled.set()
+            self.nodes.notify()
+            runner.join(10.0)
+        elif not row.state.finished:
+            self.store.set_job_state(job_id, JobState.CANCELLED, error="cancelled by a user")
+        return job_view(self.store, self._row(job_id), detail=False)
+
+    def fetch_model(self, peer: Peer, job_id: str) -> Parameters:
+        row = self._owned(peer, job_id)
+        if row.state is not JobState.COMPLETED:
+            raise JobError(f"job {job_id} is {row.state.value}; a model exists once it completed")
+        ck = self.store.latest_checkpoint(job_id)
+        if ck is None:
+            raise StoreError(f"job {job_id} completed but has no checkpoint")
+        params, _ = load_checkpoint(Path(ck[1]), ck[2])
+        return params

@@ -1,0 +1,220 @@
+"""The coordinator's store: SQLite in WAL mode, one connection per thread.
+
+Tables: ``jobs``, ``rounds`` (aggregated metrics per round), ``site_metrics`` (what each site
+reported per round), ``checkpoints`` (file, SHA-256, round) and ``nodes`` (last contact).
+Every write is one transaction; a killed coordinator leaves the last committed state.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medfed.core.errors import StoreError
+from medfed.core.records import JobState, RoundRecord
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL, spec_toml TEXT NOT NULL,
+    spec_hash TEXT NOT NULL, state TEXT NOT NULL, rounds INTEGER NOT NULL,
+    completed_round INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    job_id TEXT NOT NULL, round INTEGER NOT NULL, kind TEXT NOT NULL, aggregated TEXT NOT NULL,
+    duration_s REAL NOT NULL, finished REAL NOT NULL, PRIMARY KEY (job_id, round, kind)
+);
+CREATE TABLE IF NOT EXISTS site_metrics (
+    job_id TEXT NOT NULL, round INTEGER NOT NULL, kind TEXT NOT NULL, site TEXT NOT NULL,
+    num_examples INTEGER NOT NULL, metrics TEXT NOT NULL, error TEXT NOT NULL,
+    PRIMARY KEY (job_id, round, kind, site)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    job_id TEXT NOT NULL, round INTEGER NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL,
+    created REAL NOT NULL, PRIMARY KEY (job_id, round)
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    site TEXT PRIMARY KEY, version TEXT NOT NULL, datasets TEXT NOT NULL, last_seen REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRow:
+    job_id: str
+    name: str
+    owner: str
+    spec_toml: str
+    spec_hash: str
+    state: JobState
+    rounds: int
+    completed_round: int
+    error: str
+    created: float
+    updated: float
+
+
+class Store:
+    """Thread-safe access to the coordinator database at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        try:
+            self._conn().executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from None
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def add_job(self, *, job_id: str, name: str, owner: str, spec_toml: str, spec_hash: str, rounds: int) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,0,'',?,?)",
+                (job_id, name, owner, spec_toml, spec_hash, JobState.PENDING.value, rounds, now, now),
+            )
+
+    def set_job_state(self, job_id: str, state: JobState, *, error: str = "") -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state=?, error=?, updated=? WHERE job_id=?",
+                (state.value, error, time.time(), job_id),
+            )
+
+    def job(self, job_id: str) -> JobRow | None:
+        row = self._conn().execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return _job_row(row) if row else None
+
+    def jobs(self, *, state: JobState | None = None) -> list[JobRow]:
+        if state is None:
+            rows = self._conn().execute("SELECT * FROM jobs ORDER BY created").fetchall()
+        else:
+            rows = self._conn().execute("SELECT * FROM jobs WHERE state=? ORDER BY created", (state.value,)).fetchall()
+        return [_job_row(r) for r in rows]
+
+    # --- rounds ----------------------------------------------------------------------------
+
+    def complete_round(self, record: RoundRecord, *, checkpoint: tuple[str, str] | None) -> None:
+        """Record a finished round, its site metrics and (for fit rounds) its checkpoint, atomically."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?,?)",
+                (record.job_id, record.round, record.kind.value, json.dumps(record.aggregated), record.duration_s, now),
+            )
+            for s in record.sites:
+                db.execute(
+                    "INSERT OR REPLACE INTO site_metrics VALUES (?,?,?,?,?,?,?)",
+                    (record.job_id, record.round, record.kind.value, s.site, s.num_examples, json.dumps(s.metrics), s.error),
+                )
+            if checkpoint is not None:
+                path, digest = checkpoint
+                db.execute(
+                    "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?)",
+                    (record.job_id, record.round, path, digest, now),
+                )
+                db.execute(
+                    "UPDATE jobs SET completed_round=?, updated=? WHERE job_id=?",
+                    (record.round, now, record.job_id),
+                )
+
+    def add_checkpoint(self, job_id: str, rnd: int, path: str, digest: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?)", (job_id, rnd, path, digest, time.time()))
+
+    def latest_checkpoint(self, job_id: str) -> tuple[int, str, str] | None:
+        row = (
+            self._conn()
+            .execute("SELECT round, path, sha256 FROM checkpoints WHERE job_id=? ORDER BY round DESC LIMIT 1", (job_id,))
+            .fetchone()
+        )
+        return (int(row[0]), str(row[1]), str(row[2])) if row else None
+
+    def round_rows(self, job_id: str) -> list[dict[str, Any]]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT round, kind, aggregated, duration_s FROM rounds WHERE job_id=? ORDER BY round, kind", (job_id,)
+            )
+            .fetchall()
+        )
+        return [{"round": r[0], "kind": r[1], "aggregated": json.loads(r[2]), "duration_s": r[3]} for r in rows]
+
+    def site_rows(self, job_id: str) -> list[dict[str, Any]]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT round, kind, site, num_examples, metrics, error FROM site_metrics WHERE job_id=? "
+                "ORDER BY round, kind, site",
+                (job_id,),
+            )
+            .fetchall()
+        )
+        return [
+            {"round": r[0], "kind": r[1], "site": r[2], "num_examples": r[3], "metrics": json.loads(r[4]), "error": r[5]}
+            for r in rows
+        ]
+
+    # --- nodes -----------------------------------------------------------------------------
+
+    def touch_node(self, site: str, *, version: str, datasets: tuple[str, ...]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?)", (site, version, json.dumps(list(datasets)), time.time())
+            )
+
+    def nodes(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT site, version, datasets, last_seen FROM nodes ORDER BY site").fetchall()
+        return [{"site": r[0], "version": r[1], "datasets": json.loads(r[2]), "last_seen": r[3]} for r in rows]
+
+
+def _job_row(row: tuple[Any, ...]) -> JobRow:
+    return JobRow(
+        job_id=row[0],
+        name=row[1],
+        owner=row[2],
+        spec_toml=row[3],
+        spec_hash=row[4],
+        state=JobState(row[5]),
+        rounds=row[6],
+        completed_round=row[7],
+        error=row[8],
+        created=row[9],
+        updated=row[10],
+    )

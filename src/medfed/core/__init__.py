@@ -1,0 +1,1 @@
+"""Core values shared by every layer: parameters, records, errors, configuration parsing."""

@@ -1,0 +1,125 @@
+"""Parse job specs from TOML text into frozen records, collecting every problem.
+
+Reading files is the CLI's business; these functions take text and a name to cite in errors.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+from medfed.core.errors import ConfigError
+from medfed.core.records import JobSpec, RoundPolicy, Scalar, StrategySpec
+
+_JOB_KEYS = {"name", "task", "dataset", "rounds", "seed", "sites"}
+_TOP_KEYS = {"job", "strategy", "task_options", "rounds"}
+
+
+def _scalars(table: Any, where: str, problems: list[str]) -> dict[str, Scalar]:
+    if not isinstance(table, dict):
+        problems.append(f"[{where}] must be a table")
+        return {}
+    out: dict[str, Scalar] = {}
+    for key, value in table.items():
+        if isinstance(value, bool | int | float | str):
+            out[key] = value
+        else:
+            problems.append(f"{where}.{key} must be a number, string or boolean, got {type(value).__name__}")
+    return out
+
+
+def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, problems: list[str]) -> Any:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) and kind is not bool:
+        problems.append(f"{where}.{key} must be {getattr(kind, '__name__', kind)}, got a boolean")
+        return None
+    if not isinstance(value, kind):
+        name = getattr(kind, "__name__", " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind)
+        problems.append(f"{where}.{key} must be {name}, got {type(value).__name__} {value!r}")
+        return None
+    return value
+
+
+def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
+    """Parse a job TOML document.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``source_name`` and every problem found (bad TOML reports line and column).
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source_name}: not valid TOML: {exc}") from None
+    problems: list[str] = []
+    for key in sorted(set(doc) - _TOP_KEYS):
+        problems.append(f"unknown table or key {key!r} (allowed: {sorted(_TOP_KEYS)})")
+    job = doc.get("job")
+    if not isinstance(job, dict):
+        raise ConfigError(f"{source_name}: missing [job] table with name, task, dataset, rounds")
+    for key in sorted(set(job) - _JOB_KEYS):
+        problems.append(f"unknown key job.{key} (allowed: {sorted(_JOB_KEYS)})")
+    for key in ("name", "task", "dataset", "rounds"):
+        if key not in job:
+            problems.append(f"missing job.{key}")
+    name = _typed(job, "name", str, "job", problems)
+    task = _typed(job, "task", str, "job", problems)
+    dataset = _typed(job, "dataset", str, "job", problems)
+    rounds = _typed(job, "rounds", int, "job", problems)
+    seed = _typed(job, "seed", int, "job", problems)
+    sites = job.get("sites", [])
+    if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites):
+        problems.append("job.sites must be a list of site names")
+        sites = []
+
+    strategy_table = doc.get("strategy", {})
+    strategy = StrategySpec()
+    if isinstance(strategy_table, dict):
+        options = _scalars({k: v for k, v in strategy_table.items() if k != "name"}, "strategy", problems)
+        sname = _typed(strategy_table, "name", str, "strategy", problems) or "fedavg"
+        strategy = StrategySpec(name=sname.lower(), options=options)
+    else:
+        problems.append("[strategy] must be a table")
+    task_options = _scalars(doc.get("task_options", {}), "task_options", problems)
+
+    policy = RoundPolicy()
+    rounds_table = doc.get("rounds", {})
+    if isinstance(rounds_table, dict):
+        allowed = {"min_nodes", "deadline_s", "max_round_retries"}
+        for key in sorted(set(rounds_table) - allowed):
+            problems.append(f"unknown key rounds.{key} (allowed: {sorted(allowed)})")
+        min_nodes = _typed(rounds_table, "min_nodes", int, "rounds", problems)
+        deadline = _typed(rounds_table, "deadline_s", (int, float), "rounds", problems)
+        retries = _typed(rounds_table, "max_round_retries", int, "rounds", problems)
+        try:
+            policy = RoundPolicy(
+                min_nodes=min_nodes if min_nodes is not None else 1,
+                deadline_s=float(deadline) if deadline is not None else 120.0,
+                max_round_retries=retries if retries is not None else 3,
+            )
+        except ConfigError as exc:
+            problems.append(str(exc))
+    else:
+        problems.append("[rounds] must be a table")
+
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{source_name}: {len(problems)} problem(s) in job spec:\n{lines}")
+    try:
+        return JobSpec(
+            name=name,
+            task=task,
+            dataset=dataset,
+            rounds=rounds,
+            seed=seed or 0,
+            task_options=task_options,
+            strategy=strategy,
+            policy=policy,
+            sites=tuple(sites),
+            source=text,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{source_name}: {exc}") from None

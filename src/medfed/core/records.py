@@ -1,0 +1,163 @@
+"""Frozen records: job specs, tasks, results, rounds. Values only; parsing lives in ``config``."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field, replace
+
+from medfed.core.errors import ConfigError
+from medfed.core.params import Parameters
+
+#: A hyper-parameter or option value that may travel in a task (no nested structures).
+Scalar = bool | int | float | str
+
+
+class JobState(enum.StrEnum):
+    """Life cycle of a job in the coordinator's store."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+class TaskKind(enum.StrEnum):
+    """What a node is asked to do with the parameters it receives."""
+
+    FIT = "fit"  # evaluate the received model on the local test split, then train locally
+    EVALUATE = "evaluate"  # evaluate only (the final model)
+
+
+class ResultStatus(enum.StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class Role(enum.StrEnum):
+    """Roles carried in certificates (the OU of the subject)."""
+
+    NODE = "node"
+    COORDINATOR = "coordinator"
+    RESEARCHER = "researcher"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StrategySpec:
+    """Which aggregation strategy a job uses and its server-side options."""
+
+    name: str = "fedavg"
+    options: dict[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundPolicy:
+    """Stragglers and dropouts: how long a round waits and how many results it needs."""
+
+    min_nodes: int = 1
+    deadline_s: float = 120.0
+    max_round_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.min_nodes < 1:
+            raise ConfigError(f"rounds.min_nodes must be >= 1, got {self.min_nodes!r}")
+        if self.deadline_s <= 0:
+            raise ConfigError(f"rounds.deadline_s must be > 0, got {self.deadline_s!r}")
+        if self.max_round_retries < 0:
+            raise ConfigError(f"rounds.max_round_retries must be >= 0, got {self.max_round_retries!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpec:
+    """A declarative job: which task on which dataset, how many rounds, which strategy.
+
+    No code travels: ``task`` names an entry point in group ``medfed.tasks`` installed at each site.
+    """
+
+    name: str
+    task: str
+    dataset: str
+    rounds: int
+    seed: int = 0
+    task_options: dict[str, Scalar] = field(default_factory=dict)
+    strategy: StrategySpec = field(default_factory=StrategySpec)
+    policy: RoundPolicy = field(default_factory=RoundPolicy)
+    sites: tuple[str, ...] = ()  # empty: every connected site
+    source: str = ""  # the TOML text it was parsed from (hashed, stored, audited)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"job.rounds must be >= 1, got {self.rounds!r}")
+        if not self.name:
+            raise ConfigError("job.name must not be empty")
+
+    @property
+    def spec_hash(self) -> str:
+        """SHA-256 of the spec's source text: what approvals and audit refer to."""
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+    def replace(self, **changes: object) -> JobSpec:
+        return replace(self, **changes)  # type: ignore[arg-type]  # dataclasses.replace is untyped
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskMessage:
+    """What the coordinator sends a node for one round."""
+
+    task_id: str
+    job_id: str
+    round: int
+    kind: TaskKind
+    task: str
+    dataset: str
+    seed: int
+    config: dict[str, Scalar]
+    parameters: Parameters
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultMessage:
+    """What a node sends back: new parameters and metrics, or an error as a value."""
+
+    task_id: str
+    job_id: str
+    round: int
+    site: str
+    status: ResultStatus
+    num_examples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    parameters: Parameters | None = None
+    error_kind: str = ""
+    error_message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ResultStatus.OK
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteMetrics:
+    """Metrics one site reported in one round."""
+
+    site: str
+    num_examples: int
+    metrics: dict[str, float]
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundRecord:
+    """What the store keeps about a finished round."""
+
+    job_id: str
+    round: int
+    kind: TaskKind
+    sites: tuple[SiteMetrics, ...]
+    aggregated: dict[str, float]
+    duration_s: float

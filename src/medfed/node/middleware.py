@@ -1,0 +1,132 @@
+"""The node's policy chain: middleware around the task handler.
+
+``Handler = (task, ctx) -> result``; ``Middleware = (task, ctx, next) -> result``. Cross-cutting
+concerns wrap the handler instead of living inside it, and each link is small and tested alone.
+Failures become error *values* in the result, so they travel to the coordinator.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from medfed.core.errors import DataError, MedfedError, ValidationError, error_kind
+from medfed.core.records import ResultMessage, ResultStatus, TaskKind, TaskMessage
+from medfed.learn.base import TabularData, Task
+
+if TYPE_CHECKING:
+    from medfed.node.runtime import DatasetConfig
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[TaskMessage, "NodeContext"], ResultMessage]
+Middleware = Callable[[TaskMessage, "NodeContext", Handler], ResultMessage]
+
+
+@dataclass(slots=True, kw_only=True)
+class NodeContext:
+    """What the handler may use at a site: its datasets and installed tasks."""
+
+    site: str
+    datasets: dict[str, DatasetConfig]
+    task_loader: Callable[[str], Task]
+    data_loader: Callable[[DatasetConfig], TabularData] | None = None
+    _cache: dict[str, TabularData] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def dataset(self, name: str) -> TabularData:
+        """The harmonised table of dataset ``name``, loaded once."""
+        cfg = self.datasets.get(name)
+        if cfg is None:
+            raise DataError(f"dataset {name!r} is not configured at site {self.site!r} (configured: {sorted(self.datasets)})")
+        with self._lock:
+            if name not in self._cache:
+                if self.data_loader is not None:
+                    self._cache[name] = self.data_loader(cfg)
+                else:
+                    from medfed.data.tabular import load_csv_dataset
+
+                    self._cache[name] = load_csv_dataset(cfg.path, label=cfg.label)
+            return self._cache[name]
+
+
+def build_chain(handler: Handler, middleware: Sequence[Middleware]) -> Handler:
+    """Wrap ``handler`` so that ``middleware[0]`` runs outermost."""
+    wrapped = handler
+    for mw in reversed(middleware):
+        wrapped = _bind(mw, wrapped)
+    return wrapped
+
+
+def _bind(mw: Middleware, nxt: Handler) -> Handler:
+    return lambda task, ctx: mw(task, ctx, nxt)
+
+
+def error_result(task: TaskMessage, site: str, exc: BaseException) -> ResultMessage:
+    return ResultMessage(
+        task_id=task.task_id,
+        job_id=task.job_id,
+        round=task.round,
+        site=site,
+        status=ResultStatus.ERROR,
+        error_kind=error_kind(exc),
+        error_message=f"site {site!r}, round {task.round}: {exc}",
+    )
+
+
+def errors_as_values(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessage:
+    """Outermost link: any failure becomes an error result the coordinator can report."""
+    try:
+        return nxt(task, ctx)
+    except MedfedError as exc:
+        log.warning("site %s, job %s, round %d: %s", ctx.site, task.job_id, task.round, exc)
+        return error_result(task, ctx.site, exc)
+    except Exception as exc:  # noqa: BLE001 - a task bug must reach the researcher, not kill the node
+        log.exception("site %s: task %s crashed", ctx.site, task.task)
+        return error_result(task, ctx.site, exc)
+
+
+def audit_log(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessage:
+    """Log what ran on this site's data, how long it took and how it ended (never any rows)."""
+    start = time.monotonic()
+    result = nxt(task, ctx)
+    log.info(
+        "site=%s job=%s round=%d kind=%s task=%s dataset=%s status=%s examples=%d seconds=%.2f",
+        ctx.site, task.job_id, task.round, task.kind.value, task.task, task.dataset,
+        result.status.value, result.num_examples, time.monotonic() - start,
+    )  # fmt: skip
+    return result
+
+
+def check_output(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessage:
+    """Refuse to send parameters that do not match what we received or are not finite."""
+    result = nxt(task, ctx)
+    if result.ok and result.parameters is not None:
+        task.parameters.check_like(result.parameters, where=f"task {task.task!r} output at site {ctx.site!r}")
+    return result
+
+
+def default_middleware() -> list[Middleware]:
+    return [errors_as_values, audit_log, check_output]
+
+
+def run_task(task: TaskMessage, ctx: NodeContext) -> ResultMessage:
+    """The innermost handler: evaluate the received model, then (for fit) train locally."""
+    data = ctx.dataset(task.dataset)
+    impl = ctx.task_loader(task.task)
+    n_eval, ev = impl.evaluate(task.parameters, data, task.config)
+    metrics = {f"eval_{k}": float(v) for k, v in ev.items()} | {"eval_examples": float(n_eval)}
+    base = {"task_id": task.task_id, "job_id": task.job_id, "round": task.round, "site": ctx.site}
+    if task.kind is TaskKind.EVALUATE:
+        return ResultMessage(**base, status=ResultStatus.OK, num_examples=n_eval, metrics=metrics)  # type: ignore[arg-type]
+    out = impl.fit(task.parameters, data, task.config, task.seed)
+    if out.num_examples <= 0:
+        raise ValidationError(f"task {task.task!r} trained on {out.num_examples} examples")
+    metrics |= {f"train_{k}": float(v) for k, v in out.metrics.items()}
+    return ResultMessage(
+        **base, status=ResultStatus.OK, num_examples=out.num_examples, metrics=metrics, parameters=out.parameters  # type: ignore[arg-type]
+    )

@@ -1,0 +1,137 @@
+"""The node: dials out to the coordinator, polls for tasks, runs them on local data through a
+middleware chain, and sends back parameters and metrics — never rows.
+
+The node reconnects with exponential backoff and jitter when the coordinator is unreachable,
+re-registers when a restarted coordinator no longer knows it, and heartbeats while it trains.
+A refused identity (wrong CA, expired, revoked) stops the node with a clear message: retrying
+cannot fix a certificate.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medfed import __version__
+from medfed.core.errors import AuthenticationError, MedfedError, PermissionDenied, TransportError, ValidationError
+from medfed.core.records import ResultMessage, TaskMessage
+from medfed.learn.base import Task, TabularData
+from medfed.learn.registry import load_task
+from medfed.node.middleware import Handler, Middleware, NodeContext, build_chain, default_middleware, run_task
+from medfed.transport.api import CoordinatorLink, Hello
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatasetConfig:
+    """A dataset declared by the site admin: a directory with ``train.csv`` and ``test.csv``."""
+
+    name: str
+    path: Path
+    label: str = "label"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSettings:
+    site: str
+    datasets: dict[str, DatasetConfig] = field(default_factory=dict)
+    poll_wait_s: float = 10.0
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 10.0
+    tasks: tuple[str, ...] = ()
+
+
+class NodeRuntime:
+    """One site's node process logic, independent of the transport underneath."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        link: CoordinatorLink,
+        *,
+        task_loader: Callable[[str], Task] = load_task,
+        data_loader: Callable[[DatasetConfig], TabularData] | None = None,
+        middleware: Sequence[Middleware] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.link = link
+        self.stop_event = threading.Event()
+        self._rng = rng or random.Random()
+        self.context = NodeContext(
+            site=settings.site, datasets=settings.datasets, task_loader=task_loader, data_loader=data_loader
+        )
+        self._handler: Handler = build_chain(run_task, default_middleware() if middleware is None else middleware)
+        self._registered = threading.Event()
+        self.tasks_done = 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`; raise :class:`AuthenticationError` if our identity is refused."""
+        delay = self.settings.backoff_initial_s
+        heart = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        heart.start()
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self._register()
+                    delay = self.settings.backoff_initial_s
+                    self._serve()
+                except (AuthenticationError, PermissionDenied):
+                    raise
+                except TransportError as exc:
+                    self._registered.clear()
+                    wait = delay * (0.5 + self._rng.random())
+                    log.warning("site %s: %s; reconnecting in %.1fs", self.settings.site, exc, wait)
+                    self.stop_event.wait(wait)
+                    delay = min(delay * 2, self.settings.backoff_max_s)
+        finally:
+            self.stop_event.set()
+            self.link.close()
+
+    def _register(self) -> None:
+        hello = Hello(version=__version__, datasets=tuple(sorted(self.settings.datasets)), tasks=self.settings.tasks)
+        welcome = self.link.register(hello)
+        self._heartbeat_s = welcome.heartbeat_interval_s
+        self._registered.set()
+        log.info("site %s registered with coordinator %s", welcome.site, welcome.coordinator_version)
+
+    def _serve(self) -> None:
+        while not self.stop_event.is_set() and self._registered.is_set():
+            try:
+                got = self.link.poll(self.settings.poll_wait_s)
+            except ValidationError:  # a restarted coordinator does not know us yet
+                self._registered.clear()
+                return
+            if isinstance(got, float):
+                self.stop_event.wait(min(got, 1.0))
+                continue
+            self._handle(got)
+
+    def _handle(self, task: TaskMessage) -> None:
+        result: ResultMessage = self._handler(task, self.context)
+        try:
+            self.link.submit(result)
+        except ValidationError as exc:  # e.g. the round closed before we finished: not fatal
+            log.warning("site %s: result for round %d not accepted: %s", self.settings.site, task.round, exc)
+        except MedfedError:
+            raise
+        self.tasks_done += 1
+
+    def _heartbeat_loop(self) -> None:
+        self._heartbeat_s = getattr(self, "_heartbeat_s", 1.0)
+        while not self.stop_event.wait(self._heartbeat_s):
+            if not self._registered.is_set():
+                continue
+            try:
+                if not self.link.heartbeat():
+                    self._registered.clear()
+            except MedfedError as exc:
+                log.debug("heartbeat failed: %s", exc)

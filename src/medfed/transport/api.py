@@ -1,0 +1,75 @@
+"""What the transport needs from the coordinator, and what a node gets from the transport.
+
+Two tiny seams. The gRPC server adapts :class:`CoordinatorAPI` onto the wire; the gRPC client
+and the in-memory twin both implement :class:`CoordinatorLink`, so the node runtime cannot tell
+them apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from medfed.core.params import Parameters
+from medfed.core.records import ResultMessage, Role, TaskMessage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Peer:
+    """An authenticated caller, as its certificate says (never as a message says)."""
+
+    name: str
+    role: Role
+    serial: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    """A node introduces itself: version, the datasets and tasks it offers."""
+
+    version: str
+    datasets: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Welcome:
+    site: str
+    heartbeat_interval_s: float
+    coordinator_version: str
+
+
+JobViewDict = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PollOutcome:
+    """A task, or how long to wait before polling again."""
+
+    task: TaskMessage | None = None
+    retry_after_s: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class CoordinatorAPI(Protocol):
+    """Implemented by the coordinator; called by the gRPC server and the in-memory twin."""
+
+    def register(self, peer: Peer, hello: Hello) -> Welcome: ...
+    def heartbeat(self, peer: Peer) -> bool: ...
+    def poll(self, peer: Peer, wait_s: float) -> PollOutcome: ...
+    def submit(self, peer: Peer, result: ResultMessage) -> None: ...
+    def submit_job(self, peer: Peer, spec_toml: str, source_name: str) -> JobViewDict: ...
+    def get_job(self, peer: Peer, job_id: str) -> JobViewDict: ...
+    def list_jobs(self, peer: Peer) -> JobViewDict: ...
+    def cancel_job(self, peer: Peer, job_id: str) -> JobViewDict: ...
+    def fetch_model(self, peer: Peer, job_id: str) -> Parameters: ...
+
+
+class CoordinatorLink(Protocol):
+    """How a node talks to the coordinator, over gRPC or in memory."""
+
+    def register(self, hello: Hello) -> Welcome: ...
+    def heartbeat(self) -> bool: ...
+    def poll(self, wait_s: float) -> TaskMessage | float: ...
+    def submit(self, result: ResultMessage) -> None: ...
+    def close(self) -> None: ...

@@ -1,0 +1,139 @@
+"""gRPC clients over mutual TLS: the node's link to the coordinator and the researcher's client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from medfed.core.errors import AuthenticationError, MedfedError, TransportError, error_from_kind
+from medfed.core.params import Parameters
+from medfed.core.records import ResultMessage, TaskMessage
+from medfed.transport import codec
+from medfed.transport import medfed_pb2 as pb
+from medfed.transport import medfed_pb2_grpc as pb_grpc
+from medfed.transport.api import Hello, Welcome
+from medfed.transport.grpc_server import ERROR_KIND_KEY
+
+T = TypeVar("T")
+
+_TLS_HINTS = ("handshake", "ssl", "certificate", "tls", "alert")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientTls:
+    """PEM material of a node's or user's identity, the federation CA, and optionally the host
+    name to expect in the coordinator's certificate when it differs from the dialled host."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+    server_name: str = ""
+
+
+def translate(exc: grpc.RpcError, target: str) -> MedfedError:
+    """Turn a gRPC failure into a medfed error with a message a person can act on."""
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+    trailing = dict(exc.trailing_metadata() or ()) if isinstance(exc, grpc.Call) else {}
+    kind = trailing.get(ERROR_KIND_KEY)
+    if isinstance(kind, str):
+        return error_from_kind(kind, details)
+    if code == grpc.StatusCode.UNAVAILABLE and any(h in details.lower() for h in _TLS_HINTS):
+        return AuthenticationError(
+            f"TLS handshake with the coordinator at {target} failed: {details}. "
+            "Either the coordinator refused this certificate (issued by another CA, expired or "
+            "revoked) or this node refused the coordinator's (another CA or wrong host name); "
+            "run `medfed node check --config site.toml` to see which."
+        )
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthenticationError(details)
+    return TransportError(f"coordinator at {target}: {code.name if code else 'error'}: {details}")
+
+
+def _channel(target: str, tls: ClientTls) -> grpc.Channel:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca_pem, private_key=tls.key_pem, certificate_chain=tls.cert_pem
+    )
+    options: list[tuple[str, Any]] = list(codec.grpc_options())
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.secure_channel(target, creds, options=options)
+
+
+class _Client:
+    def __init__(self, target: str, tls: ClientTls, *, timeout_s: float = 30.0) -> None:
+        self.target = target
+        self._channel = _channel(target, tls)
+        self._stub = pb_grpc.FederationStub(self._channel)
+        self._timeout = timeout_s
+
+    def _rpc(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            raise translate(exc, self.target) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class GrpcCoordinatorLink(_Client):
+    """A node's outbound connection to the coordinator."""
+
+    def register(self, hello: Hello) -> Welcome:
+        msg = pb.Hello(version=hello.version, datasets=list(hello.datasets), tasks=list(hello.tasks))
+        w = self._rpc(lambda: self._stub.Register(msg, timeout=self._timeout))
+        return Welcome(site=w.site, heartbeat_interval_s=w.heartbeat_interval_s, coordinator_version=w.coordinator_version)
+
+    def heartbeat(self) -> bool:
+        return bool(self._rpc(lambda: self._stub.Heartbeat(pb.Beat(status="ok"), timeout=self._timeout)).known)
+
+    def poll(self, wait_s: float) -> TaskMessage | float:
+        # the stream is read to its end inside _rpc so that failures mid-stream are translated too
+        def call() -> TaskMessage | float:
+            return codec.read_task(self._stub.PollTask(pb.Poll(wait_s=wait_s), timeout=wait_s + self._timeout))
+
+        return self._rpc(call)
+
+    def submit(self, result: ResultMessage) -> None:
+        ack = self._rpc(lambda: self._stub.SubmitResult(codec.result_frames(result), timeout=self._timeout * 10))
+        if not ack.accepted:
+            kind, _, message = ack.message.partition(": ")
+            raise error_from_kind(kind, message)
+
+
+class ResearcherClient(_Client):
+    """What the CLI uses: submit, inspect and cancel jobs, download models."""
+
+    def _json(self, view: pb.JobView) -> dict[str, Any]:
+        try:
+            data = json.loads(view.json)
+        except json.JSONDecodeError as exc:
+            raise TransportError(f"malformed job view from {self.target}: {exc}") from None
+        if not isinstance(data, dict):
+            raise TransportError(f"malformed job view from {self.target}: not an object")
+        return data
+
+    def submit_job(self, spec_toml: str, source_name: str = "<job>") -> dict[str, Any]:
+        req = pb.JobRequest(spec_toml=spec_toml, source_name=source_name)
+        return self._json(self._rpc(lambda: self._stub.SubmitJob(req, timeout=self._timeout)))
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self._json(self._rpc(lambda: self._stub.GetJob(pb.JobQuery(job_id=job_id), timeout=self._timeout)))
+
+    def list_jobs(self) -> dict[str, Any]:
+        return self._json(self._rpc(lambda: self._stub.ListJobs(pb.JobQuery(), timeout=self._timeout)))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self._json(self._rpc(lambda: self._stub.CancelJob(pb.JobQuery(job_id=job_id), timeout=self._timeout)))
+
+    def fetch_model(self, job_id: str) -> Parameters:
+        def call() -> Parameters:
+            frames: Iterator[pb.Frame] = self._stub.FetchModel(pb.JobQuery(job_id=job_id), timeout=self._timeout * 10)
+            return codec.read_model(frames, where=f"model of job {job_id}")
+
+        return self._rpc(call)

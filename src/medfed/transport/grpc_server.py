@@ -1,0 +1,184 @@
+"""gRPC adapter: the Federation service on one mutual-TLS port, in front of a CoordinatorAPI.
+
+There is no plaintext listener: :func:`serve` only binds with server credentials that require a
+client certificate from the federation CA. Who the caller is comes from that certificate (CN =
+name, OU = role), never from a message; revoked serials are refused on every call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+
+from medfed.core.errors import (
+    AuthenticationError,
+    ConfigError,
+    DataError,
+    JobError,
+    MedfedError,
+    PermissionDenied,
+    RegistryError,
+    StoreError,
+    ValidationError,
+    error_kind,
+)
+from medfed.core.records import Role
+from medfed.crypto.pki import describe_certificate
+from medfed.transport import codec
+from medfed.transport import medfed_pb2 as pb
+from medfed.transport import medfed_pb2_grpc as pb_grpc
+from medfed.transport.api import CoordinatorAPI, Hello, Peer
+
+log = logging.getLogger(__name__)
+
+_STATUS: dict[type[MedfedError], grpc.StatusCode] = {
+    AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+    ValidationError: grpc.StatusCode.INVALID_ARGUMENT,
+    RegistryError: grpc.StatusCode.INVALID_ARGUMENT,
+    DataError: grpc.StatusCode.FAILED_PRECONDITION,
+    JobError: grpc.StatusCode.FAILED_PRECONDITION,
+    StoreError: grpc.StatusCode.INTERNAL,
+}
+
+ERROR_KIND_KEY = "medfed-error-kind"
+NODE_ROLES = frozenset({Role.NODE})
+PEOPLE_ROLES = frozenset({Role.RESEARCHER, Role.ADMIN})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerTls:
+    """PEM material of the coordinator's identity and the federation CA."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def _abort(context: grpc.ServicerContext, exc: MedfedError) -> NoReturn:
+    code = next((c for t, c in _STATUS.items() if isinstance(exc, t)), grpc.StatusCode.UNKNOWN)
+    context.set_trailing_metadata(((ERROR_KIND_KEY, error_kind(exc)),))
+    context.abort(code, str(exc))
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    """Authenticates every call by certificate, checks the role, calls the CoordinatorAPI."""
+
+    def __init__(self, api: CoordinatorAPI, revoked: Callable[[], frozenset[int]]) -> None:
+        self._api = api
+        self._revoked = revoked
+
+    def _peer(self, context: grpc.ServicerContext, roles: frozenset[Role]) -> Peer:
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert") or []
+        if not pems:
+            _abort(context, AuthenticationError("no client certificate presented"))
+        info = describe_certificate(pems[0])
+        if info.serial in self._revoked():
+            log.warning("refused revoked certificate %s (serial %x)", info.common_name, info.serial)
+            _abort(
+                context,
+                AuthenticationError(f"certificate of {info.common_name!r} (serial {info.serial:x}) is revoked"),
+            )
+        try:
+            role = Role(str(info.role))
+        except ValueError:
+            _abort(context, PermissionDenied(f"certificate of {info.common_name!r} carries unknown role {info.role!r}"))
+        if role not in roles:
+            allowed = sorted(r.value for r in roles)
+            _abort(context, PermissionDenied(f"{info.common_name!r} has role {role.value!r}; this call needs {allowed}"))
+        return Peer(name=info.common_name, role=role, serial=info.serial)
+
+    def _call(self, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except MedfedError as exc:
+            _abort(context, exc)
+
+    # --- node-facing ---------------------------------------------------------------------
+
+    def Register(self, request: pb.Hello, context: grpc.ServicerContext) -> pb.Welcome:  # noqa: N802 - gRPC name
+        peer = self._peer(context, NODE_ROLES)
+        hello = Hello(version=request.version, datasets=tuple(request.datasets), tasks=tuple(request.tasks))
+        w = self._call(context, lambda: self._api.register(peer, hello))
+        return pb.Welcome(site=w.site, heartbeat_interval_s=w.heartbeat_interval_s, coordinator_version=w.coordinator_version)
+
+    def Heartbeat(self, request: pb.Beat, context: grpc.ServicerContext) -> pb.BeatAck:  # noqa: N802
+        peer = self._peer(context, NODE_ROLES)
+        return pb.BeatAck(known=self._call(context, lambda: self._api.heartbeat(peer)))
+
+    def PollTask(self, request: pb.Poll, context: grpc.ServicerContext) -> Iterator[pb.Frame]:  # noqa: N802
+        peer = self._peer(context, NODE_ROLES)
+        wait_s = min(max(request.wait_s, 0.0), 60.0)
+        outcome = self._call(context, lambda: self._api.poll(peer, wait_s))
+        if outcome.task is None:
+            yield pb.Frame(none=pb.NoTask(retry_after_s=outcome.retry_after_s))
+            return
+        yield from codec.task_frames(outcome.task)
+
+    def SubmitResult(self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext) -> pb.Ack:  # noqa: N802
+        peer = self._peer(context, NODE_ROLES)
+        try:
+            result = codec.read_result(request_iterator, site=peer.name)
+            self._api.submit(peer, result)
+        except MedfedError as exc:
+            return pb.Ack(accepted=False, message=f"{error_kind(exc)}: {exc}")
+        return pb.Ack(accepted=True)
+
+    # --- people-facing -------------------------------------------------------------------
+
+    def _view(self, job_id: str, view: dict[str, Any]) -> pb.JobView:
+        return pb.JobView(job_id=job_id, json=json.dumps(view, sort_keys=True))
+
+    def SubmitJob(self, request: pb.JobRequest, context: grpc.ServicerContext) -> pb.JobView:  # noqa: N802
+        peer = self._peer(context, PEOPLE_ROLES)
+        view = self._call(context, lambda: self._api.submit_job(peer, request.spec_toml, request.source_name))
+        return self._view(view["job_id"], view)
+
+    def GetJob(self, request: pb.JobQuery, context: grpc.ServicerContext) -> pb.JobView:  # noqa: N802
+        peer = self._peer(context, PEOPLE_ROLES)
+        return self._view(request.job_id, self._call(context, lambda: self._api.get_job(peer, request.job_id)))
+
+    def ListJobs(self, request: pb.JobQuery, context: grpc.ServicerContext) -> pb.JobView:  # noqa: N802
+        peer = self._peer(context, PEOPLE_ROLES)
+        return self._view("", self._call(context, lambda: self._api.list_jobs(peer)))
+
+    def CancelJob(self, request: pb.JobQuery, context: grpc.ServicerContext) -> pb.JobView:  # noqa: N802
+        peer = self._peer(context, PEOPLE_ROLES)
+        return self._view(request.job_id, self._call(context, lambda: self._api.cancel_job(peer, request.job_id)))
+
+    def FetchModel(self, request: pb.JobQuery, context: grpc.ServicerContext) -> Iterator[pb.Frame]:  # noqa: N802
+        peer = self._peer(context, PEOPLE_ROLES)
+        params = self._call(context, lambda: self._api.fetch_model(peer, request.job_id))
+        yield from codec.model_frames(params)
+
+
+def serve(
+    api: CoordinatorAPI,
+    *,
+    address: str,
+    tls: ServerTls,
+    revoked: Callable[[], frozenset[int]],
+    max_workers: int = 256,
+) -> tuple[grpc.Server, int]:
+    """Start the Federation service on ``address`` (``host:port``; port 0 picks one) over mTLS.
+
+    Returns the started server and the bound port.
+    """
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=codec.grpc_options())
+    pb_grpc.add_FederationServicer_to_server(FederationServicer(api, revoked), server)
+    creds = grpc.ssl_server_credentials(
+        [(tls.key_pem, tls.cert_pem)], root_certificates=tls.ca_pem, require_client_auth=True
+    )
+    port = server.add_secure_port(address, creds)
+    if port == 0:
+        raise ConfigError(f"cannot listen on {address}: address in use or not allowed")
+    server.start()
+    return server, port
