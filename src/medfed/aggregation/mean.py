@@ -64,8 +64,9 @@ class WeightedMean:
         if self._count == 0:
             raise ValidationError("no results to average")
         with self._lock:
+            # np.asarray: arithmetic on a 0-d array returns a numpy scalar, not an array
             arrays = tuple(
-                (acc / self._weight).astype(t.dtype, copy=False)
+                np.asarray(acc / self._weight, dtype=t.dtype)
                 for acc, t in zip(self._sums, self._template.arrays, strict=True)
             )
         return Parameters.from_arrays(self._template.names, arrays)

@@ -110,7 +110,7 @@ class FedAvg:
         if self.server_lr == 1.0:
             return mean, state
         arrays = tuple(
-            (c + self.server_lr * (m.astype(np.float64) - c)).astype(c.dtype)
+            np.asarray(c + self.server_lr * (m.astype(np.float64) - c), dtype=c.dtype)
             for c, m in zip(current.arrays, mean.arrays, strict=True)
         )
         return Parameters.from_arrays(current.names, arrays), state
@@ -172,9 +172,10 @@ class _Adaptive:
             delta = mu.astype(np.float64) - x
             m_new = self.beta_1 * m + (1.0 - self.beta_1) * delta
             v_new = self._second_moment(v.astype(np.float64), delta * delta)
-            models.append((x + self.eta * m_new / (np.sqrt(v_new) + self.tau)).astype(c.dtype))
-            ms.append(m_new.astype(m.dtype))
-            vs.append(v_new.astype(v.dtype))
+            # np.asarray: arithmetic on 0-d arrays yields numpy scalars, not arrays
+            models.append(np.asarray(x + self.eta * m_new / (np.sqrt(v_new) + self.tau), dtype=c.dtype))
+            ms.append(np.asarray(m_new, dtype=m.dtype))
+            vs.append(np.asarray(v_new, dtype=v.dtype))
         return (
             Parameters.from_arrays(current.names, tuple(models)),
             Parameters.from_arrays(state.names, tuple(ms + vs)),

@@ -104,11 +104,11 @@ def _site_toml(name: str, registry: Registry) -> str:
         "# Paths are relative to this file. Keep key.pem private (mode 0600).\n\n"
         f"[site]\nname = {_q(name)}\ncoordinator = {_q(registry.coordinator)}\n\n"
         f"{_TLS_TABLE}\n"
-        "[datasets]\n"
         "# Declare the data this site offers, one table per dataset, for example:\n"
         "# [datasets.heart]\n"
         '# kind = "csv"\n'
-        '# path = "/data/heart.csv"\n'
+        '# path = "data/heart"   # a directory holding train.csv and test.csv\n'
+        '# label = "label"       # the outcome column; every other column is a numeric feature\n'
     )
 
 

@@ -66,6 +66,8 @@ def layout_of(params: Parameters) -> pb.TensorLayout:
 
 
 def _little_endian(arr: np.ndarray) -> memoryview:
+    if arr.size == 0:
+        return memoryview(b"")
     le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
     return memoryview(le).cast("B")
 
