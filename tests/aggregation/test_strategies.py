@@ -8,7 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from medfed.aggregation import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi, Strategy, StrategyName, WeightedMean, make_strategy
+from medfed.aggregation import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    FedYogi,
+    Strategy,
+    StrategyName,
+    WeightedMean,
+    make_strategy,
+)
 from medfed.core.errors import ConfigError, RegistryError, ValidationError
 from medfed.core.params import Parameters
 from medfed.core.records import StrategySpec
@@ -212,7 +222,10 @@ def test_fedadam_first_step_by_hand() -> None:
     np.testing.assert_allclose(state["m/w"], m)
     np.testing.assert_allclose(state["v/w"], v)
     np.testing.assert_allclose(new["w"], [1.0, -2.0] + 0.1 * m / (np.sqrt(v) + 1e-3))
-    np.testing.assert_allclose(new["w"], [1.0 + 0.1 * 0.05 / (np.sqrt(0.0025 + 9.9e-7) + 1e-3), -2.0 - 0.1 * 0.02 / (np.sqrt(0.0004 + 9.9e-7) + 1e-3)])
+    np.testing.assert_allclose(
+        new["w"],
+        [1.0 + 0.1 * 0.05 / (np.sqrt(0.0025 + 9.9e-7) + 1e-3), -2.0 - 0.1 * 0.02 / (np.sqrt(0.0004 + 9.9e-7) + 1e-3)],
+    )
 
 
 def test_fedyogi_second_moment_follows_the_sign_rule() -> None:
@@ -312,3 +325,10 @@ def test_weighted_mean_scales_float32_results_in_float64() -> None:
 def test_weighted_mean_of_nothing_is_an_error() -> None:
     with pytest.raises(ValidationError, match="no results"):
         WeightedMean(model()).result()
+
+
+def test_package_exports_exist() -> None:
+    import medfed.aggregation as package
+
+    assert all(hasattr(package, name) for name in package.__all__)
+    assert {"StrategyName", "make_strategy", "WeightedMean", "Strategy"} <= set(package.__all__)

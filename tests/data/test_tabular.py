@@ -65,5 +65,5 @@ def test_bad_cells_are_all_named_with_file_line_and_column(tmp_path: Path) -> No
 def test_columns_must_match_between_splits(tmp_path: Path) -> None:
     write(tmp_path, test="age,label\n1,0\n")
 
-    with pytest.raises(DataError, match="differ from train.csv"):
+    with pytest.raises(DataError, match=r"differ from train\.csv"):
         load_csv_dataset(tmp_path)

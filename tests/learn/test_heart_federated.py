@@ -36,7 +36,10 @@ def federated(name: str, heart: dict[str, TabularData]) -> float:
     spec = StrategySpec(name=name, options=defaults["strategy"])
     return float(
         np.mean(
-            [simulate(spec, heart, rounds=ROUNDS, task_options=defaults["task"], seed=s).final.mean_accuracy for s in SEEDS]
+            [
+                simulate(spec, heart, rounds=ROUNDS, task_options=defaults["task"], seed=s).final.mean_accuracy
+                for s in SEEDS
+            ]
         )
     )
 

@@ -132,7 +132,7 @@ def test_init_without_input_dim_is_refused() -> None:
 def test_parameters_round_trip_through_a_module(cls: type) -> None:
     task = cls()
     params = task.init_parameters({"input_dim": 3}, 5)
-    module = task._module(3, task._options({}))  # noqa: SLF001 - the conversion under test needs a module
+    module = task._module(3, task._options({}))
 
     load_parameters(module, params)
 
@@ -157,7 +157,9 @@ def test_identity_task_returns_its_input() -> None:
 
     assert out.parameters is params and out.num_examples == 7
     assert [a.size for a in params.arrays] == [4, 3, 3] and params.arrays[0].dtype == np.float32
-    assert task.init_parameters({"n_params": 10, "n_tensors": 3, "random_init": True}, 1).allclose(params, atol=0, rtol=0)
+    assert task.init_parameters({"n_params": 10, "n_tensors": 3, "random_init": True}, 1).allclose(
+        params, atol=0, rtol=0
+    )
     assert not np.any(task.init_parameters({"n_params": 2}, 1).arrays[0])
     assert task.evaluate(params, blobs(), {}) == (1, {})
 

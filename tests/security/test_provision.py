@@ -163,7 +163,8 @@ def test_site_and_client_templates(fed: ProvisionResult) -> None:
 
     assert site["site"] == {"name": "cleveland", "coordinator": "127.0.0.1:50443"}
     assert site["tls"] == {"ca": "ca.pem", "cert": "cert.pem", "key": "key.pem"}
-    assert site["datasets"] == {}
+    assert "datasets" not in site  # declared by the site admin, see the commented example
+    assert "# [datasets.heart]" in (fed.root / "sites/cleveland/site.toml").read_text()
     assert client["client"]["role"] == "researcher"
     assert client["client"]["coordinator"] == "127.0.0.1:50443"
 

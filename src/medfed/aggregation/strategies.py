@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -227,6 +227,7 @@ _CLASSES: dict[StrategyName, type[FedAvg] | type[_Adaptive]] = {
     StrategyName.FEDYOGI: FedYogi,
     StrategyName.FEDADAGRAD: FedAdagrad,
 }
+
 
 def _coerce(key: str, value: Scalar, problems: list[str]) -> float | None:
     # Every option today is a real number; booleans are ints to Python but never a valid rate.

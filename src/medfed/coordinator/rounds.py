@@ -66,14 +66,13 @@ class RoundInProgress:
             except ValidationError as exc:
                 self.results[site] = SiteMetrics(site=site, num_examples=0, metrics={}, error=f"validation: {exc}")
                 raise
-            self.results[site] = SiteMetrics(
-                site=site, num_examples=result.num_examples, metrics=dict(result.metrics)
-            )
+            # A metric can be undefined on a site's data (AUC on a single-class test split is
+            # NaN by contract, see medfed.learn.metrics.roc_auc): keep the site's update, record
+            # only its finite metrics, so per-round means are taken over the sites that have one.
+            finite = {k: float(v) for k, v in result.metrics.items() if np.isfinite(v)}
+            self.results[site] = SiteMetrics(site=site, num_examples=result.num_examples, metrics=finite)
 
     def _check_ok(self, result: ResultMessage, where: str) -> None:
-        bad = [k for k, v in result.metrics.items() if not np.isfinite(v)]
-        if bad:
-            raise ValidationError(f"non-finite metrics {bad}", where=where)
         if self.mean is not None:
             if result.parameters is None:
                 raise ValidationError("a fit result must carry parameters", where=where)

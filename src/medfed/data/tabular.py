@@ -34,7 +34,7 @@ def _numeric(path: Path, frame: pd.DataFrame, label: str, problems: list[str]) -
     """The frame as float64, or ``None`` after listing every cell that is not a finite number."""
     values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     bad_rows, bad_cols = np.nonzero(~np.isfinite(values))
-    for row, col in list(zip(bad_rows, bad_cols, strict=True))[:MAX_LISTED]:
+    for row, col in zip(bad_rows[:MAX_LISTED].tolist(), bad_cols[:MAX_LISTED].tolist(), strict=True):
         # line numbers as an editor shows them: the header is line 1
         cell = frame.iat[row, col]
         problems.append(f"{path}: line {row + 2}, column {frame.columns[col]!r}: {cell!r} is not a finite number")
@@ -42,7 +42,7 @@ def _numeric(path: Path, frame: pd.DataFrame, label: str, problems: list[str]) -
         problems.append(f"{path}: ... and {len(bad_rows) - MAX_LISTED} more non-numeric cells")
     labels = values[:, list(frame.columns).index(label)]
     wrong = np.nonzero(np.isfinite(labels) & (labels != 0) & (labels != 1))[0]
-    for row in wrong[:MAX_LISTED]:
+    for row in wrong[:MAX_LISTED].tolist():
         problems.append(f"{path}: line {row + 2}, column {label!r}: label {labels[row]:g} is not 0 or 1")
     return None if len(bad_rows) or len(wrong) else values
 
@@ -51,7 +51,7 @@ def load_csv_dataset(directory: Path | str, *, label: str = "label") -> TabularD
     """Load ``<directory>/train.csv`` and ``<directory>/test.csv`` into a :class:`TabularData`.
 
     Feature columns are every column but ``label``, in the train file's order; the test file must
-    have the same columns.
+    have the same columns, in any order.
 
     Raises
     ------
@@ -68,9 +68,10 @@ def load_csv_dataset(directory: Path | str, *, label: str = "label") -> TabularD
             problems.append(f"{path}: file not found")
         elif (frame := _read(path, label, problems)) is not None:
             frames[split] = frame
-    if len(frames) == len(SPLITS) and list(frames["train"].columns) != list(frames["test"].columns):
+    if len(frames) == len(SPLITS) and set(frames["train"].columns) != set(frames["test"].columns):
         problems.append(
-            f"{root / 'test.csv'}: columns {list(frames['test'].columns)} differ from train.csv's {list(frames['train'].columns)}"
+            f"{root / 'test.csv'}: columns {sorted(frames['test'].columns)} differ from train.csv's "
+            f"{sorted(frames['train'].columns)}"
         )
     arrays: dict[str, np.ndarray] = {}
     for split, frame in frames.items():

@@ -57,6 +57,8 @@ class Task(Protocol):
         """Train from ``params`` on the train split; ``config`` = task options + strategy extras."""
         ...
 
-    def evaluate(self, params: Parameters, data: TabularData, config: dict[str, Scalar]) -> tuple[int, dict[str, float]]:
+    def evaluate(
+        self, params: Parameters, data: TabularData, config: dict[str, Scalar]
+    ) -> tuple[int, dict[str, float]]:
         """(number of test examples, metrics such as accuracy, auc, loss) on the test split."""
         ...

@@ -49,7 +49,9 @@ class IdentityTask:
         opts = parse_options(config, IDENTITY_SPEC, where="identity")
         return FitOutput(parameters=params, num_examples=int(opts["num_examples"]), metrics={})  # type: ignore[arg-type]  # checked int
 
-    def evaluate(self, params: Parameters, data: TabularData, config: dict[str, Scalar]) -> tuple[int, dict[str, float]]:
+    def evaluate(
+        self, params: Parameters, data: TabularData, config: dict[str, Scalar]
+    ) -> tuple[int, dict[str, float]]:
         """``(num_examples, {})``: there is no model to score."""
         opts = parse_options(config, IDENTITY_SPEC, where="identity")
         return int(opts["num_examples"]), {}  # type: ignore[arg-type]  # checked int

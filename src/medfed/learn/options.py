@@ -49,7 +49,9 @@ def _typed(key: str, value: Scalar, kind: type, problems: list[str]) -> Scalar |
     return None
 
 
-def parse_options(config: Mapping[str, Scalar], spec: Mapping[str, OptionSpec], *, where: str) -> dict[str, Scalar | None]:
+def parse_options(
+    config: Mapping[str, Scalar], spec: Mapping[str, OptionSpec], *, where: str
+) -> dict[str, Scalar | None]:
     """Check ``config`` against ``spec``; fill defaults.
 
     Raises
@@ -79,7 +81,9 @@ TRAIN_SPEC: dict[str, OptionSpec] = {
     "local_steps": OptionSpec(int, 100, _positive, "> 0"),
     "batch_size": OptionSpec(int, 4, _positive, "> 0"),
     "lr": OptionSpec(float, 0.01, _positive, "> 0"),
-    "optimizer": OptionSpec(str, "sgd", lambda x: x in set(OptimizerName), f"one of {[o.value for o in OptimizerName]}"),
+    "optimizer": OptionSpec(
+        str, "sgd", lambda x: x in set(OptimizerName), f"one of {[o.value for o in OptimizerName]}"
+    ),
     "proximal_mu": OptionSpec(float, 0.0, _non_negative, ">= 0"),
     "hidden": OptionSpec(int, 16, _positive, "> 0"),
 }
@@ -107,7 +111,7 @@ class TrainOptions:
             local_steps=int(v["local_steps"]),  # type: ignore[arg-type]  # parse_options checked the type
             batch_size=int(v["batch_size"]),  # type: ignore[arg-type]  # idem
             lr=float(v["lr"]),  # type: ignore[arg-type]  # idem
-            optimizer=OptimizerName(v["optimizer"]),
+            optimizer=OptimizerName(str(v["optimizer"])),
             proximal_mu=float(v["proximal_mu"]),  # type: ignore[arg-type]  # idem
             hidden=int(v.get("hidden") or TRAIN_SPEC["hidden"].default),  # type: ignore[arg-type]  # idem
         )

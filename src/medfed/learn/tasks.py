@@ -18,16 +18,23 @@ from medfed.core.errors import ValidationError
 from medfed.core.params import Parameters
 from medfed.core.records import Scalar
 from medfed.learn.base import FitOutput, TabularData
+from medfed.learn.identity import IdentityTask
 from medfed.learn.metrics import accuracy, log_loss, roc_auc
-from medfed.learn.options import IDENTITY_SPEC, OptimizerName, TrainOptions, parse_options
+from medfed.learn.options import OptimizerName, TrainOptions
+
+__all__ = [
+    "IdentityTask",  # torch-free, in its own module; re-exported for the ``identity`` entry point
+    "LogisticRegressionTask",
+    "MLPTask",
+    "load_parameters",
+    "parameters_from_module",
+]
 
 
 def parameters_from_module(module: nn.Module) -> Parameters:
     """Copy a module's ``state_dict`` into :class:`Parameters` (names = state-dict keys)."""
     state = module.state_dict()
-    return Parameters.from_arrays(
-        tuple(state), tuple(t.detach().cpu().numpy().copy() for t in state.values())
-    )
+    return Parameters.from_arrays(tuple(state), tuple(t.detach().cpu().numpy().copy() for t in state.values()))
 
 
 def load_parameters(module: nn.Module, params: Parameters, *, where: str = "") -> None:
@@ -44,6 +51,12 @@ def load_parameters(module: nn.Module, params: Parameters, *, where: str = "") -
     module.load_state_dict(state, strict=True)
 
 
+def _linear(in_features: int, out_features: int) -> nn.Linear:
+    """An uninitialised ``nn.Linear``: built on the meta device, so torch's global RNG is not
+    drawn from; weights come from ``params`` or :func:`_uniform_init`."""
+    return nn.Linear(in_features, out_features, device="meta").to_empty(device="cpu")
+
+
 def _uniform_init(module: nn.Module, generator: torch.Generator) -> None:
     """torch's default ``nn.Linear`` init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from ``generator``."""
     with torch.no_grad():
@@ -58,7 +71,7 @@ def _batches(n: int, opts: TrainOptions, generator: torch.Generator) -> Iterator
     """``opts.local_steps`` minibatch index tensors, reshuffled each epoch (like a DataLoader)."""
     steps = 0
     while True:
-        for batch in torch.randperm(n, generator=generator).split(opts.batch_size):
+        for batch in torch.split(torch.randperm(n, generator=generator), opts.batch_size):
             if steps == opts.local_steps:
                 return
             steps += 1
@@ -119,7 +132,7 @@ class _TorchBinaryTask:
             if opts.proximal_mu > 0:
                 drift = sum(((p - a) ** 2).sum() for p, a in zip(module.parameters(), anchor, strict=True))
                 loss = loss + opts.proximal_mu / 2.0 * drift
-            loss.backward()
+            torch.autograd.backward(loss)
             optimizer.step()
         metrics = {"train_loss": float(np.mean(losses))} if losses else {}
         return FitOutput(parameters=parameters_from_module(module), num_examples=len(y), metrics=metrics)
@@ -128,9 +141,12 @@ class _TorchBinaryTask:
         """Logits of the model ``params`` on the test split."""
         module = self._prepared(params, data, self._options(config), where=f"{self._name}.evaluate")
         with torch.no_grad():
-            return module(_tensor(data.x_test)).squeeze(-1).numpy()
+            logits: np.ndarray = module(_tensor(data.x_test)).squeeze(-1).numpy()
+        return logits
 
-    def evaluate(self, params: Parameters, data: TabularData, config: dict[str, Scalar]) -> tuple[int, dict[str, float]]:
+    def evaluate(
+        self, params: Parameters, data: TabularData, config: dict[str, Scalar]
+    ) -> tuple[int, dict[str, float]]:
         """(test size, {accuracy, auc, loss}) of ``params`` on the test split.
 
         ``auc`` is NaN when the test split holds a single class (it is undefined there).
@@ -147,7 +163,7 @@ class LogisticRegressionTask(_TorchBinaryTask):
     _name = "logistic_regression"
 
     def _module(self, input_dim: int, opts: TrainOptions) -> nn.Module:
-        return nn.utils.skip_init(nn.Linear, input_dim, 1)  # weights come from params or _uniform_init
+        return _linear(input_dim, 1)
 
 
 class MLPTask(_TorchBinaryTask):
@@ -158,40 +174,8 @@ class MLPTask(_TorchBinaryTask):
 
     def _module(self, input_dim: int, opts: TrainOptions) -> nn.Module:
         layers = OrderedDict(
-            hidden=nn.utils.skip_init(nn.Linear, input_dim, opts.hidden),
+            hidden=_linear(input_dim, opts.hidden),
             act=nn.ReLU(),
-            out=nn.utils.skip_init(nn.Linear, opts.hidden, 1),
+            out=_linear(opts.hidden, 1),
         )
         return nn.Sequential(layers)
-
-
-class IdentityTask:
-    """Returns the parameters it receives: a null task to measure transport and aggregation.
-
-    Options: ``n_params`` (total float32 scalars of :meth:`init_parameters`, split into
-    ``n_tensors`` arrays), ``random_init`` (seeded normal values instead of zeros) and
-    ``num_examples`` (the weight its results carry, default 1).
-    """
-
-    def init_parameters(self, options: dict[str, Scalar], seed: int) -> Parameters:
-        """``n_params`` float32 scalars in ``min(n_tensors, n_params)`` arrays ``tensor_<i>``."""
-        opts = parse_options(options, IDENTITY_SPEC, where="identity")
-        total, parts = int(opts["n_params"]), int(opts["n_tensors"])  # type: ignore[arg-type]  # checked ints
-        parts = min(parts, total)
-        sizes = [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-        rng = np.random.default_rng(seed)
-        arrays = tuple(
-            rng.standard_normal(size, dtype=np.float32) if opts["random_init"] else np.zeros(size, np.float32)
-            for size in sizes
-        )
-        return Parameters.from_arrays(tuple(f"tensor_{i}" for i in range(parts)), arrays)
-
-    def fit(self, params: Parameters, data: TabularData, config: dict[str, Scalar], seed: int) -> FitOutput:
-        """``params`` unchanged, weighted by ``num_examples``."""
-        opts = parse_options(config, IDENTITY_SPEC, where="identity")
-        return FitOutput(parameters=params, num_examples=int(opts["num_examples"]), metrics={})  # type: ignore[arg-type]  # checked int
-
-    def evaluate(self, params: Parameters, data: TabularData, config: dict[str, Scalar]) -> tuple[int, dict[str, float]]:
-        """``(num_examples, {})``: there is no model to score."""
-        opts = parse_options(config, IDENTITY_SPEC, where="identity")
-        return int(opts["num_examples"]), {}  # type: ignore[arg-type]  # checked int
