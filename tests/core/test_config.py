@@ -30,7 +30,13 @@ deadline_s = 30
 def test_good_spec_parses_into_frozen_record() -> None:
     spec = parse_job_spec(GOOD, source_name="job.toml")
     assert isinstance(spec, JobSpec)
-    assert (spec.name, spec.task, spec.dataset, spec.rounds, spec.seed) == ("heart", "logistic_regression", "heart", 3, 7)
+    assert (spec.name, spec.task, spec.dataset, spec.rounds, spec.seed) == (
+        "heart",
+        "logistic_regression",
+        "heart",
+        3,
+        7,
+    )
     assert spec.strategy.name == "fedyogi"
     assert spec.strategy.options == {"eta": 0.1}
     assert spec.task_options == {"local_steps": 10, "lr": 0.01}
@@ -56,7 +62,13 @@ def test_every_problem_is_listed_once() -> None:
     with pytest.raises(ConfigError) as info:
         parse_job_spec(text, source_name="bad.toml")
     message = str(info.value)
-    for fragment in ("missing job.dataset", "job.task must be str", "job.rounds must be int", "job.colour", "min_nodes"):
+    for fragment in (
+        "missing job.dataset",
+        "job.task must be str",
+        "job.rounds must be int",
+        "job.colour",
+        "min_nodes",
+    ):
         assert fragment in message
 
 
@@ -66,5 +78,5 @@ def test_rounds_must_be_positive() -> None:
 
 
 def test_nested_values_are_refused() -> None:
-    with pytest.raises(ConfigError, match="task_options.layers must be a number"):
+    with pytest.raises(ConfigError, match=r"task_options\.layers must be a number"):
         parse_job_spec(GOOD.replace("lr = 0.01", "lr = 0.01\nlayers = [1, 2]"))

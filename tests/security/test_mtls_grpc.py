@@ -94,24 +94,18 @@ def _call(port: int, material: TlsMaterial, host: str = "127.0.0.1") -> bytes:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
-def test_provisioned_site_connects(
-    fed: ProvisionResult, server: PingServer, host: str
-) -> None:
+def test_provisioned_site_connects(fed: ProvisionResult, server: PingServer, host: str) -> None:
     site = load_tls_material(fed.root / "sites" / "cleveland")
 
     assert _call(server.port, site, host) == b"node:cleveland"
 
 
-def test_certificate_from_another_ca_is_refused(
-    fed: ProvisionResult, server: PingServer, tmp_path: Path
-) -> None:
+def test_certificate_from_another_ca_is_refused(fed: ProvisionResult, server: PingServer, tmp_path: Path) -> None:
     other = provision(parse_plan(PLAN), tmp_path / "other")
     stranger = load_tls_material(other.root / "sites" / "cleveland")
     # Trust the real coordinator, so only the client certificate can be at fault.
     ca_pem = (fed.root / "ca" / "ca.pem").read_bytes()
-    impostor = TlsMaterial(
-        ca_pem=ca_pem, cert_pem=stranger.cert_pem, key_pem=stranger.key_pem
-    )
+    impostor = TlsMaterial(ca_pem=ca_pem, cert_pem=stranger.cert_pem, key_pem=stranger.key_pem)
 
     with pytest.raises(grpc.RpcError) as err:
         _call(server.port, impostor)
@@ -119,9 +113,7 @@ def test_certificate_from_another_ca_is_refused(
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_site_refuses_a_coordinator_from_another_ca(
-    fed: ProvisionResult, server: PingServer, tmp_path: Path
-) -> None:
+def test_site_refuses_a_coordinator_from_another_ca(fed: ProvisionResult, server: PingServer, tmp_path: Path) -> None:
     other = provision(parse_plan(PLAN), tmp_path / "other")
     site = load_tls_material(fed.root / "sites" / "cleveland")
     wrong_trust = TlsMaterial(
@@ -136,9 +128,7 @@ def test_site_refuses_a_coordinator_from_another_ca(
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_revoked_site_is_refused_by_the_server(
-    fed: ProvisionResult, server: PingServer
-) -> None:
+def test_revoked_site_is_refused_by_the_server(fed: ProvisionResult, server: PingServer) -> None:
     site = load_tls_material(fed.root / "sites" / "hungary")
 
     with pytest.raises(grpc.RpcError) as err:
@@ -148,9 +138,7 @@ def test_revoked_site_is_refused_by_the_server(
     assert "revoked" in (err.value.details() or "")
 
 
-def test_expired_client_certificate_is_refused(
-    fed: ProvisionResult, server: PingServer, tmp_path: Path
-) -> None:
+def test_expired_client_certificate_is_refused(fed: ProvisionResult, server: PingServer, tmp_path: Path) -> None:
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
     add_site(fed.root, "stale", now=long_ago)
     stale = load_tls_material(fed.root / "sites" / "stale")

@@ -19,9 +19,7 @@ coordinator_port = 50443
 def test_minimal_plan_has_defaults() -> None:
     plan = parse_plan(MINIMAL)
 
-    assert plan == FederationPlan(
-        name="demo", coordinator_host="127.0.0.1", coordinator_port=50443
-    )
+    assert plan == FederationPlan(name="demo", coordinator_host="127.0.0.1", coordinator_port=50443)
     assert plan.validity_days == 365 and plan.ca_validity_days == 3650
     assert plan.coordinator_address == "127.0.0.1:50443"
 

@@ -63,9 +63,7 @@ def fed(tmp_path: Path) -> ProvisionResult:
 
 def _snapshot(root: Path) -> dict[str, bytes]:
     return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != ".lock"
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"
     }
 
 
@@ -76,9 +74,7 @@ def _mode(path: Path) -> int:
 def test_public_api_is_exported() -> None:
     for name in medfed.security.__all__:
         assert hasattr(medfed.security, name)
-    assert {"provision", "add_site", "add_user", "revoke", "load_tls_material"} <= set(
-        medfed.security.__all__
-    )
+    assert {"provision", "add_site", "add_user", "revoke", "load_tls_material"} <= set(medfed.security.__all__)
 
 
 def test_layout(fed: ProvisionResult) -> None:
@@ -89,16 +85,8 @@ def test_layout(fed: ProvisionResult) -> None:
         "ca/crl.pem",
         "ca/serials.json",
         *(f"coordinator/{f}" for f in (*KIT_FILES, "crl.pem")),
-        *(
-            f"sites/{s}/{f}"
-            for s in ("cleveland", "hungary")
-            for f in (*KIT_FILES, "site.toml")
-        ),
-        *(
-            f"users/{u}/{f}"
-            for u in ("alice", "bob")
-            for f in (*KIT_FILES, "client.toml")
-        ),
+        *(f"sites/{s}/{f}" for s in ("cleveland", "hungary") for f in (*KIT_FILES, "site.toml")),
+        *(f"users/{u}/{f}" for u in ("alice", "bob") for f in (*KIT_FILES, "client.toml")),
     ]
 
     assert sorted(_snapshot(root)) == sorted(expected)
@@ -109,9 +97,7 @@ def test_layout(fed: ProvisionResult) -> None:
         "alice",
         "bob",
     ]
-    assert not [
-        p for p in root.parent.iterdir() if p.name.startswith(".fed.")
-    ]  # no staging left
+    assert not [p for p in root.parent.iterdir() if p.name.startswith(".fed.")]  # no staging left
 
 
 def test_private_keys_are_0600_and_ca_dir_0700(fed: ProvisionResult) -> None:
@@ -120,9 +106,7 @@ def test_private_keys_are_0600_and_ca_dir_0700(fed: ProvisionResult) -> None:
     assert len(keys) == 6
     assert all(_mode(k) == 0o600 for k in keys)
     assert _mode(fed.root / "ca") == 0o700
-    assert (
-        _mode(fed.root / "sites" / "cleveland" / "cert.pem") & 0o044
-    )  # certificates readable
+    assert _mode(fed.root / "sites" / "cleveland" / "cert.pem") & 0o044  # certificates readable
 
 
 def test_every_kit_passes_preflight(fed: ProvisionResult) -> None:
@@ -213,9 +197,7 @@ def test_a_file_in_the_way_is_refused(tmp_path: Path) -> None:
         provision(parse_plan(PLAN), tmp_path / "fed", now=NOW)
 
 
-def test_a_failed_run_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failed_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
@@ -238,13 +220,9 @@ def test_add_site_leaves_other_files_unchanged(fed: ProvisionResult) -> None:
     after = _snapshot(fed.root)
     changed = {k for k in before if before[k] != after[k]}
     assert changed == {"ca/serials.json"}
-    assert set(after) - set(before) == {
-        f"sites/switzerland/{f}" for f in (*KIT_FILES, "site.toml")
-    }
+    assert set(after) - set(before) == {f"sites/switzerland/{f}" for f in (*KIT_FILES, "site.toml")}
     assert issued.kit == "sites/switzerland" and issued.role is Role.NODE
-    assert (
-        preflight(load_tls_material(fed.root / "sites" / "switzerland"), now=NOW) == []
-    )
+    assert preflight(load_tls_material(fed.root / "sites" / "switzerland"), now=NOW) == []
     assert _mode(fed.root / "sites" / "switzerland" / "key.pem") == 0o600
 
 
@@ -286,9 +264,7 @@ def test_revoke_updates_both_crls(fed: ProvisionResult) -> None:
 
     revoked = revoke(fed.root, "hungary", now=NOW + dt.timedelta(hours=1))
 
-    assert revoked.serial == serial and revoked.revoked_at == NOW + dt.timedelta(
-        hours=1
-    )
+    assert revoked.serial == serial and revoked.revoked_at == NOW + dt.timedelta(hours=1)
     for crl in (fed.root / "ca" / "crl.pem", fed.root / "coordinator" / "crl.pem"):
         assert load_crl(crl.read_bytes(), ca_pem) == frozenset({serial})
     doc = json.loads((fed.root / "ca" / "serials.json").read_text())
@@ -313,15 +289,10 @@ def test_revoke_is_idempotent_and_reissue_works(fed: ProvisionResult) -> None:
     reissued = add_user(fed.root, "alice", Role.RESEARCHER, now=NOW)
 
     assert again.revoked_at == first.revoked_at
-    revoked = load_crl(
-        (fed.root / "ca/crl.pem").read_bytes(), (fed.root / "ca/ca.pem").read_bytes()
-    )
+    revoked = load_crl((fed.root / "ca/crl.pem").read_bytes(), (fed.root / "ca/ca.pem").read_bytes())
     assert revoked == frozenset({first.serial})
     assert reissued.serial != first.serial
-    assert (
-        describe_certificate((fed.root / "users/alice/cert.pem").read_bytes()).serial
-        == reissued.serial
-    )
+    assert describe_certificate((fed.root / "users/alice/cert.pem").read_bytes()).serial == reissued.serial
 
 
 def test_revoke_unknown_or_coordinator_is_refused(fed: ProvisionResult) -> None:
@@ -363,15 +334,11 @@ def test_good_names_are_accepted(fed: ProvisionResult, name: str) -> None:
 
 
 def test_load_tls_material_names_missing_files(tmp_path: Path) -> None:
-    with pytest.raises(
-        ConfigError, match=r"missing \['ca.pem', 'cert.pem', 'key.pem'\]"
-    ):
+    with pytest.raises(ConfigError, match=r"missing \['ca.pem', 'cert.pem', 'key.pem'\]"):
         load_tls_material(tmp_path)
 
 
-def test_load_tls_material_refuses_a_foreign_key(
-    fed: ProvisionResult, tmp_path: Path
-) -> None:
+def test_load_tls_material_refuses_a_foreign_key(fed: ProvisionResult, tmp_path: Path) -> None:
     kit = tmp_path / "kit"
     kit.mkdir()
     for name in KIT_FILES:
@@ -385,9 +352,7 @@ def test_load_tls_material_refuses_a_foreign_key(
 def test_preflight_reports_expiry_and_host(fed: ProvisionResult) -> None:
     material = load_tls_material(fed.root / "coordinator")
 
-    problems = preflight(
-        material, now=NOW + dt.timedelta(days=400), expected_host="10.1.1.1"
-    )
+    problems = preflight(material, now=NOW + dt.timedelta(days=400), expected_host="10.1.1.1")
 
     assert len(problems) == 2
     assert "expired on 2027-03-01" in problems[0]

@@ -141,7 +141,10 @@ def _node_check(cfg: Any) -> int:
     for name, ds in cfg.settings.datasets.items():
         try:
             data = load_csv_dataset(ds.path, label=ds.label)
-            print(f"dataset {name}: ok ({len(data.y_train)} train / {len(data.y_test)} test rows, {data.n_features} features)")
+            print(
+                f"dataset {name}: ok ({len(data.y_train)} train / {len(data.y_test)} test rows, "
+                f"{data.n_features} features)"
+            )
         except MedfedError as exc:
             ok = False
             print(f"dataset {name}: {exc}")

@@ -66,16 +66,18 @@ def load_node_config(path: Path) -> NodeConfig:
     site = _table(doc, "site", path)
     name, target = site.get("name"), site.get("coordinator")
     if not isinstance(name, str) or not isinstance(target, str):
-        raise ConfigError(f"{path}: [site] needs name and coordinator = \"host:port\"")
+        raise ConfigError(f'{path}: [site] needs name and coordinator = "host:port"')
     ca, cert, key = _tls_paths(doc, path)
     datasets: dict[str, DatasetConfig] = {}
     for ds_name, ds in (doc.get("datasets") or {}).items():
         if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):
-            raise ConfigError(f"{path}: [datasets.{ds_name}] needs path = \"<directory with train.csv, test.csv>\"")
+            raise ConfigError(f'{path}: [datasets.{ds_name}] needs path = "<directory with train.csv, test.csv>"')
         fmt = ds.get("kind", ds.get("format", "csv"))
         if fmt != "csv":
             raise ConfigError(f"{path}: datasets.{ds_name}.kind {fmt!r} is not supported here (allowed: ['csv'])")
-        datasets[ds_name] = DatasetConfig(name=ds_name, path=path.parent / ds["path"], label=str(ds.get("label", "label")))
+        datasets[ds_name] = DatasetConfig(
+            name=ds_name, path=path.parent / ds["path"], label=str(ds.get("label", "label"))
+        )
     node = doc.get("node") or {}
     settings = NodeSettings(
         site=name,
@@ -90,7 +92,9 @@ def load_node_config(path: Path) -> NodeConfig:
         server_name=str(site.get("server_name", "")),
     )
     log_file = node.get("log_file")
-    return NodeConfig(settings=settings, coordinator=target, tls=tls, log_file=path.parent / log_file if log_file else None)
+    return NodeConfig(
+        settings=settings, coordinator=target, tls=tls, log_file=path.parent / log_file if log_file else None
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,7 +110,7 @@ def load_client_config(path: Path) -> ClientConfig:
     client = doc.get("client") or doc.get("user") or {}
     target = client.get("coordinator")
     if not isinstance(target, str):
-        raise ConfigError(f"{path}: [client] needs coordinator = \"host:port\"")
+        raise ConfigError(f'{path}: [client] needs coordinator = "host:port"')
     ca, cert, key = _tls_paths(doc, path)
     tls = ClientTls(
         ca_pem=read_pem(ca, "CA certificate"),

@@ -91,7 +91,7 @@ def _prepare(root: Path, port: int) -> None:
         write_site_csv(site, data, kit / "data")  # writes data/<site>/{train,test}.csv
         text = (kit / "site.toml").read_text()
         text += f'\n[datasets.heart]\nkind = "csv"\npath = "data/{site}"\nlabel = "label"\n'
-        text += '\n[node]\npoll_wait_s = 5.0\nbackoff_max_s = 2.0\n'
+        text += "\n[node]\npoll_wait_s = 5.0\nbackoff_max_s = 2.0\n"
         (kit / "site.toml").write_text(text)
 
 
@@ -174,7 +174,9 @@ def comparison_table(view: dict[str, Any], strategy: str) -> tuple[list[str], li
 
     datasets = load_fed_heart_disease()
     final = max(r["round"] for r in view["round_metrics"])
-    fed = {s["site"]: s["metrics"]["eval_accuracy"] for s in view["site_metrics"] if s["round"] == final and not s["error"]}
+    fed = {
+        s["site"]: s["metrics"]["eval_accuracy"] for s in view["site_metrics"] if s["round"] == final and not s["error"]
+    }
     defaults = HEART_DEFAULTS.get(strategy, {"task": {}})["task"]
     rows: list[tuple[str, dict[str, float], str]] = [(f"federated ({strategy})", fed, strategy)]
     options = {**defaults, "local_steps": int(defaults.get("local_steps", 100)) * len(view["round_metrics"])}
@@ -189,7 +191,14 @@ def comparison_table(view: dict[str, Any], strategy: str) -> tuple[list[str], li
         vals = [acc.get(s) for s in SITES]
         mean = sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals))
         flamby = FLAMBY.get(key)
-        body.append([label, *("—" if v is None else f"{v:.3f}" for v in vals), f"{mean:.3f}", "—" if flamby is None else f"{flamby:.3f}"])
+        body.append(
+            [
+                label,
+                *("—" if v is None else f"{v:.3f}" for v in vals),
+                f"{mean:.3f}",
+                "—" if flamby is None else f"{flamby:.3f}",
+            ]
+        )
     return headers, body
 
 

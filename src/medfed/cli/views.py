@@ -99,7 +99,13 @@ def watch_job(client: Any, job_id: str, *, timeout_s: float = 24 * 3600, interva
     """Follow a job with a progress bar (one step per round) until it finishes or ``timeout_s``."""
     view = client.get_job(job_id)
     deadline = time.monotonic() + timeout_s
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[acc]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[acc]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task(f"job {job_id} rounds", total=view["rounds"], acc="")
         while view["state"] not in FINISHED:

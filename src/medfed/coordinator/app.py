@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 
-from medfed.core.errors import AuthenticationError, ValidationError
 from medfed.coordinator.service import Coordinator, CoordinatorSettings
+from medfed.core.errors import AuthenticationError, ValidationError
 from medfed.crypto.pki import load_crl
 from medfed.transport.api import JobViewDict
 from medfed.transport.grpc_server import ServerTls, serve

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medfed.aggregation.base import Strategy
-from medfed.core.errors import JobError, MedfedError
-from medfed.core.params import Parameters
-from medfed.core.records import JobSpec, JobState, RoundRecord, Scalar, TaskKind, TaskMessage
 from medfed.coordinator.checkpoints import load_checkpoint, save_checkpoint, save_model
 from medfed.coordinator.nodes import NodeRegistry
 from medfed.coordinator.rounds import RoundInProgress, RoundKey
 from medfed.coordinator.store import Store
+from medfed.core.errors import JobError, MedfedError
+from medfed.core.params import Parameters
+from medfed.core.records import JobSpec, JobState, RoundRecord, Scalar, TaskKind, TaskMessage
 from medfed.learn.base import Task
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class JobRunner(threading.Thread):
         except MedfedError as exc:
             log.error("job %s failed: %s", job_id, exc)
             store.set_job_state(job_id, JobState.FAILED, error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bug must fail the job visibly, not kill the thread silently
+        except Exception as exc:
             log.exception("job %s crashed", job_id)
             store.set_job_state(job_id, JobState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
         else:
@@ -69,8 +69,8 @@ class JobRunner(threading.Thread):
     def _start_point(self) -> tuple[int, Parameters, Parameters]:
         ck = self.ctx.store.latest_checkpoint(self.ctx.job_id)
         if ck is not None:
-            rnd, path, digest = ck
-            params, state = load_checkpoint(Path(path), digest)
+            rnd, stored, digest = ck
+            params, state = load_checkpoint(Path(stored), digest)
             log.info("job %s resumes after round %d", self.ctx.job_id, rnd)
             return rnd, params, state
         params = self.task.init_parameters(dict(self.spec.task_options), self.spec.seed)
@@ -84,7 +84,7 @@ class JobRunner(threading.Thread):
         done, params, state = self._start_point()
         for rnd in range(done + 1, self.spec.rounds + 1):
             round_ = self._round_with_retries(rnd, TaskKind.FIT, params)
-            assert round_.mean is not None  # noqa: S101 - FIT rounds always carry a mean
+            assert round_.mean is not None
             new_params, state = self.strategy.aggregate(rnd, params, round_.mean.result(), state)
             params.check_like(new_params, where=f"strategy {self.spec.strategy.name!r}, round {rnd}")
             params = new_params

@@ -9,20 +9,19 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from medfed import __version__
 from medfed.aggregation.strategies import make_strategy
-from medfed.core.config import parse_job_spec
-from medfed.core.errors import JobError, PermissionDenied, RegistryError, StoreError, ValidationError
-from medfed.core.params import Parameters
-from medfed.core.records import JobState, ResultMessage, Role
 from medfed.coordinator.checkpoints import load_checkpoint
 from medfed.coordinator.engine import JobContext, JobRunner
 from medfed.coordinator.nodes import NodeRegistry
 from medfed.coordinator.rounds import RoundInProgress
 from medfed.coordinator.store import JobRow, Store
 from medfed.coordinator.views import job_view
+from medfed.core.config import parse_job_spec
+from medfed.core.errors import JobError, PermissionDenied, RegistryError, StoreError, ValidationError
+from medfed.core.params import Parameters
+from medfed.core.records import JobState, ResultMessage, Role
 from medfed.learn.base import Task
 from medfed.learn.registry import load_task
 from medfed.transport.api import Hello, JobViewDict, Peer, PollOutcome, Welcome
@@ -107,7 +106,7 @@ class Coordinator:
         if self._on_job_finished is not None:
             try:
                 self._on_job_finished(job_id, job_view(self.store, self._row(job_id), detail=True))
-            except Exception:  # noqa: BLE001 - a report failure must not take the coordinator down
+            except Exception:
                 log.exception("job %s: finishing hook failed", job_id)
 
     # --- node-facing -----------------------------------------------------------------------

@@ -74,7 +74,7 @@ class AuthenticationError(TransportError):
     kind = "authentication"
 
 
-class PermissionDenied(MedfedError):
+class PermissionDenied(MedfedError):  # noqa: N818 - reads as a verdict, like PermissionError
     """An authenticated caller lacks the role for the action."""
 
     kind = "permission"

@@ -55,9 +55,7 @@ def as_utc(now: dt.datetime | None) -> dt.datetime:
     if now is None:
         now = dt.datetime.now(dt.UTC)
     elif now.tzinfo is None:
-        raise ValidationError(
-            f"now must be timezone-aware, got naive {now.isoformat()}"
-        )
+        raise ValidationError(f"now must be timezone-aware, got naive {now.isoformat()}")
     return now.astimezone(dt.UTC).replace(microsecond=0)
 
 
@@ -146,24 +144,16 @@ def _signature_problem(cert: x509.Certificate, ca: x509.Certificate) -> str | No
     return None
 
 
-def _validity_problems(
-    cert: x509.Certificate, now: dt.datetime, what: str
-) -> list[str]:
+def _validity_problems(cert: x509.Certificate, now: dt.datetime, what: str) -> list[str]:
     if now > cert.not_valid_after_utc:
-        return [
-            f"{what} expired on {_when(cert.not_valid_after_utc)} (now {_when(now)})"
-        ]
+        return [f"{what} expired on {_when(cert.not_valid_after_utc)} (now {_when(now)})"]
     if now < cert.not_valid_before_utc:
-        return [
-            f"{what} not valid before {_when(cert.not_valid_before_utc)} (now {_when(now)})"
-        ]
+        return [f"{what} not valid before {_when(cert.not_valid_before_utc)} (now {_when(now)})"]
     return []
 
 
 def _dns_match(pattern: str, host: str) -> bool:
-    if pattern.startswith(
-        "*."
-    ):  # RFC 6125 §6.4.3: a wildcard covers one left-most label
+    if pattern.startswith("*."):  # RFC 6125 §6.4.3: a wildcard covers one left-most label
         head, _, rest = host.partition(".")
         return bool(head) and rest == pattern[2:]
     return pattern == host

@@ -101,13 +101,9 @@ class IdentitySpec:
     def __post_init__(self) -> None:
         problems: list[str] = []
         if not self.name or len(self.name) > _MAX_CN:
-            problems.append(
-                f"name must have 1 to {_MAX_CN} characters, got {self.name!r}"
-            )
+            problems.append(f"name must have 1 to {_MAX_CN} characters, got {self.name!r}")
         if not isinstance(self.role, Role):
-            problems.append(
-                f"role must be one of {[r.value for r in Role]}, got {self.role!r}"
-            )
+            problems.append(f"role must be one of {[r.value for r in Role]}, got {self.role!r}")
         if self.validity_days < 1:
             problems.append(f"validity_days must be >= 1, got {self.validity_days!r}")
         for ip in self.ip_addresses:
@@ -138,9 +134,7 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def create_ca(
-    federation: str, *, validity_days: int = 3650, now: dt.datetime | None = None
-) -> Credential:
+def create_ca(federation: str, *, validity_days: int = 3650, now: dt.datetime | None = None) -> Credential:
     """Create a self-signed root CA for a federation.
 
     Parameters
@@ -153,9 +147,7 @@ def create_ca(
         Issue time (timezone-aware); the current UTC time if omitted.
     """
     if not federation or len(federation) + len(" root CA") > _MAX_CN:
-        raise ValidationError(
-            f"federation name must have 1 to 56 characters, got {federation!r}"
-        )
+        raise ValidationError(f"federation name must have 1 to 56 characters, got {federation!r}")
     if validity_days < 1:
         raise ValidationError(f"validity_days must be >= 1, got {validity_days!r}")
     start = as_utc(now)
@@ -177,9 +169,7 @@ def create_ca(
         .not_valid_after(start + dt.timedelta(days=validity_days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(usage, critical=True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return Credential(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
@@ -212,9 +202,7 @@ def _load_ca(ca: Credential) -> tuple[x509.Certificate, ec.EllipticCurvePrivateK
     try:
         key = serialization.load_pem_private_key(ca.key_pem, password=None)
     except (ValueError, TypeError) as exc:
-        raise ValidationError(
-            f"CA key is not an unencrypted PEM private key: {exc}"
-        ) from None
+        raise ValidationError(f"CA key is not an unencrypted PEM private key: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValidationError(f"CA key must be ECDSA P-256, got {type(key).__name__}")
     if key.public_key() != cert.public_key():
@@ -246,12 +234,8 @@ def _with_leaf_extensions(
     aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     return (
-        builder.add_extension(
-            x509.BasicConstraints(ca=False, path_length=None), critical=True
-        )
-        .add_extension(
-            _key_usage(digital_signature=True, cert_sign=False), critical=True
-        )
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(digital_signature=True, cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
         .add_extension(_san(spec), critical=False)
         .add_extension(ski, critical=False)
@@ -259,9 +243,7 @@ def _with_leaf_extensions(
     )
 
 
-def issue_certificate(
-    ca: Credential, spec: IdentitySpec, *, now: dt.datetime | None = None
-) -> Credential:
+def issue_certificate(ca: Credential, spec: IdentitySpec, *, now: dt.datetime | None = None) -> Credential:
     """Issue a TLS leaf certificate and a fresh P-256 key for one identity.
 
     Parameters
@@ -276,9 +258,7 @@ def issue_certificate(
     """
     ca_cert, ca_key = _load_ca(ca)
     start = as_utc(now)
-    not_after = min(
-        start + dt.timedelta(days=spec.validity_days), ca_cert.not_valid_after_utc
-    )
+    not_after = min(start + dt.timedelta(days=spec.validity_days), ca_cert.not_valid_after_utc)
     key = _new_key()
     builder = (
         x509.CertificateBuilder()
@@ -289,9 +269,7 @@ def issue_certificate(
         .not_valid_before(start - CLOCK_SKEW)
         .not_valid_after(not_after)
     )
-    cert = _with_leaf_extensions(builder, spec, key, ca_cert).sign(
-        ca_key, hashes.SHA256()
-    )
+    cert = _with_leaf_extensions(builder, spec, key, ca_cert).sign(ca_key, hashes.SHA256())
     return Credential(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
 
 
@@ -339,9 +317,7 @@ def build_crl(
     )
     for serial, when in sorted(revoked_serials.items()):
         entry = x509.RevokedCertificateBuilder().serial_number(serial)
-        builder = builder.add_revoked_certificate(
-            entry.revocation_date(as_utc(when)).build()
-        )
+        builder = builder.add_revoked_certificate(entry.revocation_date(as_utc(when)).build())
     crl = builder.sign(ca_key, hashes.SHA256())
     return crl.public_bytes(serialization.Encoding.PEM)
 
@@ -362,14 +338,8 @@ def load_crl(pem: bytes, ca_cert_pem: bytes) -> frozenset[int]:
     except ValueError as exc:
         raise ValidationError(f"not a PEM certificate revocation list: {exc}") from None
     public_key = ca_cert.public_key()
-    if crl.issuer != ca_cert.subject or not isinstance(
-        public_key, ec.EllipticCurvePublicKey
-    ):
-        raise AuthenticationError(
-            "revocation list was not issued by this federation's CA"
-        )
+    if crl.issuer != ca_cert.subject or not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise AuthenticationError("revocation list was not issued by this federation's CA")
     if not crl.is_signature_valid(public_key):
-        raise AuthenticationError(
-            "revocation list signature does not verify against the CA"
-        )
+        raise AuthenticationError("revocation list signature does not verify against the CA")
     return frozenset(entry.serial_number for entry in crl)

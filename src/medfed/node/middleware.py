@@ -85,7 +85,7 @@ def errors_as_values(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> Resul
     except MedfedError as exc:
         log.warning("site %s, job %s, round %d: %s", ctx.site, task.job_id, task.round, exc)
         return error_result(task, ctx.site, exc)
-    except Exception as exc:  # noqa: BLE001 - a task bug must reach the researcher, not kill the node
+    except Exception as exc:
         log.exception("site %s: task %s crashed", ctx.site, task.task)
         return error_result(task, ctx.site, exc)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from medfed import __version__
 from medfed.core.errors import AuthenticationError, MedfedError, PermissionDenied, TransportError, ValidationError
 from medfed.core.records import ResultMessage, TaskMessage
-from medfed.learn.base import Task, TabularData
+from medfed.learn.base import TabularData, Task
 from medfed.learn.registry import load_task
 from medfed.node.middleware import Handler, Middleware, NodeContext, build_chain, default_middleware, run_task
 from medfed.transport.api import CoordinatorLink, Hello

@@ -10,9 +10,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import matplotlib.pyplot as plt
 
-from medfed.security.fsio import atomic_write  # noqa: E402
+from medfed.security.fsio import atomic_write
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
@@ -73,7 +73,11 @@ def _site_rows(view: dict[str, Any]) -> list[list[str]]:
     for s in view.get("site_metrics", []):
         if s["kind"] == "evaluate" and finals and s["round"] == finals[-1]:
             m = s["metrics"]
-            rows.append([s["site"], str(s["num_examples"])] + [f"{m.get(k, float('nan')):.3f}" for k in ("eval_accuracy", "eval_auc", "eval_loss")] + [s["error"]])
+            rows.append(
+                [s["site"], str(s["num_examples"])]
+                + [f"{m.get(k, float('nan')):.3f}" for k in ("eval_accuracy", "eval_auc", "eval_loss")]
+                + [s["error"]]
+            )
     return rows
 
 
@@ -81,7 +85,8 @@ def render_job_report(view: dict[str, Any], *, comparison: tuple[list[str], list
     """The report's HTML text. ``comparison`` is an optional extra table (headers, rows)."""
     title = f"medfed job {view['job_id']} — {view['name']}"
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p>State: <b>{html.escape(view['state'])}</b>; rounds {view['completed_round']}/{view['rounds']}; "
         f"owner {html.escape(view['owner'])}; spec SHA-256 <code>{html.escape(view['spec_hash'])}</code></p>",
@@ -91,12 +96,17 @@ def render_job_report(view: dict[str, Any], *, comparison: tuple[list[str], list
     if comparison is not None:
         parts += ["<h2>Federated vs local-only vs pooled</h2>", _table(*comparison)]
     parts += ["<h2>Per-round metrics</h2>", metrics_plot_svg(view)]
-    parts += ["<h2>Final model per site</h2>", _table(["site", "test examples", "accuracy", "AUC", "loss", "error"], _site_rows(view))]
+    parts += [
+        "<h2>Final model per site</h2>",
+        _table(["site", "test examples", "accuracy", "AUC", "loss", "error"], _site_rows(view)),
+    ]
     parts += ["<h2>Job spec</h2>", f"<pre>{html.escape(view.get('spec_toml', ''))}</pre>", "</body></html>"]
     return "\n".join(parts)
 
 
-def write_job_report(view: dict[str, Any], path: Path, *, comparison: tuple[list[str], list[list[str]]] | None = None) -> Path:
+def write_job_report(
+    view: dict[str, Any], path: Path, *, comparison: tuple[list[str], list[list[str]]] | None = None
+) -> Path:
     """Write the report atomically; return its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, render_job_report(view, comparison=comparison).encode())

@@ -89,9 +89,7 @@ def _host_problems(host: object) -> list[str]:
         pass
     labels = host.lower().rstrip(".").split(".")
     if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-        return [
-            f"coordinator host {host!r} is neither an IP address nor a valid DNS name"
-        ]
+        return [f"coordinator host {host!r} is neither an IP address nor a valid DNS name"]
     return []
 
 
@@ -137,13 +135,10 @@ class FederationPlan:
         for host in (self.coordinator_host, *self.extra_hosts):
             problems += _host_problems(host)
         if not 1 <= self.coordinator_port <= 65535:
-            problems.append(
-                f"coordinator_port must be 1..65535, got {self.coordinator_port!r}"
-            )
+            problems.append(f"coordinator_port must be 1..65535, got {self.coordinator_port!r}")
         if not 1 <= self.validity_days <= self.ca_validity_days:
             problems.append(
-                f"validity_days must be 1..ca_validity_days ({self.ca_validity_days}), "
-                f"got {self.validity_days!r}"
+                f"validity_days must be 1..ca_validity_days ({self.ca_validity_days}), got {self.validity_days!r}"
             )
         problems += self._identity_problems()
         if problems:
@@ -161,9 +156,7 @@ class FederationPlan:
         names = [*self.sites, *(u.name for u in self.users)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            problems.append(
-                f"names must be unique across sites and users, repeated: {dupes}"
-            )
+            problems.append(f"names must be unique across sites and users, repeated: {dupes}")
         if COORDINATOR_NAME in names:
             problems.append(f"{COORDINATOR_NAME!r} is reserved for the coordinator")
         return problems
@@ -174,9 +167,7 @@ class FederationPlan:
         return format_address(self.coordinator_host, self.coordinator_port)
 
 
-def _get(
-    table: dict[str, Any], key: str, kind: type, where: str, problems: list[str]
-) -> Any:
+def _get(table: dict[str, Any], key: str, kind: type, where: str, problems: list[str]) -> Any:
     value = table.get(key)
     if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
         return value
@@ -184,9 +175,7 @@ def _get(
     return None
 
 
-def _entries(
-    doc: dict[str, Any], key: str, problems: list[str]
-) -> list[dict[str, Any]]:
+def _entries(doc: dict[str, Any], key: str, problems: list[str]) -> list[dict[str, Any]]:
     entries = doc.get(key, [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         problems.append(f"[[{key}]] must be an array of tables")
@@ -194,9 +183,7 @@ def _entries(
     for i, entry in enumerate(entries):
         allowed = {"name"} if key == "sites" else {"name", "role"}
         for extra in sorted(set(entry) - allowed):
-            problems.append(
-                f"{key}[{i}]: unknown key {extra!r} (allowed: {sorted(allowed)})"
-            )
+            problems.append(f"{key}[{i}]: unknown key {extra!r} (allowed: {sorted(allowed)})")
     return entries
 
 
@@ -214,17 +201,11 @@ def _users(entries: list[dict[str, Any]], problems: list[str]) -> tuple[UserPlan
 
 def _federation_fields(fed: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     """The ``[federation]`` table's values, type-checked; absent optional keys left out."""
-    problems += [
-        f"federation: unknown key {k!r}"
-        for k in sorted(set(fed) - set(_FEDERATION_KEYS))
-    ]
+    problems += [f"federation: unknown key {k!r}" for k in sorted(set(fed) - set(_FEDERATION_KEYS))]
     for key in ("name", "coordinator_host", "coordinator_port"):
         if key not in fed:
             problems.append(f"federation.{key} is required")
-    fields = {
-        key: _get(fed, key, kind, "federation", problems)
-        for key, kind in _FEDERATION_KEYS.items()
-    }
+    fields = {key: _get(fed, key, kind, "federation", problems) for key, kind in _FEDERATION_KEYS.items()}
     if fields["extra_hosts"] is not None:
         fields["extra_hosts"] = tuple(fields["extra_hosts"])
     return {key: value for key, value in fields.items() if value is not None}
@@ -245,10 +226,7 @@ def parse_plan(text: str, *, source_name: str = "<plan>") -> FederationPlan:
     fed = doc.get("federation")
     if not isinstance(fed, dict):
         raise ConfigError(f"{source_name}: missing [federation] table")
-    problems = [
-        f"unknown table {k!r}"
-        for k in sorted(set(doc) - {"federation", "sites", "users"})
-    ]
+    problems = [f"unknown table {k!r}" for k in sorted(set(doc) - {"federation", "sites", "users"})]
     fields = _federation_fields(fed, problems)
     sites = tuple(entry.get("name", "") for entry in _entries(doc, "sites", problems))
     users = _users(_entries(doc, "users", problems), problems)

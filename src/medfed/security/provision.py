@@ -76,9 +76,7 @@ class ProvisionResult:
         for identity in reversed(self.identities):
             if identity.name == name:
                 return self.root / identity.kit
-        raise ConfigError(
-            f"no identity called {name!r} in federation {self.federation!r}"
-        )
+        raise ConfigError(f"no identity called {name!r} in federation {self.federation!r}")
 
 
 def _moment(now: dt.datetime | None) -> dt.datetime:
@@ -128,9 +126,7 @@ def _kit_path(name: str, role: Role) -> str:
     return f"sites/{name}" if role is Role.NODE else f"users/{name}"
 
 
-def _issue(
-    root: Path, ca: Credential, registry: Registry, spec: IdentitySpec, now: dt.datetime
-) -> Registry:
+def _issue(root: Path, ca: Credential, registry: Registry, spec: IdentitySpec, now: dt.datetime) -> Registry:
     """Issue ``spec``, write its kit, and return the registry with it recorded."""
     cred = issue_certificate(ca, spec, now=now)
     info = describe_certificate(cred.cert_pem)
@@ -158,9 +154,7 @@ def _issue(
     return registry.with_identity(issued)
 
 
-def _write_crl(
-    root: Path, ca: Credential, registry: Registry, now: dt.datetime
-) -> None:
+def _write_crl(root: Path, ca: Credential, registry: Registry, now: dt.datetime) -> None:
     days = max(registry.validity_days, 1)
     crl = build_crl(
         ca,
@@ -175,9 +169,7 @@ def _write_crl(
 
 def _refuse_existing(target: Path) -> None:
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise ConfigError(
-            f"{target} exists and is not a directory; refusing to overwrite it"
-        )
+        raise ConfigError(f"{target} exists and is not a directory; refusing to overwrite it")
     if target.is_dir() and any(target.iterdir()):
         raise ConfigError(
             f"{target} already exists and is not empty; refusing to overwrite a federation "
@@ -213,14 +205,8 @@ def _build(plan: FederationPlan, root: Path, now: dt.datetime) -> ProvisionResul
         validity_days=plan.validity_days,
     )
     registry = _issue(root, ca, registry, _coordinator_spec(plan), now)
-    specs = [
-        IdentitySpec(name=s, role=Role.NODE, validity_days=plan.validity_days)
-        for s in plan.sites
-    ]
-    specs += [
-        IdentitySpec(name=u.name, role=u.role, validity_days=plan.validity_days)
-        for u in plan.users
-    ]
+    specs = [IdentitySpec(name=s, role=Role.NODE, validity_days=plan.validity_days) for s in plan.sites]
+    specs += [IdentitySpec(name=u.name, role=u.role, validity_days=plan.validity_days) for u in plan.users]
     for spec in specs:
         registry = _issue(root, ca, registry, spec, now)
     _write_crl(root, ca, registry, now)
@@ -233,9 +219,7 @@ def _build(plan: FederationPlan, root: Path, now: dt.datetime) -> ProvisionResul
     )
 
 
-def provision(
-    plan: FederationPlan, out_dir: PathLike, *, now: dt.datetime | None = None
-) -> ProvisionResult:
+def provision(plan: FederationPlan, out_dir: PathLike, *, now: dt.datetime | None = None) -> ProvisionResult:
     """Create a federation directory: root CA, CRL and one kit per coordinator, site and user.
 
     Parameters
@@ -255,9 +239,7 @@ def provision(
     target = Path(out_dir)
     _refuse_existing(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-")
-    )
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
     try:
         result = _build(plan, staging, _moment(now))
         _refuse_existing(target)
@@ -273,26 +255,20 @@ def provision(
 def _load(root: Path) -> tuple[Credential, Registry]:
     ca_dir = root / "ca"
     try:
-        registry = Registry.from_json(
-            (ca_dir / "serials.json").read_bytes(), source=str(ca_dir / "serials.json")
-        )
+        registry = Registry.from_json((ca_dir / "serials.json").read_bytes(), source=str(ca_dir / "serials.json"))
         ca = Credential(
             cert_pem=(ca_dir / "ca.pem").read_bytes(),
             key_pem=(ca_dir / "ca.key").read_bytes(),
         )
     except FileNotFoundError as exc:
-        raise ConfigError(
-            f"{root} is not a medfed federation directory: missing {exc.filename}"
-        ) from None
+        raise ConfigError(f"{root} is not a medfed federation directory: missing {exc.filename}") from None
     return ca, registry
 
 
 def _locked(root: Path) -> contextlib.AbstractContextManager[None]:
     """The federation's advisory lock (``ca/.lock``)."""
     if not (root / "ca").is_dir():
-        raise ConfigError(
-            f"{root} is not a medfed federation directory: missing {root / 'ca'}"
-        )
+        raise ConfigError(f"{root} is not a medfed federation directory: missing {root / 'ca'}")
     return exclusive_lock(root / "ca" / ".lock")
 
 
@@ -314,9 +290,7 @@ def _add(root: Path, spec: IdentitySpec, now: dt.datetime | None) -> IssuedIdent
         return registry.identities[-1]
 
 
-def add_site(
-    out_dir: PathLike, name: str, *, now: dt.datetime | None = None
-) -> IssuedIdentity:
+def add_site(out_dir: PathLike, name: str, *, now: dt.datetime | None = None) -> IssuedIdentity:
     """Issue an identity for a new site from the existing CA; other kits are left untouched.
 
     Raises
@@ -329,9 +303,7 @@ def add_site(
     return _add(Path(out_dir), IdentitySpec(name=name, role=Role.NODE), now)
 
 
-def add_user(
-    out_dir: PathLike, name: str, role: Role | str, *, now: dt.datetime | None = None
-) -> IssuedIdentity:
+def add_user(out_dir: PathLike, name: str, role: Role | str, *, now: dt.datetime | None = None) -> IssuedIdentity:
     """Issue a CLI identity for a person (role ``researcher`` or ``admin``).
 
     Raises
@@ -346,9 +318,7 @@ def add_user(
     return _add(Path(out_dir), IdentitySpec(name=name, role=Role(str(role))), now)
 
 
-def revoke(
-    out_dir: PathLike, name: str, now: dt.datetime | None = None
-) -> IssuedIdentity:
+def revoke(out_dir: PathLike, name: str, now: dt.datetime | None = None) -> IssuedIdentity:
     """Revoke the identity called ``name``: record it, then rewrite both CRLs atomically.
 
     Idempotent: revoking an already revoked name reissues the CRL and returns the record.
@@ -361,18 +331,14 @@ def revoke(
     """
     validate_name(name, "name")
     if name == COORDINATOR_NAME:
-        raise ConfigError(
-            "the coordinator's identity cannot be revoked; re-provision the federation"
-        )
+        raise ConfigError("the coordinator's identity cannot be revoked; re-provision the federation")
     root, moment = Path(out_dir), _moment(now)
     with _locked(root):
         ca, registry = _load(root)
         target = registry.active(name) or registry.latest(name)
         if target is None:
             known = sorted({i.name for i in registry.identities} - {COORDINATOR_NAME})
-            raise ConfigError(
-                f"no identity called {name!r} in this federation (known: {known})"
-            )
+            raise ConfigError(f"no identity called {name!r} in this federation (known: {known})")
         registry = registry.with_revocation(target.serial, target.revoked_at or moment)
         atomic_write(root / "ca" / "serials.json", registry.to_json())
         _write_crl(root, ca, registry, moment)

@@ -98,18 +98,13 @@ class Registry:
 
     def revoked_serials(self) -> dict[int, dt.datetime]:
         """Serial to revocation time, for :func:`medfed.crypto.build_crl`."""
-        return {
-            i.serial: i.revoked_at for i in self.identities if i.revoked_at is not None
-        }
+        return {i.serial: i.revoked_at for i in self.identities if i.revoked_at is not None}
 
     def with_identity(self, identity: IssuedIdentity) -> Registry:
         return replace(self, identities=(*self.identities, identity))
 
     def with_revocation(self, serial: int, when: dt.datetime) -> Registry:
-        identities = tuple(
-            replace(i, revoked_at=when) if i.serial == serial else i
-            for i in self.identities
-        )
+        identities = tuple(replace(i, revoked_at=when) if i.serial == serial else i for i in self.identities)
         return replace(self, identities=identities, crl_number=self.crl_number + 1)
 
     def to_json(self) -> bytes:
@@ -135,11 +130,7 @@ class Registry:
                 coordinator=str(doc["coordinator"]),
                 validity_days=int(doc["validity_days"]),
                 crl_number=int(doc["crl_number"]),
-                identities=tuple(
-                    IssuedIdentity.from_dict(i) for i in doc["identities"]
-                ),
+                identities=tuple(IssuedIdentity.from_dict(i) for i in doc["identities"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ConfigError(
-                f"{source}: not a medfed identity registry: {exc!r}"
-            ) from None
+            raise ConfigError(f"{source}: not a medfed identity registry: {exc!r}") from None

@@ -46,25 +46,17 @@ def load_tls_material(directory: str | os.PathLike[str]) -> TlsMaterial:
         A file is missing, or the key does not belong to the certificate.
     """
     root = Path(directory)
-    missing = [
-        name
-        for name in ("ca.pem", "cert.pem", "key.pem")
-        if not (root / name).is_file()
-    ]
+    missing = [name for name in ("ca.pem", "cert.pem", "key.pem") if not (root / name).is_file()]
     if missing:
         raise ConfigError(f"{root}: not a medfed TLS kit, missing {missing}")
     material = TlsMaterial(
         ca_pem=(root / "ca.pem").read_bytes(),
         cert_pem=(root / "cert.pem").read_bytes(),
         key_pem=(root / "key.pem").read_bytes(),
-        crl_pem=(root / "crl.pem").read_bytes()
-        if (root / "crl.pem").is_file()
-        else None,
+        crl_pem=(root / "crl.pem").read_bytes() if (root / "crl.pem").is_file() else None,
     )
     if not key_matches_certificate(material.cert_pem, material.key_pem):
-        raise ConfigError(
-            f"{root}: key.pem does not belong to cert.pem (or one is unreadable)"
-        )
+        raise ConfigError(f"{root}: key.pem does not belong to cert.pem (or one is unreadable)")
     return material
 
 

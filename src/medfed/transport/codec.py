@@ -69,7 +69,7 @@ def _little_endian(arr: np.ndarray) -> memoryview:
     if arr.size == 0:
         return memoryview(b"")
     le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-    return memoryview(le).cast("B")
+    return le.data.cast("B")
 
 
 def iter_chunks(params: Parameters, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:

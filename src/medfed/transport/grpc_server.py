@@ -66,9 +66,10 @@ def _abort(context: grpc.ServicerContext, exc: MedfedError) -> NoReturn:
     code = next((c for t, c in _STATUS.items() if isinstance(exc, t)), grpc.StatusCode.UNKNOWN)
     context.set_trailing_metadata(((ERROR_KIND_KEY, error_kind(exc)),))
     context.abort(code, str(exc))
+    raise AssertionError("unreachable: ServicerContext.abort raises")  # grpc is untyped
 
 
-class FederationServicer(pb_grpc.FederationServicer):
+class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # generated base is untyped
     """Authenticates every call by certificate, checks the role, calls the CoordinatorAPI."""
 
     def __init__(self, api: CoordinatorAPI, revoked: Callable[[], frozenset[int]]) -> None:
