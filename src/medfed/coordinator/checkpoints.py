@@ -5,6 +5,7 @@ A checkpoint holds the global model (``model/<name>``) and the strategy state (`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -37,7 +38,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
