@@ -7,6 +7,7 @@ Every wait is bounded; every child is terminated (then killed) on the way out.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import sqlite3
@@ -61,7 +62,7 @@ def provision_federation(root: Path, n_sites: int, port: int) -> None:
 def job_toml(*, n_nodes: int, n_params: int, n_tensors: int, rounds: int, deadline_s: float) -> str:
     return (
         f'[job]\nname = "transport-{n_nodes}x{n_params}"\ntask = "identity"\ndataset = "bench"\n'
-        f"rounds = {rounds}\nseed = 0\n\n[strategy]\nname = \"fedavg\"\n\n"
+        f'rounds = {rounds}\nseed = 0\n\n[strategy]\nname = "fedavg"\n\n'
         f"[task_options]\nn_params = {n_params}\nn_tensors = {n_tensors}\n\n"
         f"[rounds]\nmin_nodes = {n_nodes}\ndeadline_s = {deadline_s}\nmax_round_retries = 0\n"
     )
@@ -136,6 +137,22 @@ class CellResult:
     sampled_peak_total_mib: float = 0.0
     startup_s: float = 0.0
     job_s: float = 0.0
+    coordinator_cpu_s: float = 0.0
+    nodes_cpu_s: float = 0.0
+
+
+def _cpu_seconds(pids: list[int]) -> list[float]:
+    """user + system CPU seconds of each pid so far (0 for one that is gone)."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out.append(t.user + t.system)
+        except psutil.Error:
+            out.append(0.0)
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,10 +258,12 @@ def run_cell(root: Path, port: int, spec: CellSpec, launcher: list[str]) -> Cell
             sampler.start()
             toml = job_toml(n_nodes=spec.n_nodes, n_params=spec.n_params, n_tensors=spec.n_tensors,
                             rounds=spec.rounds, deadline_s=spec.timeout_s)  # fmt: skip
+            cpu0 = _cpu_seconds([p.pid for p in procs])
             t1 = time.monotonic()
             job_id = client.submit_job(toml, "transport_speed.toml")["job_id"]
             view = _wait_job(client, job_id, spec.timeout_s)
             job_s = time.monotonic() - t1
+            cpu = [b - a for a, b in zip(cpu0, _cpu_seconds([p.pid for p in procs]), strict=True)]
             sampler.stop()
             hwm = [read_hwm_kib(p.pid) or 0 for p in procs]
             pss = [read_pss_kib(p.pid) or 0 for p in procs]
@@ -252,7 +271,7 @@ def run_cell(root: Path, port: int, spec: CellSpec, launcher: list[str]) -> Cell
             client.close()
         completions = _round_completions(state_dir, job_id)
     fit = sorted((r["round"], r["duration_s"]) for r in view["round_metrics"] if r["kind"] == "fit")
-    cycles = [b[1] - a[1] for a, b in zip(completions, completions[1:], strict=False)]
+    cycles = [b[1] - a[1] for a, b in itertools.pairwise(completions)]
     return CellResult(
         state=view["state"],
         error=view["error"],
@@ -264,6 +283,8 @@ def run_cell(root: Path, port: int, spec: CellSpec, launcher: list[str]) -> Cell
         sampled_peak_total_mib=sampler.peak_total / 2**20,
         startup_s=startup,
         job_s=job_s,
+        coordinator_cpu_s=cpu[0],
+        nodes_cpu_s=sum(cpu[1:]),
     )
 
 
@@ -294,3 +315,11 @@ def installed_identity() -> str:
 
     found = [ep.value for ep in entry_points(group="medfed.tasks") if ep.name == "identity"]
     return found[0] if found else "(not installed)"
+
+
+def provisioned_port(root: Path) -> int:
+    """The coordinator port written into the kits by :func:`provision_federation`."""
+    import tomllib
+
+    site = tomllib.loads((root / "federation" / "sites" / site_name(0) / "site.toml").read_text())["site"]
+    return int(str(site["coordinator"]).rsplit(":", 1)[1])

@@ -87,7 +87,8 @@ def job_toml(
     opts = "\n".join(f"{k} = {_toml(v)}" for k, v in options.items())
     site_line = f"sites = [{', '.join(_toml(s) for s in sites)}]\n" if sites else ""
     return (
-        f'[job]\nname = "{name}"\ntask = "{task}"\ndataset = "{dataset}"\nrounds = {rounds}\nseed = {seed}\n{site_line}\n'
+        f'[job]\nname = "{name}"\ntask = "{task}"\ndataset = "{dataset}"\n'
+        f"rounds = {rounds}\nseed = {seed}\n{site_line}\n"
         f'[strategy]\nname = "{strategy}"\n\n[task_options]\n{opts}\n\n'
         f"[rounds]\nmin_nodes = {min_nodes}\ndeadline_s = {deadline_s}\nmax_round_retries = {retries}\n"
     )
@@ -180,7 +181,9 @@ def add_dataset(kit: Path, site: str, data: TabularData, *, node_options: str = 
     (kit / "site.toml").write_text(text)
 
 
-def make_federation(root: Path, heart: dict[str, TabularData], *, sites: tuple[str, ...] = tuple(SITE_DATA), **plan: Any) -> Federation:
+def make_federation(
+    root: Path, heart: dict[str, TabularData], *, sites: tuple[str, ...] = tuple(SITE_DATA), **plan: Any
+) -> Federation:
     port = plan.pop("port", None) or free_port()
     provision(parse_plan(plan_text(sites, port=port, **plan), source_name="test plan"), root)
     for site in sites:
@@ -199,7 +202,7 @@ class Cluster:
     proc: CoordinatorProcess
     state_dir: Path
     nodes: list[NodeThread] = field(default_factory=list)
-    clients: list[ResearcherClient] = field(default_factory=list)
+    clients: list[ResearcherClient | GrpcCoordinatorLink] = field(default_factory=list)
 
     @property
     def target(self) -> str:
@@ -215,9 +218,19 @@ class Cluster:
         return c
 
     def link(self, name: str, **tls: Any) -> GrpcCoordinatorLink:
-        return GrpcCoordinatorLink(self.target, self.fed.tls(name, **tls), timeout_s=10.0)
+        link = GrpcCoordinatorLink(self.target, self.fed.tls(name, **tls), timeout_s=10.0)
+        self.clients.append(link)  # closed in close() (closing twice is harmless)
+        return link
 
-    def node(self, site: str, *, link: Any = None, start: bool = True, datasets: dict[str, DatasetConfig] | None = None, **runtime: Any) -> NodeThread:
+    def node(
+        self,
+        site: str,
+        *,
+        link: Any = None,
+        start: bool = True,
+        datasets: dict[str, DatasetConfig] | None = None,
+        **runtime: Any,
+    ) -> NodeThread:
         """A NodeRuntime for ``site`` in a thread (started unless ``start=False``)."""
         settings = NodeSettings(
             site=site,

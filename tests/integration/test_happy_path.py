@@ -82,7 +82,7 @@ def test_three_nodes_fedavg_completes_and_the_model_is_fetchable(cluster: Cluste
         assert Parameters.from_numpy({k: npz[k] for k in npz.files}).allclose(model, atol=0, rtol=0)
 
 
-def _run_in_memory(state_dir: Path, fed: Federation) -> tuple[str, Parameters]:
+def _run_in_memory(state_dir: Path, fed: Federation) -> tuple[dict, Parameters]:
     coordinator = Coordinator(CoordinatorSettings(state_dir=state_dir, heartbeat_interval_s=0.3))
     coordinator.start()
     runtimes = [
@@ -102,7 +102,7 @@ def _run_in_memory(state_dir: Path, fed: Federation) -> tuple[str, Parameters]:
         assert view["state"] in FINISHED, "in-memory job did not finish in 60s"
         assert view["state"] == "completed", view["error"]
         assert all(r.link.closed is False for r in runtimes)  # nodes still serving: no socket involved
-        return job_id, coordinator.fetch_model(researcher, job_id)
+        return view, coordinator.fetch_model(researcher, job_id)
     finally:
         for r in runtimes:
             r.stop()
@@ -114,10 +114,16 @@ def _run_in_memory(state_dir: Path, fed: Federation) -> tuple[str, Parameters]:
 
 def test_memory_twin_gives_the_same_model_as_grpc(cluster: Cluster, fed: Federation, tmp_path: Path) -> None:
     # Arrange / Act: the same job, same seed, over both transports
-    _, over_grpc = _run_over_grpc(cluster)
-    _, in_memory = _run_in_memory(tmp_path / "memory-state", fed)
+    grpc_view, over_grpc = _run_over_grpc(cluster)
+    memory_view, in_memory = _run_in_memory(tmp_path / "memory-state", fed)
 
     # Assert: bit-identical. Results may arrive in another order, but the coordinator sums them
     # in float64 before rounding to float32, so the order cannot show in the model.
     assert in_memory.spec() == over_grpc.spec() == MODEL_SPEC
     assert in_memory.allclose(over_grpc, atol=0, rtol=0)
+
+    # and every site saw the same models: per-site metrics of every round agree
+    def metrics(view: dict) -> dict:
+        return {(s["round"], s["kind"], s["site"]): s["metrics"] for s in view["site_metrics"]}
+
+    assert metrics(memory_view) == metrics(grpc_view)

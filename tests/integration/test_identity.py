@@ -52,7 +52,7 @@ def test_node_with_a_certificate_from_another_ca_is_refused(
 
     # Assert: a clear message on the node, and no registration on the coordinator
     assert "TLS handshake with the coordinator" in str(err)
-    assert "another CA" in str(err)
+    assert "not signed by this federation's CA" in str(err)
     assert _registered(cluster) == set()
 
 
@@ -185,7 +185,7 @@ def test_tls_without_a_client_certificate_is_refused(cluster: Cluster, fed: Fede
 def test_a_researcher_cannot_call_node_rpcs(cluster: Cluster) -> None:
     link = cluster.link("researcher")
     try:
-        with pytest.raises(PermissionDenied, match="researcher.*needs \\['node'\\]"):
+        with pytest.raises(PermissionDenied, match=r"researcher.*needs \['node'\]"):
             link.register(Hello(version="x"))
         with pytest.raises(PermissionDenied):
             link.poll(0.1)
@@ -199,7 +199,7 @@ def test_a_researcher_cannot_call_node_rpcs(cluster: Cluster) -> None:
 
 def test_a_node_cannot_call_people_rpcs(cluster: Cluster) -> None:
     as_node = cluster.client("alpha")
-    with pytest.raises(PermissionDenied, match="alpha.*role 'node'"):
+    with pytest.raises(PermissionDenied, match=r"alpha.*role 'node'"):
         as_node.submit_job(job_toml(), "x.toml")
     with pytest.raises(PermissionDenied):
         as_node.list_jobs()

@@ -31,7 +31,9 @@ class FakeTask:
     def fit(self, params: Parameters, data: TabularData, config: dict[str, Scalar], seed: int) -> FitOutput:
         return FitOutput(parameters=self.out, num_examples=len(data.y_train), metrics={"loss": 0.5})
 
-    def evaluate(self, params: Parameters, data: TabularData, config: dict[str, Scalar]) -> tuple[int, dict[str, float]]:
+    def evaluate(
+        self, params: Parameters, data: TabularData, config: dict[str, Scalar]
+    ) -> tuple[int, dict[str, float]]:
         return len(data.y_test), {"accuracy": 1.0}
 
 

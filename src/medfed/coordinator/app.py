@@ -73,5 +73,9 @@ def start_coordinator(
     coordinator = Coordinator(settings, on_job_finished=on_job_finished)
     server, port = serve(coordinator, address=address, tls=tls, revoked=CrlWatcher(crl_path, tls.ca_pem))
     coordinator.start()
-    log.info("coordinator listening on %s (mutual TLS), state in %s", address.rsplit(":", 1)[0] + f":{port}", settings.state_dir)
+    log.info(
+        "coordinator listening on %s (mutual TLS), state in %s",
+        address.rsplit(":", 1)[0] + f":{port}",
+        settings.state_dir,
+    )
     return CoordinatorProcess(coordinator=coordinator, server=server, port=port)

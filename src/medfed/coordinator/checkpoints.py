@@ -67,7 +67,9 @@ def load_checkpoint(path: Path, sha256: str) -> tuple[Parameters, Parameters]:
         raise StoreError(f"checkpoint {path} is unreadable: {exc.strerror or exc}") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
-        raise StoreError(f"checkpoint {path} fails its integrity check (sha256 {digest[:12]}…, expected {sha256[:12]}…)")
+        raise StoreError(
+            f"checkpoint {path} fails its integrity check (sha256 {digest[:12]}…, expected {sha256[:12]}…)"
+        )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             model = {k[len(_MODEL) :]: npz[k] for k in npz.files if k.startswith(_MODEL)}

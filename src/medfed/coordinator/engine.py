@@ -51,7 +51,7 @@ class JobRunner(threading.Thread):
         store.set_job_state(job_id, JobState.RUNNING)
         try:
             self._run_rounds()
-        except _Cancelled:
+        except _CancelledError:
             store.set_job_state(job_id, JobState.CANCELLED, error="cancelled by a user")
         except MedfedError as exc:
             log.error("job %s failed: %s", job_id, exc)
@@ -125,12 +125,21 @@ class JobRunner(threading.Thread):
                 f"{len(round_.ok_sites)} of min_nodes={policy.min_nodes} sites succeeded (attempt {attempt + 1})"
                 + (f"; errors: {errors}" if errors else "")
                 + (f"; no answer from {missing}" if missing else "")
-                + ("" if round_.sites else "; no eligible site online")
+                + ("" if round_.sites else f"; no eligible site online ({self._why_no_site()})")
             )
             log.warning("job %s round %d: %s", self.ctx.job_id, rnd, reason)
             if round_.sites and not missing:
                 break
         raise JobError(f"round {rnd} ({kind.value}) failed: {reason}")
+
+    def _why_no_site(self) -> str:
+        """Say what the job needs and what the online sites offer (a dataset missing everywhere
+        must be named, not reported as a bare timeout)."""
+        online = self.ctx.nodes.online()
+        if self.spec.sites:
+            return f"the job asks for sites {list(self.spec.sites)}; online: {[n.site for n in online]}"
+        offers = "; ".join(f"{n.site} offers {list(n.datasets)}" for n in online) or "no site is online"
+        return f"no online site offers dataset {self.spec.dataset!r}: {offers}"
 
     def _eligible_sites(self) -> list[str]:
         online = self.ctx.nodes.online()
@@ -174,8 +183,15 @@ class JobRunner(threading.Thread):
 
     def _task(self, task_id: str, key: RoundKey, config: dict[str, Scalar], params: Parameters) -> TaskMessage:
         return TaskMessage(
-            task_id=task_id, job_id=key.job_id, round=key.round, kind=key.kind, task=self.spec.task,
-            dataset=self.spec.dataset, seed=self.spec.seed * 1_000_003 + key.round, config=config, parameters=params,
+            task_id=task_id,
+            job_id=key.job_id,
+            round=key.round,
+            kind=key.kind,
+            task=self.spec.task,
+            dataset=self.spec.dataset,
+            seed=self.spec.seed * 1_000_003 + key.round,
+            config=config,
+            parameters=params,
         )
 
     def _await(self, round_: RoundInProgress, deadline: float) -> None:
@@ -198,9 +214,8 @@ class JobRunner(threading.Thread):
 
     def _check_cancel(self) -> None:
         if self.cancelled.is_set():
-            raise _Cancelled
+            raise _CancelledError
 
 
-class _Cancelled(Exception):
+class _CancelledError(Exception):
     pass
-

@@ -35,13 +35,21 @@ class NodeRegistry:
         self._queues: dict[str, deque[TaskMessage]] = {}
         self.cond = threading.Condition()
 
-    def register(self, site: str, hello: Hello) -> None:
+    def register(self, site: str, hello: Hello) -> bool:
+        """Record a (re-)registration; True when the site was already registered here."""
         with self.cond:
+            known = site in self._nodes
             self._nodes[site] = NodeInfo(
                 site=site, version=hello.version, datasets=hello.datasets, tasks=hello.tasks, last_seen=self._clock()
             )
             self._queues.setdefault(site, deque())
             self.cond.notify_all()
+            return known
+
+    def queued(self, site: str) -> set[str]:
+        """Ids of the tasks waiting in ``site``'s mailbox (not picked up yet)."""
+        with self.cond:
+            return {t.task_id for t in self._queues.get(site, ())}
 
     def touch(self, site: str) -> bool:
         """Record contact; False if the site never registered with this coordinator."""

@@ -72,6 +72,14 @@ class RoundInProgress:
             finite = {k: float(v) for k, v in result.metrics.items() if np.isfinite(v)}
             self.results[site] = SiteMetrics(site=site, num_examples=result.num_examples, metrics=finite)
 
+    def abandon(self, site: str, reason: str) -> bool:
+        """Record ``site``'s task as lost (an error) if it is still pending; True if it was."""
+        with self._lock:
+            if self.closed or site not in self.sites or site in self.results:
+                return False
+            self.results[site] = SiteMetrics(site=site, num_examples=0, metrics={}, error=reason)
+            return True
+
     def _check_ok(self, result: ResultMessage, where: str) -> None:
         if self.mean is not None:
             if result.parameters is None:

@@ -112,12 +112,27 @@ class Coordinator:
     # --- node-facing -----------------------------------------------------------------------
 
     def register(self, peer: Peer, hello: Hello) -> Welcome:
-        self.nodes.register(peer.name, hello)
+        rejoined = self.nodes.register(peer.name, hello)
         self.store.touch_node(peer.name, version=hello.version, datasets=hello.datasets)
         log.info("site %s registered (version %s, datasets %s)", peer.name, hello.version, list(hello.datasets))
+        if rejoined:
+            self._drop_lost_tasks(peer.name)
         return Welcome(
             site=peer.name, heartbeat_interval_s=self.settings.heartbeat_interval_s, coordinator_version=__version__
         )
+
+    def _drop_lost_tasks(self, site: str) -> None:
+        """A node registers again only between tasks (after a restart or a broken connection),
+        so a task it had taken and not answered is lost. Record that in its round now: else a
+        quickly restarted node looks alive and its round waits for the deadline."""
+        queued = self.nodes.queued(site)
+        with self._lock:
+            taken = {r for tid, r in self._rounds_by_task.items() if r.tasks[tid] == site and tid not in queued}
+        reason = "transport: the node reconnected without answering (restarted or lost its connection); task lost"
+        lost = [r.key.round for r in taken if r.abandon(site, reason)]
+        if lost:
+            log.warning("site %s re-registered: its task of round(s) %s was lost", site, sorted(lost))
+            self.nodes.notify()
 
     def heartbeat(self, peer: Peer) -> bool:
         return self.nodes.touch(peer.name)
@@ -149,11 +164,17 @@ class Coordinator:
 
     def submit_job(self, peer: Peer, spec_toml: str, source_name: str) -> JobViewDict:
         spec = parse_job_spec(spec_toml, source_name=source_name or "<job>")
-        make_strategy(spec.strategy)  # refuse unknown strategies and bad options now, not later
-        self._task_loader(spec.task)
+        # refuse unknown strategies, tasks and options now, not after the job was stored
+        make_strategy(spec.strategy)
+        self._task_loader(spec.task).init_parameters(dict(spec.task_options), spec.seed)
         job_id = uuid.uuid4().hex[:12]
         self.store.add_job(
-            job_id=job_id, name=spec.name, owner=peer.name, spec_toml=spec_toml, spec_hash=spec.spec_hash, rounds=spec.rounds
+            job_id=job_id,
+            name=spec.name,
+            owner=peer.name,
+            spec_toml=spec_toml,
+            spec_hash=spec.spec_hash,
+            rounds=spec.rounds,
         )
         log.info("job %s (%s) submitted by %s, spec sha256 %s", job_id, spec.name, peer.name, spec.spec_hash[:12])
         row = self._row(job_id)

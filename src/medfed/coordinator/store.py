@@ -141,7 +141,15 @@ class Store:
             for s in record.sites:
                 db.execute(
                     "INSERT OR REPLACE INTO site_metrics VALUES (?,?,?,?,?,?,?)",
-                    (record.job_id, record.round, record.kind.value, s.site, s.num_examples, json.dumps(s.metrics), s.error),
+                    (
+                        record.job_id,
+                        record.round,
+                        record.kind.value,
+                        s.site,
+                        s.num_examples,
+                        json.dumps(s.metrics),
+                        s.error,
+                    ),
                 )
             if checkpoint is not None:
                 path, digest = checkpoint
@@ -156,12 +164,16 @@ class Store:
 
     def add_checkpoint(self, job_id: str, rnd: int, path: str, digest: str) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?)", (job_id, rnd, path, digest, time.time()))
+            db.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?)", (job_id, rnd, path, digest, time.time())
+            )
 
     def latest_checkpoint(self, job_id: str) -> tuple[int, str, str] | None:
         row = (
             self._conn()
-            .execute("SELECT round, path, sha256 FROM checkpoints WHERE job_id=? ORDER BY round DESC LIMIT 1", (job_id,))
+            .execute(
+                "SELECT round, path, sha256 FROM checkpoints WHERE job_id=? ORDER BY round DESC LIMIT 1", (job_id,)
+            )
             .fetchone()
         )
         return (int(row[0]), str(row[1]), str(row[2])) if row else None
@@ -187,7 +199,14 @@ class Store:
             .fetchall()
         )
         return [
-            {"round": r[0], "kind": r[1], "site": r[2], "num_examples": r[3], "metrics": json.loads(r[4]), "error": r[5]}
+            {
+                "round": r[0],
+                "kind": r[1],
+                "site": r[2],
+                "num_examples": r[3],
+                "metrics": json.loads(r[4]),
+                "error": r[5],
+            }
             for r in rows
         ]
 
@@ -196,7 +215,8 @@ class Store:
     def touch_node(self, site: str, *, version: str, datasets: tuple[str, ...]) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?)", (site, version, json.dumps(list(datasets)), time.time())
+                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?)",
+                (site, version, json.dumps(list(datasets)), time.time()),
             )
 
     def nodes(self) -> list[dict[str, Any]]:

@@ -6,7 +6,18 @@ from typing import Any
 
 from medfed.coordinator.store import JobRow, Store
 
-VIEW_KEYS = ("job_id", "name", "owner", "state", "rounds", "completed_round", "error", "spec_hash", "created", "updated")
+VIEW_KEYS = (
+    "job_id",
+    "name",
+    "owner",
+    "state",
+    "rounds",
+    "completed_round",
+    "error",
+    "spec_hash",
+    "created",
+    "updated",
+)
 
 
 def job_view(store: Store, row: JobRow, *, detail: bool) -> dict[str, Any]:

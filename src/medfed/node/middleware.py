@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from medfed.core.errors import DataError, MedfedError, ValidationError, error_kind
+from medfed.core.params import Parameters
 from medfed.core.records import ResultMessage, ResultStatus, TaskKind, TaskMessage
 from medfed.learn.base import TabularData, Task
 
@@ -42,7 +43,9 @@ class NodeContext:
         """The harmonised table of dataset ``name``, loaded once."""
         cfg = self.datasets.get(name)
         if cfg is None:
-            raise DataError(f"dataset {name!r} is not configured at site {self.site!r} (configured: {sorted(self.datasets)})")
+            raise DataError(
+                f"dataset {name!r} is not configured at site {self.site!r} (configured: {sorted(self.datasets)})"
+            )
         with self._lock:
             if name not in self._cache:
                 if self.data_loader is not None:
@@ -120,13 +123,25 @@ def run_task(task: TaskMessage, ctx: NodeContext) -> ResultMessage:
     impl = ctx.task_loader(task.task)
     n_eval, ev = impl.evaluate(task.parameters, data, task.config)
     metrics = {f"eval_{k}": float(v) for k, v in ev.items()} | {"eval_examples": float(n_eval)}
-    base = {"task_id": task.task_id, "job_id": task.job_id, "round": task.round, "site": ctx.site}
     if task.kind is TaskKind.EVALUATE:
-        return ResultMessage(**base, status=ResultStatus.OK, num_examples=n_eval, metrics=metrics)  # type: ignore[arg-type]
+        return _ok(task, ctx, num_examples=n_eval, metrics=metrics, parameters=None)
     out = impl.fit(task.parameters, data, task.config, task.seed)
     if out.num_examples <= 0:
         raise ValidationError(f"task {task.task!r} trained on {out.num_examples} examples")
     metrics |= {f"train_{k}": float(v) for k, v in out.metrics.items()}
+    return _ok(task, ctx, num_examples=out.num_examples, metrics=metrics, parameters=out.parameters)
+
+
+def _ok(
+    task: TaskMessage, ctx: NodeContext, *, num_examples: int, metrics: dict[str, float], parameters: Parameters | None
+) -> ResultMessage:
     return ResultMessage(
-        **base, status=ResultStatus.OK, num_examples=out.num_examples, metrics=metrics, parameters=out.parameters  # type: ignore[arg-type]
+        task_id=task.task_id,
+        job_id=task.job_id,
+        round=task.round,
+        site=ctx.site,
+        status=ResultStatus.OK,
+        num_examples=num_examples,
+        metrics=metrics,
+        parameters=parameters,
     )

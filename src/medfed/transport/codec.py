@@ -116,9 +116,7 @@ class TensorReceiver:
 
     def finish(self) -> Parameters:
         if self._offset != self._total:
-            raise TransportError(
-                f"{self._where}: stream ended after {self._offset} of {self._total} tensor bytes"
-            )
+            raise TransportError(f"{self._where}: stream ended after {self._offset} of {self._total} tensor bytes")
         names, arrays, offset = [], [], 0
         for name, dtype, shape in self._metas:
             count = int(np.prod(shape, dtype=np.int64))

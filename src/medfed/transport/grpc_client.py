@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import grpc
 from medfed.core.errors import AuthenticationError, MedfedError, TransportError, error_from_kind
 from medfed.core.params import Parameters
 from medfed.core.records import ResultMessage, TaskMessage
+from medfed.crypto.pki import check_identity
 from medfed.transport import codec
 from medfed.transport import medfed_pb2 as pb
 from medfed.transport import medfed_pb2_grpc as pb_grpc
@@ -20,7 +22,11 @@ from medfed.transport.grpc_server import ERROR_KIND_KEY
 
 T = TypeVar("T")
 
-_TLS_HINTS = ("handshake", "ssl", "certificate", "tls", "alert")
+# "verification check failed": how gRPC reports a coordinator certificate for another host name.
+_TLS_HINTS = ("handshake", "ssl", "certificate", "tls", "alert", "verification check failed")
+# A server that refuses our certificate closes the connection right after the handshake (TLS 1.3:
+# the client has already finished its side), so gRPC reports only this; see _Client._diagnose.
+_CLOSED_HINT = "socket closed"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +73,7 @@ def _channel(target: str, tls: ClientTls) -> grpc.Channel:
 class _Client:
     def __init__(self, target: str, tls: ClientTls, *, timeout_s: float = 30.0) -> None:
         self.target = target
+        self._tls = tls
         self._channel = _channel(target, tls)
         self._stub = pb_grpc.FederationStub(self._channel)
         self._timeout = timeout_s
@@ -75,7 +82,25 @@ class _Client:
         try:
             return fn()
         except grpc.RpcError as exc:
-            raise translate(exc, self.target) from None
+            raise self._diagnose(translate(exc, self.target)) from None
+
+    def _diagnose(self, err: MedfedError) -> MedfedError:
+        """Name the reason when the coordinator dropped the connection and our own certificate
+        explains it (expired, not yet valid, not issued by the federation CA we hold).
+
+        With TLS 1.3 a refused client certificate reaches the client only as a closed socket,
+        which also happens transiently; so the error becomes a (fatal) AuthenticationError only
+        when a local check of our certificate finds a reason the coordinator must refuse it.
+        """
+        if type(err) is not TransportError or _CLOSED_HINT not in str(err).lower():
+            return err
+        problems = check_identity(self._tls.cert_pem, self._tls.ca_pem, now=dt.datetime.now(dt.UTC))
+        if not problems:
+            return err
+        return AuthenticationError(
+            f"TLS handshake with the coordinator at {self.target} failed: it closed the connection, "
+            f"refusing this certificate: {'; '.join(problems)}"
+        )
 
     def close(self) -> None:
         self._channel.close()
@@ -87,7 +112,9 @@ class GrpcCoordinatorLink(_Client):
     def register(self, hello: Hello) -> Welcome:
         msg = pb.Hello(version=hello.version, datasets=list(hello.datasets), tasks=list(hello.tasks))
         w = self._rpc(lambda: self._stub.Register(msg, timeout=self._timeout))
-        return Welcome(site=w.site, heartbeat_interval_s=w.heartbeat_interval_s, coordinator_version=w.coordinator_version)
+        return Welcome(
+            site=w.site, heartbeat_interval_s=w.heartbeat_interval_s, coordinator_version=w.coordinator_version
+        )
 
     def heartbeat(self) -> bool:
         return bool(self._rpc(lambda: self._stub.Heartbeat(pb.Beat(status="ok"), timeout=self._timeout)).known)

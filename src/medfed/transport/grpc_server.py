@@ -94,7 +94,9 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
             _abort(context, PermissionDenied(f"certificate of {info.common_name!r} carries unknown role {info.role!r}"))
         if role not in roles:
             allowed = sorted(r.value for r in roles)
-            _abort(context, PermissionDenied(f"{info.common_name!r} has role {role.value!r}; this call needs {allowed}"))
+            _abort(
+                context, PermissionDenied(f"{info.common_name!r} has role {role.value!r}; this call needs {allowed}")
+            )
         return Peer(name=info.common_name, role=role, serial=info.serial)
 
     def _call(self, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
@@ -109,7 +111,9 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
         peer = self._peer(context, NODE_ROLES)
         hello = Hello(version=request.version, datasets=tuple(request.datasets), tasks=tuple(request.tasks))
         w = self._call(context, lambda: self._api.register(peer, hello))
-        return pb.Welcome(site=w.site, heartbeat_interval_s=w.heartbeat_interval_s, coordinator_version=w.coordinator_version)
+        return pb.Welcome(
+            site=w.site, heartbeat_interval_s=w.heartbeat_interval_s, coordinator_version=w.coordinator_version
+        )
 
     def Heartbeat(self, request: pb.Beat, context: grpc.ServicerContext) -> pb.BeatAck:  # noqa: N802
         peer = self._peer(context, NODE_ROLES)
