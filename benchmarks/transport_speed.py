@@ -54,10 +54,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="N in {2, 10}, P in {1e4, 1e6}")
     p.add_argument("--flower", action="store_true", help="also run Flower 1.42's deployment-mode peer")
+    p.add_argument("--flower-rounds", type=int, default=5, help="training rounds of each Flower run")
     p.add_argument("--flower-venv", type=Path, default=flower_peer.DEFAULT_VENV)
     p.add_argument("--flower-cells", default="", help="NxP list for Flower, e.g. 10x1000000,2x10000 (default: 10x1e6)")
     p.add_argument("--rounds", type=int, default=8, help="fit rounds per job (>= 2)")
-    p.add_argument("--big-rounds", type=int, default=3, help="fit rounds for N*P >= 1e8 (N=50, P=1e7)")
+    p.add_argument("--big-rounds", type=int, default=3, help="fit rounds when N×P >= 1e8 (10×1e7, 50×1e7)")
     p.add_argument("--nodes", default="", help="override N, comma-separated")
     p.add_argument("--params", default="", help="override P, comma-separated")
     p.add_argument(
@@ -110,6 +111,7 @@ def _cell(
     return {
         "nodes": n, "params": p, "rounds": rounds, "identity": identity, "state": r.state, "error": r.error,
         "round_s": round_s, "cycle_s": cycle_s, "round1_s": r.durations_s[0] if r.durations_s else None,
+        "round_min_s": min(r.durations_s[1:], default=float("nan")),
         "durations_s": r.durations_s, "cycles_s": r.cycles_s,
         "floor_s": floor, "weighted_sum_s": sum_s, "bytes_per_round": 2 * n * p * 4,
         "ratio": round_s / floor, "cycle_ratio": cycle_s / floor,
@@ -144,8 +146,8 @@ def _flower(args: argparse.Namespace, medfed_cells: list[dict[str, Any]]) -> lis
     ]
     out = []
     for n, p in wanted:
-        print(f"flower: {n} SuperNodes × {p:.0e} parameters, {args.rounds} rounds (deployment mode) ...", flush=True)
-        res = flower_peer.run_flower(n, p, rounds=args.rounds, venv=args.flower_venv, timeout_s=args.timeout)
+        print(f"flower: {n} SuperNodes × {p:.0e} parameters, {args.flower_rounds} rounds (deployment mode)", flush=True)
+        res = flower_peer.run_flower(n, p, rounds=args.flower_rounds, venv=args.flower_venv, timeout_s=args.timeout)
         mine = next(
             (c for c in medfed_cells if c["nodes"] == n and c["params"] == p and c["state"] == "completed"), None
         )

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,18 +83,30 @@ class JobRunner(threading.Thread):
 
     def _run_rounds(self) -> None:
         done, params, state = self._start_point()
-        for rnd in range(done + 1, self.spec.rounds + 1):
-            round_ = self._round_with_retries(rnd, TaskKind.FIT, params)
-            assert round_.mean is not None
-            new_params, state = self.strategy.aggregate(rnd, params, round_.mean.result(), state)
-            params.check_like(new_params, where=f"strategy {self.spec.strategy.name!r}, round {rnd}")
-            params = new_params
-            path = self._checkpoint_path(rnd)
-            digest = save_checkpoint(path, params, state)
-            self._record(round_, rnd, checkpoint=(str(path), digest))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{self.ctx.job_id}") as writer:
+            pending: Future[None] | None = None
+            for rnd in range(done + 1, self.spec.rounds + 1):
+                round_ = self._round_with_retries(rnd, TaskKind.FIT, params)
+                assert round_.mean is not None
+                new_params, state = self.strategy.aggregate(rnd, params, round_.mean.result(), state)
+                params.check_like(new_params, where=f"strategy {self.spec.strategy.name!r}, round {rnd}")
+                params = new_params
+                # The checkpoint (fsync included) is written while the next round runs; rounds are
+                # committed in order, each only once its checkpoint is durable, so a crash resumes
+                # from the last committed round and at most re-runs the one in flight.
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(self._persist, round_, rnd, params, state)
+            if pending is not None:
+                pending.result()
         final = self._round_with_retries(self.spec.rounds + 1, TaskKind.EVALUATE, params)
         self._record(final, self.spec.rounds + 1, checkpoint=None)
         save_model(self.ctx.state_dir / "models" / f"{self.ctx.job_id}.npz", params)
+
+    def _persist(self, round_: RoundInProgress, rnd: int, params: Parameters, state: Parameters) -> None:
+        path = self._checkpoint_path(rnd)
+        digest = save_checkpoint(path, params, state)
+        self._record(round_, rnd, checkpoint=(str(path), digest))
 
     def _record(self, round_: RoundInProgress, rnd: int, *, checkpoint: tuple[str, str] | None) -> None:
         record = RoundRecord(

@@ -37,6 +37,7 @@ class NodeContext:
     task_loader: Callable[[str], Task]
     data_loader: Callable[[DatasetConfig], TabularData] | None = None
     _cache: dict[str, TabularData] = field(default_factory=dict)
+    _tasks: dict[str, Task] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def dataset(self, name: str) -> TabularData:
@@ -55,6 +56,13 @@ class NodeContext:
 
                     self._cache[name] = load_csv_dataset(cfg.path, label=cfg.label)
             return self._cache[name]
+
+    def task(self, name: str) -> Task:
+        """The installed task ``name``, loaded once (scanning entry points costs ~10 ms)."""
+        with self._lock:
+            if name not in self._tasks:
+                self._tasks[name] = self.task_loader(name)
+            return self._tasks[name]
 
 
 def build_chain(handler: Handler, middleware: Sequence[Middleware]) -> Handler:
@@ -120,7 +128,7 @@ def default_middleware() -> list[Middleware]:
 def run_task(task: TaskMessage, ctx: NodeContext) -> ResultMessage:
     """The innermost handler: evaluate the received model, then (for fit) train locally."""
     data = ctx.dataset(task.dataset)
-    impl = ctx.task_loader(task.task)
+    impl = ctx.task(task.task)
     n_eval, ev = impl.evaluate(task.parameters, data, task.config)
     metrics = {f"eval_{k}": float(v) for k, v in ev.items()} | {"eval_examples": float(n_eval)}
     if task.kind is TaskKind.EVALUATE:

@@ -104,14 +104,15 @@ class TensorReceiver:
         self._where = where
         self._metas = _check_layout(layout, where)
         self._total = layout.total_bytes
-        self._buf = bytearray(self._total)
+        # np.empty: no zero-fill of a buffer every byte of which is about to be written
+        self._buf = np.empty(self._total, dtype=np.uint8)
         self._offset = 0
 
     def feed(self, chunk: bytes) -> None:
         end = self._offset + len(chunk)
         if end > self._total:
             raise TransportError(f"{self._where}: more tensor bytes than the layout's {self._total}")
-        self._buf[self._offset : end] = chunk
+        self._buf[self._offset : end] = np.frombuffer(chunk, dtype=np.uint8)
         self._offset = end
 
     def finish(self) -> Parameters:
