@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 
 import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
@@ -63,6 +64,8 @@ DEFAULT_TOLERANCE = 1e-3
 
 #: :func:`calibrate_noise` gives up above this σ (the target is unreachable in practice).
 _MAX_SIGMA = 1e6
+#: ... and stops searching below this one.
+_MIN_SIGMA = 1e-6
 
 
 def _check(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> None:
@@ -198,9 +201,11 @@ def calibrate_noise(
     return hi
 
 
-def _bracket(meets: object, start: float) -> tuple[float, float]:
-    """``(lo, hi)`` with ``meets(hi)`` true and ``meets(lo)`` false, searched from ``start``."""
-    assert callable(meets)  # internal helper: always called with the closure above
+def _bracket(meets: Callable[[float], bool], start: float) -> tuple[float, float]:
+    """``(lo, hi)`` with ``meets(hi)`` true and ``meets(lo)`` false, searched from ``start``.
+
+    Below σ = 1e-6 the search stops and returns ``(hi, hi)``: any target that loose is met.
+    """
     hi = start
     while not meets(hi):
         hi *= 2.0
@@ -212,7 +217,6 @@ def _bracket(meets: object, start: float) -> tuple[float, float]:
         hi = lo
         factor *= factor
         lo = hi * factor
-        if lo < 1e-6:
-            # ε is finite even for vanishing σ only when nothing composes; treat as reached.
-            return lo, hi
+        if lo < _MIN_SIGMA:
+            return hi, hi
     return lo, hi
