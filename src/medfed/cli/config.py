@@ -75,15 +75,14 @@ def load_node_config(path: Path) -> NodeConfig:
         fmt = ds.get("kind", ds.get("format", "csv"))
         if fmt != "csv":
             raise ConfigError(f"{path}: datasets.{ds_name}.kind {fmt!r} is not supported here (allowed: ['csv'])")
-        datasets[ds_name] = DatasetConfig(
-            name=ds_name, path=path.parent / ds["path"], label=str(ds.get("label", "label"))
-        )
+        datasets[ds_name] = _dataset(ds_name, ds, path)
     node = doc.get("node") or {}
     settings = NodeSettings(
         site=name,
         datasets=datasets,
         poll_wait_s=float(node.get("poll_wait_s", 10.0)),
         backoff_max_s=float(node.get("backoff_max_s", 10.0)),
+        state_dir=path.parent / str(node.get("state_dir", "state")),
     )
     tls = ClientTls(
         ca_pem=read_pem(ca, "CA certificate"),
@@ -95,6 +94,25 @@ def load_node_config(path: Path) -> NodeConfig:
     return NodeConfig(
         settings=settings, coordinator=target, tls=tls, log_file=path.parent / log_file if log_file else None
     )
+
+
+def _dataset(name: str, ds: dict[str, Any], path: Path) -> DatasetConfig:
+    """``[datasets.<name>]``: path, label, and optionally the site's privacy budget."""
+    eps, delta = ds.get("epsilon_budget"), ds.get("delta_budget", 1e-5)
+    bad = [k for k, v in (("epsilon_budget", eps), ("delta_budget", delta)) if v is not None and not _number(v)]
+    if bad:
+        raise ConfigError(f"{path}: datasets.{name}: {bad} must be numbers")
+    return DatasetConfig(
+        name=name,
+        path=path.parent / ds["path"],
+        label=str(ds.get("label", "label")),
+        epsilon_budget=None if eps is None else float(eps),
+        delta_budget=float(delta),
+    )
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

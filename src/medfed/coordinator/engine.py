@@ -202,6 +202,8 @@ class JobRunner(threading.Thread):
             kind=key.kind,
             task=self.spec.task,
             dataset=self.spec.dataset,
+            job_rounds=self.spec.rounds,
+            privacy=self.spec.privacy,
             seed=self.spec.seed * 1_000_003 + key.round,
             config=config,
             parameters=params,

@@ -9,10 +9,10 @@ import tomllib
 from typing import Any
 
 from medfed.core.errors import ConfigError
-from medfed.core.records import JobSpec, RoundPolicy, Scalar, StrategySpec
+from medfed.core.records import JobSpec, PrivacySpec, RoundPolicy, Scalar, StrategySpec
 
 _JOB_KEYS = {"name", "task", "dataset", "rounds", "seed", "sites"}
-_TOP_KEYS = {"job", "strategy", "task_options", "rounds"}
+_TOP_KEYS = {"job", "strategy", "task_options", "rounds", "privacy"}
 
 
 def _scalars(table: Any, where: str, problems: list[str]) -> dict[str, Scalar]:
@@ -105,6 +105,8 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
     else:
         problems.append("[rounds] must be a table")
 
+    privacy = _privacy(doc.get("privacy"), problems)
+
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{source_name}: {len(problems)} problem(s) in job spec:\n{lines}")
@@ -119,7 +121,30 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
             strategy=strategy,
             policy=policy,
             sites=tuple(sites),
+            privacy=privacy,
             source=text,
         )
     except ConfigError as exc:
         raise ConfigError(f"{source_name}: {exc}") from None
+
+
+def _privacy(table: Any, problems: list[str]) -> PrivacySpec | None:
+    """``[privacy]``: ``noise_multiplier`` (required), ``clip_norm``, ``delta``."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        problems.append("[privacy] must be a table")
+        return None
+    allowed = {"noise_multiplier", "clip_norm", "delta"}
+    for key in sorted(set(table) - allowed):
+        problems.append(f"unknown key privacy.{key} (allowed: {sorted(allowed)})")
+    if "noise_multiplier" not in table:
+        problems.append("missing privacy.noise_multiplier")
+    values = {k: _typed(table, k, (int, float), "privacy", problems) for k in sorted(allowed & set(table))}
+    if any(v is None for v in values.values()) or "noise_multiplier" not in values:
+        return None
+    try:
+        return PrivacySpec(**{k: float(v) for k, v in values.items()})
+    except ConfigError as exc:
+        problems.append(str(exc))
+        return None

@@ -10,6 +10,7 @@ Every error medfed raises on purpose derives from :class:`MedfedError`::
     ├── TransportError         the wire failed: unreachable peer, broken stream, bad frame
     │   └── AuthenticationError  TLS identity refused (wrong CA, expired, revoked, wrong host)
     ├── PermissionDenied       an authenticated caller lacks the role for an action
+    │   └── BudgetExhausted      a release would overspend a dataset's privacy budget at a node
     ├── StoreError             the coordinator's store or a checkpoint is unreadable or tampered
     ├── JobError               a job cannot go on (too few nodes, every round failed)
     └── TaskError              a task failed at a node; travels to the coordinator as a value
@@ -80,6 +81,12 @@ class PermissionDenied(MedfedError):  # noqa: N818 - reads as a verdict, like Pe
     kind = "permission"
 
 
+class BudgetExhausted(PermissionDenied):
+    """A differentially private release would overspend the (ε, δ) budget a site set."""
+
+    kind = "budget"
+
+
 class StoreError(MedfedError):
     """The coordinator's store or a checkpoint is unreadable or fails its integrity check."""
 
@@ -108,6 +115,7 @@ _KINDS: dict[str, type[MedfedError]] = {
         TransportError,
         AuthenticationError,
         PermissionDenied,
+        BudgetExhausted,
         StoreError,
         JobError,
         TaskError,

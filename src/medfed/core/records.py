@@ -74,6 +74,31 @@ class RoundPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PrivacySpec:
+    """Sample-level DP-SGD asked for by a job: each site clips every example's gradient to
+    ``clip_norm`` and adds Gaussian noise of std ``noise_multiplier * clip_norm`` per step.
+
+    What it costs each site (ε at ``delta``) is computed *at the site*, from its own data size,
+    and charged to that site's budget ledger before the job touches the data.
+    """
+
+    noise_multiplier: float
+    clip_norm: float = 1.0
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.noise_multiplier > 0:
+            problems.append(f"privacy.noise_multiplier must be > 0, got {self.noise_multiplier!r}")
+        if not self.clip_norm > 0:
+            problems.append(f"privacy.clip_norm must be > 0, got {self.clip_norm!r}")
+        if not 0 < self.delta < 1:
+            problems.append(f"privacy.delta must be in (0, 1), got {self.delta!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobSpec:
     """A declarative job: which task on which dataset, how many rounds, which strategy.
 
@@ -89,6 +114,7 @@ class JobSpec:
     strategy: StrategySpec = field(default_factory=StrategySpec)
     policy: RoundPolicy = field(default_factory=RoundPolicy)
     sites: tuple[str, ...] = ()  # empty: every connected site
+    privacy: PrivacySpec | None = None
     source: str = ""  # the TOML text it was parsed from (hashed, stored, audited)
 
     def __post_init__(self) -> None:
@@ -119,6 +145,8 @@ class TaskMessage:
     seed: int
     config: dict[str, Scalar]
     parameters: Parameters
+    job_rounds: int = 0  # fit rounds in the whole job (what a site's privacy reservation covers)
+    privacy: PrivacySpec | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

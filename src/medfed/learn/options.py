@@ -86,6 +86,9 @@ TRAIN_SPEC: dict[str, OptionSpec] = {
     ),
     "proximal_mu": OptionSpec(float, 0.0, _non_negative, ">= 0"),
     "hidden": OptionSpec(int, 16, _positive, "> 0"),
+    # set by the node's privacy middleware from the job's [privacy] table, not by researchers
+    "dp_noise_multiplier": OptionSpec(float, 0.0, _non_negative, ">= 0"),
+    "dp_clip_norm": OptionSpec(float, 1.0, _positive, "> 0"),
 }
 
 
@@ -100,6 +103,8 @@ class TrainOptions:
     optimizer: OptimizerName
     proximal_mu: float
     hidden: int
+    dp_noise_multiplier: float = 0.0
+    dp_clip_norm: float = 1.0
 
     @classmethod
     def parse(cls, config: Mapping[str, Scalar], *, with_hidden: bool, where: str) -> TrainOptions:
@@ -114,6 +119,8 @@ class TrainOptions:
             optimizer=OptimizerName(str(v["optimizer"])),
             proximal_mu=float(v["proximal_mu"]),  # type: ignore[arg-type]  # idem
             hidden=int(v.get("hidden") or TRAIN_SPEC["hidden"].default),  # type: ignore[arg-type]  # idem
+            dp_noise_multiplier=float(v["dp_noise_multiplier"]),  # type: ignore[arg-type]  # idem
+            dp_clip_norm=float(v["dp_clip_norm"]),  # type: ignore[arg-type]  # idem
         )
 
 

@@ -20,6 +20,7 @@ from medfed.core.records import ResultMessage, ResultStatus, TaskKind, TaskMessa
 from medfed.learn.base import TabularData, Task
 
 if TYPE_CHECKING:
+    from medfed.node.ledger import PrivacyLedger
     from medfed.node.runtime import DatasetConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class NodeContext:
     datasets: dict[str, DatasetConfig]
     task_loader: Callable[[str], Task]
     data_loader: Callable[[DatasetConfig], TabularData] | None = None
+    ledger: PrivacyLedger | None = None
     _cache: dict[str, TabularData] = field(default_factory=dict)
     _tasks: dict[str, Task] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -122,7 +124,10 @@ def check_output(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMes
 
 
 def default_middleware() -> list[Middleware]:
-    return [errors_as_values, audit_log, check_output]
+    """errors → audit → privacy budget → output check → task."""
+    from medfed.node.privacy import privacy_budget
+
+    return [errors_as_values, audit_log, privacy_budget, check_output]
 
 
 def run_task(task: TaskMessage, ctx: NodeContext) -> ResultMessage:

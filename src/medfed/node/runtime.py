@@ -17,10 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medfed import __version__
-from medfed.core.errors import AuthenticationError, MedfedError, PermissionDenied, TransportError, ValidationError
+from medfed.core.errors import (
+    AuthenticationError,
+    ConfigError,
+    MedfedError,
+    PermissionDenied,
+    TransportError,
+    ValidationError,
+)
 from medfed.core.records import ResultMessage, TaskMessage
 from medfed.learn.base import TabularData, Task
 from medfed.learn.registry import load_task
+from medfed.node.ledger import PrivacyLedger
 from medfed.node.middleware import Handler, Middleware, NodeContext, build_chain, default_middleware, run_task
 from medfed.transport.api import CoordinatorLink, Hello
 
@@ -34,6 +42,8 @@ class DatasetConfig:
     name: str
     path: Path
     label: str = "label"
+    epsilon_budget: float | None = None  # the site's total ε for this dataset; None: no DP budget set
+    delta_budget: float = 1e-5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +54,23 @@ class NodeSettings:
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
     tasks: tuple[str, ...] = ()
+    state_dir: Path | None = None  # where the node keeps its ledger; None: no ledger (no DP jobs)
+
+
+def open_ledger(settings: NodeSettings) -> PrivacyLedger | None:
+    """The node's privacy ledger with the budgets of ``site.toml`` applied, or ``None``."""
+    if settings.state_dir is None:
+        budgets = [d.name for d in settings.datasets.values() if d.epsilon_budget is not None]
+        if budgets:
+            raise ConfigError(
+                f"datasets {budgets} set a privacy budget: the node needs [node] state_dir for its ledger"
+            )
+        return None
+    ledger = PrivacyLedger(settings.state_dir / "ledger.sqlite")
+    for ds in settings.datasets.values():
+        if ds.epsilon_budget is not None:
+            ledger.set_budget(ds.name, epsilon=ds.epsilon_budget, delta=ds.delta_budget)
+    return ledger
 
 
 class NodeRuntime:
@@ -64,7 +91,11 @@ class NodeRuntime:
         self.stop_event = threading.Event()
         self._rng = rng or random.Random()
         self.context = NodeContext(
-            site=settings.site, datasets=settings.datasets, task_loader=task_loader, data_loader=data_loader
+            site=settings.site,
+            datasets=settings.datasets,
+            task_loader=task_loader,
+            data_loader=data_loader,
+            ledger=open_ledger(settings),
         )
         self._handler: Handler = build_chain(run_task, default_middleware() if middleware is None else middleware)
         self._registered = threading.Event()

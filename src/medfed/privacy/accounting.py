@@ -28,9 +28,10 @@ import enum
 import math
 from collections.abc import Callable
 
-import dp_accounting
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.rdp import rdp_privacy_accountant
+# dp-accounting ships no type information (no py.typed); its results are wrapped in float().
+import dp_accounting  # type: ignore[import-untyped]
+from dp_accounting.pld import pld_privacy_accountant  # type: ignore[import-untyped]
+from dp_accounting.rdp import rdp_privacy_accountant  # type: ignore[import-untyped]
 
 from medfed.core.errors import ValidationError
 
@@ -66,6 +67,11 @@ DEFAULT_TOLERANCE = 1e-3
 _MAX_SIGMA = 1e6
 #: ... and stops searching below this one.
 _MIN_SIGMA = 1e-6
+
+#: PLD discretisation of ε values: dp-accounting's default (reported values), and a coarse one
+#: used only to narrow :func:`calibrate_noise`'s search.
+_PLD_INTERVAL = 1e-4
+_PLD_COARSE_INTERVAL = 1e-3
 
 
 def _check(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> None:
@@ -117,15 +123,17 @@ def epsilon(
     """
     accountant = Accountant.parse(method)
     _check(noise_multiplier, sampling_rate, steps, delta)
+    return _epsilon(noise_multiplier, sampling_rate, steps, delta, accountant, _PLD_INTERVAL)
+
+
+def _epsilon(sigma: float, q: float, steps: int, delta: float, method: Accountant, interval: float) -> float:
     if steps == 0:
         return 0.0
     event = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)),
-        steps,
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
     )
-    engine: dp_accounting.PrivacyAccountant
-    if accountant is Accountant.PLD:
-        engine = pld_privacy_accountant.PLDAccountant()
+    if method is Accountant.PLD:
+        engine = pld_privacy_accountant.PLDAccountant(value_discretization_interval=interval)
     else:
         engine = rdp_privacy_accountant.RdpAccountant()
     engine.compose(event)
@@ -146,7 +154,8 @@ def calibrate_noise(
     "Give me σ for ε at δ over these rounds." Bisection in log σ on :func:`epsilon`, which falls
     as σ grows. The answer always meets the target: ``epsilon(σ) <= target_epsilon``, and a σ
     smaller by the factor ``1 + tolerance`` does not. For PLD, the RDP answer (an upper bound, so
-    a σ at least as large) seeds the bracket, which saves most of the slow PLD evaluations.
+    a σ at least as large) and then a coarse PLD answer seed the search, which saves most of the
+    slow fine-grid PLD evaluations (about 0.4 s each for 1,000 steps).
 
     Parameters
     ----------
@@ -174,24 +183,29 @@ def calibrate_noise(
         raise ValidationError(problems, where="noise calibration")
     _check(1.0, sampling_rate, steps, delta)
 
-    def meets(sigma: float) -> bool:
-        eps = epsilon(
-            noise_multiplier=sigma, sampling_rate=sampling_rate, steps=steps, delta=delta, method=accountant
-        )
-        return eps <= target_epsilon
+    def meets(method: Accountant, interval: float = _PLD_INTERVAL) -> Callable[[float], bool]:
+        def test(sigma: float) -> bool:
+            return _epsilon(sigma, sampling_rate, steps, delta, method, interval) <= target_epsilon
 
-    start = 1.0
+        return test
+
+    # RDP is an upper bound on ε, so its σ is at least PLD's: a cheap first bracket.
+    hi = _search(meets(Accountant.RDP), 1.0, 0.5, tolerance)
     if accountant is Accountant.PLD:
-        start = calibrate_noise(
-            target_epsilon=target_epsilon,
-            delta=delta,
-            sampling_rate=sampling_rate,
-            steps=steps,
-            method=Accountant.RDP,
-            tolerance=tolerance,
-        )
-    lo, hi = _bracket(meets, start)
-    # Invariant: meets(hi) and not meets(lo).
+        # A coarse PLD grid is ~10x faster and pessimistic (never below the fine ε), so its σ is
+        # at least the fine one's and close to it; the fine accountant then needs few steps down.
+        hi = _search(meets(Accountant.PLD, _PLD_COARSE_INTERVAL), hi, 0.8, tolerance)
+        hi = _search(meets(Accountant.PLD), hi, 1 / (1 + tolerance), tolerance)
+    return hi
+
+
+def _search(meets: Callable[[float], bool], start: float, step: float, tolerance: float) -> float:
+    """Smallest σ to relative ``tolerance`` with ``meets(σ)``, given that ``meets`` is monotone.
+
+    Brackets from ``start`` (doubling up, or stepping down by ``step`` and then faster), then
+    bisects in log σ keeping ``meets(hi)`` and ``not meets(lo)``.
+    """
+    lo, hi = _bracket(meets, start, step)
     while hi / lo > 1 + tolerance:
         mid = math.sqrt(lo * hi)
         if meets(mid):
@@ -201,7 +215,7 @@ def calibrate_noise(
     return hi
 
 
-def _bracket(meets: Callable[[float], bool], start: float) -> tuple[float, float]:
+def _bracket(meets: Callable[[float], bool], start: float, step: float) -> tuple[float, float]:
     """``(lo, hi)`` with ``meets(hi)`` true and ``meets(lo)`` false, searched from ``start``.
 
     Below σ = 1e-6 the search stops and returns ``(hi, hi)``: any target that loose is met.
@@ -211,8 +225,7 @@ def _bracket(meets: Callable[[float], bool], start: float) -> tuple[float, float
         hi *= 2.0
         if hi > _MAX_SIGMA:
             raise ValidationError(f"no noise multiplier up to {_MAX_SIGMA:g} reaches the target ε")
-    # PLD needs a σ slightly below RDP's; step down gently first, then geometrically.
-    lo, factor = hi * 0.8, 0.8
+    lo, factor = hi * step, step
     while meets(lo):
         hi = lo
         factor *= factor

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from medfed.core.errors import TransportError, ValidationError
+from medfed.core.errors import ConfigError, TransportError, ValidationError
 from medfed.core.params import ALLOWED_DTYPES, Parameters
-from medfed.core.records import ResultMessage, ResultStatus, Scalar, TaskKind, TaskMessage
+from medfed.core.records import PrivacySpec, ResultMessage, ResultStatus, Scalar, TaskKind, TaskMessage
 from medfed.transport import medfed_pb2 as pb
 
 #: Bytes per chunk frame. gRPC's default receive limit is 4 MiB; we raise it to 2 × CHUNK_BYTES.
@@ -156,6 +156,22 @@ def _check_layout(layout: pb.TensorLayout, where: str) -> list[tuple[str, str, t
 # --- tasks and results ---------------------------------------------------------------------
 
 
+def _privacy_to_pb(spec: PrivacySpec | None) -> pb.PrivacyHeader | None:
+    if spec is None:
+        return None
+    return pb.PrivacyHeader(noise_multiplier=spec.noise_multiplier, clip_norm=spec.clip_norm, delta=spec.delta)
+
+
+def _privacy_from_pb(h: pb.TaskHeader, where: str) -> PrivacySpec | None:
+    if not h.HasField("privacy"):
+        return None
+    p = h.privacy
+    try:
+        return PrivacySpec(noise_multiplier=p.noise_multiplier, clip_norm=p.clip_norm, delta=p.delta)
+    except ConfigError as exc:
+        raise TransportError(f"{where}: malformed privacy header: {exc}") from None
+
+
 def task_frames(task: TaskMessage) -> Iterator[pb.Frame]:
     header = pb.TaskHeader(
         task_id=task.task_id,
@@ -167,6 +183,8 @@ def task_frames(task: TaskMessage) -> Iterator[pb.Frame]:
         seed=task.seed,
         config={k: scalar_to_pb(v) for k, v in task.config.items()},
         layout=layout_of(task.parameters),
+        job_rounds=task.job_rounds,
+        privacy=_privacy_to_pb(task.privacy),
     )
     yield pb.Frame(task=header)
     for chunk in iter_chunks(task.parameters):
@@ -229,6 +247,8 @@ def read_task(frames: Iterable[pb.Frame]) -> TaskMessage | float:
         seed=h.seed,
         config={k: scalar_from_pb(v) for k, v in h.config.items()},
         parameters=_read_tensors(h.layout, it, where),
+        job_rounds=h.job_rounds,
+        privacy=_privacy_from_pb(h, where),
     )
 
 

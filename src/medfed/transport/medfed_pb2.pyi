@@ -38,8 +38,18 @@ class TensorLayout(_message.Message):
     sha256: bytes
     def __init__(self, tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
+class PrivacyHeader(_message.Message):
+    __slots__ = ("noise_multiplier", "clip_norm", "delta")
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    noise_multiplier: float
+    clip_norm: float
+    delta: float
+    def __init__(self, noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+
 class TaskHeader(_message.Message):
-    __slots__ = ("task_id", "job_id", "round", "kind", "task", "dataset", "seed", "config", "layout")
+    __slots__ = ("task_id", "job_id", "round", "kind", "task", "dataset", "seed", "config", "layout", "job_rounds", "privacy")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +66,8 @@ class TaskHeader(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    JOB_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     job_id: str
     round: int
@@ -65,7 +77,9 @@ class TaskHeader(_message.Message):
     seed: int
     config: _containers.MessageMap[str, Scalar]
     layout: TensorLayout
-    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[str] = ..., dataset: _Optional[str] = ..., seed: _Optional[int] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., layout: _Optional[_Union[TensorLayout, _Mapping]] = ...) -> None: ...
+    job_rounds: int
+    privacy: PrivacyHeader
+    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[str] = ..., dataset: _Optional[str] = ..., seed: _Optional[int] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., layout: _Optional[_Union[TensorLayout, _Mapping]] = ..., job_rounds: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyHeader, _Mapping]] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
     __slots__ = ("task_id", "job_id", "round", "status", "num_examples", "metrics", "has_parameters", "layout", "error_kind", "error_message")

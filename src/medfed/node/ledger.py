@@ -1,0 +1,209 @@
+"""The privacy-budget ledger a node keeps per dataset, in its own SQLite file.
+
+The site admin sets each dataset's total (ε, δ) in ``site.toml``. Every differentially private
+job *reserves* what it will cost before it touches the data and *commits* what each task really
+spent after it ran; a job whose cost would exceed what is left is refused at the node, whatever the
+researcher asked for. The ledger outlives jobs and restarts.
+
+Composition: within a job, ε is computed for the job's total number of DP-SGD steps at once
+(PLD accountant, tight); across jobs, ε and δ add up (basic composition: conservative). A job's
+usage is ``max(reserved, committed)`` while it is open and ``committed`` once it closed, so an
+open reservation blocks what it may still need. Every change is also appended to ``events``,
+the ledger's own audit trail (no patient data, only dataset, job, ε, δ and time).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from medfed.core.errors import BudgetExhausted, StoreError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS budgets (
+    dataset TEXT PRIMARY KEY, epsilon REAL NOT NULL, delta REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    dataset TEXT NOT NULL, job_id TEXT NOT NULL, reserved_epsilon REAL NOT NULL, reserved_delta REAL NOT NULL,
+    spent_epsilon REAL NOT NULL DEFAULT 0, spent_delta REAL NOT NULL DEFAULT 0, steps INTEGER NOT NULL DEFAULT 0,
+    open INTEGER NOT NULL DEFAULT 1, created REAL NOT NULL, PRIMARY KEY (dataset, job_id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, dataset TEXT NOT NULL, job_id TEXT NOT NULL,
+    action TEXT NOT NULL, epsilon REAL NOT NULL, delta REAL NOT NULL, detail TEXT NOT NULL
+);
+"""
+_SLACK = 1e-9  # float noise in sums must not refuse a job that exactly fits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetStatus:
+    """A dataset's budget: total, and used by all jobs (open reservations included)."""
+
+    dataset: str
+    epsilon_total: float
+    delta_total: float
+    epsilon_used: float
+    delta_used: float
+
+    @property
+    def epsilon_left(self) -> float:
+        return max(0.0, self.epsilon_total - self.epsilon_used)
+
+    @property
+    def delta_left(self) -> float:
+        return max(0.0, self.delta_total - self.delta_used)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpend:
+    """What one job has reserved and spent on one dataset, and how many DP steps it took."""
+
+    epsilon_reserved: float
+    delta_reserved: float
+    epsilon_spent: float
+    delta_spent: float
+    steps: int
+    open: bool
+
+
+class PrivacyLedger:
+    """Thread-safe ledger over a SQLite file (WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise StoreError(f"cannot open the privacy ledger {path}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _event(self, dataset: str, job_id: str, action: str, eps: float, delta: float, detail: str = "") -> None:
+        self._db.execute(
+            "INSERT INTO events (at, dataset, job_id, action, epsilon, delta, detail) VALUES (?,?,?,?,?,?,?)",
+            (time.time(), dataset, job_id, action, eps, delta, detail),
+        )
+
+    def set_budget(self, dataset: str, *, epsilon: float, delta: float) -> None:
+        """Set a dataset's total budget (the site admin's decision, from ``site.toml``)."""
+        if not epsilon > 0 or not 0 < delta < 1:
+            raise BudgetExhausted(f"dataset {dataset!r}: a budget needs epsilon > 0 and 0 < delta < 1")
+        with self._lock:
+            row = self._db.execute("SELECT epsilon, delta FROM budgets WHERE dataset=?", (dataset,)).fetchone()
+            if row is not None and (row[0], row[1]) == (epsilon, delta):
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR REPLACE INTO budgets VALUES (?,?,?,?)", (dataset, epsilon, delta, time.time()))
+            self._event(dataset, "", "set-budget", epsilon, delta)
+            self._db.execute("COMMIT")
+
+    def status(self, dataset: str) -> BudgetStatus | None:
+        """The dataset's budget and use, or ``None`` when the site set no budget for it."""
+        with self._lock:
+            return self._status(dataset)
+
+    def _status(self, dataset: str) -> BudgetStatus | None:
+        row = self._db.execute("SELECT epsilon, delta FROM budgets WHERE dataset=?", (dataset,)).fetchone()
+        if row is None:
+            return None
+        used = self._db.execute(
+            "SELECT COALESCE(SUM(CASE WHEN open THEN MAX(reserved_epsilon, spent_epsilon) ELSE spent_epsilon END), 0),"
+            " COALESCE(SUM(CASE WHEN open THEN MAX(reserved_delta, spent_delta) ELSE spent_delta END), 0)"
+            " FROM jobs WHERE dataset=?",
+            (dataset,),
+        ).fetchone()
+        return BudgetStatus(
+            dataset=dataset, epsilon_total=row[0], delta_total=row[1], epsilon_used=used[0], delta_used=used[1]
+        )
+
+    def job(self, dataset: str, job_id: str) -> JobSpend | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT reserved_epsilon, reserved_delta, spent_epsilon, spent_delta, steps, open FROM jobs"
+                " WHERE dataset=? AND job_id=?",
+                (dataset, job_id),
+            ).fetchone()
+        if row is None:
+            return None
+        return JobSpend(
+            epsilon_reserved=row[0], delta_reserved=row[1], epsilon_spent=row[2], delta_spent=row[3],
+            steps=row[4], open=bool(row[5]),
+        )  # fmt: skip
+
+    def reserve(self, dataset: str, job_id: str, *, epsilon: float, delta: float) -> None:
+        """Hold (ε, δ) for ``job_id`` (growing an earlier hold), or raise :class:`BudgetExhausted`."""
+        with self._lock:
+            status = self._status(dataset)
+            if status is None:
+                raise BudgetExhausted(f"dataset {dataset!r} has no privacy budget set at this site")
+            row = self._db.execute(
+                "SELECT reserved_epsilon, reserved_delta, spent_epsilon, spent_delta, open FROM jobs"
+                " WHERE dataset=? AND job_id=?",
+                (dataset, job_id),
+            ).fetchone()
+            mine_eps = max(row[0], row[2]) if row else 0.0
+            mine_delta = max(row[1], row[3]) if row else 0.0
+            if row is not None and not row[4]:
+                raise BudgetExhausted(f"job {job_id} already closed its privacy account on dataset {dataset!r}")
+            eps = max(epsilon, mine_eps)
+            dlt = max(delta, mine_delta)
+            others_eps, others_delta = status.epsilon_used - mine_eps, status.delta_used - mine_delta
+            if others_eps + eps > status.epsilon_total + _SLACK or others_delta + dlt > status.delta_total + _SLACK:
+                raise BudgetExhausted(
+                    f"dataset {dataset!r}: job {job_id} needs ε={eps:.4g}, δ={dlt:.3g} but only "
+                    f"ε={max(0.0, status.epsilon_total - others_eps):.4g}, "
+                    f"δ={max(0.0, status.delta_total - others_delta):.3g} are left of the site's budget "
+                    f"(ε={status.epsilon_total:.4g}, δ={status.delta_total:.3g})"
+                )
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO jobs (dataset, job_id, reserved_epsilon, reserved_delta, created) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(dataset, job_id) DO UPDATE SET reserved_epsilon=?, reserved_delta=?",
+                (dataset, job_id, eps, dlt, time.time(), eps, dlt),
+            )
+            self._event(dataset, job_id, "reserve", eps, dlt)
+            self._db.execute("COMMIT")
+
+    def commit(self, dataset: str, job_id: str, *, epsilon: float, delta: float, steps: int) -> None:
+        """Record that the job has now spent ``epsilon``/``delta`` in total over ``steps`` steps."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            cur = self._db.execute(
+                "UPDATE jobs SET spent_epsilon=MAX(spent_epsilon, ?), spent_delta=MAX(spent_delta, ?), steps=?"
+                " WHERE dataset=? AND job_id=?",
+                (epsilon, delta, steps, dataset, job_id),
+            )
+            if cur.rowcount != 1:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"job {job_id} has no reservation on dataset {dataset!r} to commit against")
+            self._event(dataset, job_id, "commit", epsilon, delta, f"steps={steps}")
+            self._db.execute("COMMIT")
+
+    def close_job(self, dataset: str, job_id: str) -> None:
+        """Release what the job reserved beyond what it spent."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            cur = self._db.execute("UPDATE jobs SET open=0 WHERE dataset=? AND job_id=? AND open=1", (dataset, job_id))
+            if cur.rowcount:
+                self._event(dataset, job_id, "close", 0.0, 0.0)
+            self._db.execute("COMMIT")
+
+    def events(self, dataset: str) -> list[dict[str, object]]:
+        """The ledger's audit trail for ``dataset``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, at, job_id, action, epsilon, delta, detail FROM events WHERE dataset=? ORDER BY seq",
+                (dataset,),
+            ).fetchall()
+        keys = ("seq", "at", "job_id", "action", "epsilon", "delta", "detail")
+        return [dict(zip(keys, r, strict=True)) for r in rows]

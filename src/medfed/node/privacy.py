@@ -1,0 +1,81 @@
+"""The privacy link of the node's policy chain: no DP release without the ledger.
+
+For a job with a ``[privacy]`` table the node itself computes what each task costs on *its*
+data (DP-SGD: Poisson sampling rate = batch size / train rows, steps = local steps; ε by the PLD
+accountant at the job's δ), reserves the whole job's cost before the first step, tells the task
+to run DP-SGD, and commits the real spend after each task. A dataset with a budget refuses jobs
+without differential privacy; a DP job on a dataset without a budget is refused too (the data
+owner has not said what may be spent). The spend travels back as metrics, so the job result
+shows it per site.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from medfed.core.errors import BudgetExhausted
+from medfed.core.records import PrivacySpec, ResultMessage, TaskKind, TaskMessage
+from medfed.learn.options import TrainOptions
+from medfed.node.ledger import PrivacyLedger
+from medfed.node.middleware import Handler, NodeContext
+from medfed.privacy.accounting import epsilon
+
+
+def dp_sgd_epsilon(spec: PrivacySpec, *, sampling_rate: float, steps: int) -> float:
+    """ε of ``steps`` DP-SGD steps at ``sampling_rate`` (0 for no steps)."""
+    if steps <= 0:
+        return 0.0
+    return epsilon(noise_multiplier=spec.noise_multiplier, sampling_rate=sampling_rate, steps=steps, delta=spec.delta)
+
+
+def _refuse_non_dp(task: TaskMessage, ctx: NodeContext, ledger: PrivacyLedger | None) -> None:
+    status = ledger.status(task.dataset) if ledger is not None else None
+    if status is not None:
+        raise BudgetExhausted(
+            f"dataset {task.dataset!r} at site {ctx.site!r} is released only under differential privacy "
+            f"(budget ε={status.epsilon_total:.4g}, δ={status.delta_total:.3g}); the job has no [privacy] table"
+        )
+
+
+def privacy_budget(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessage:
+    """Reserve before, commit after; refuse what the site's budget cannot pay."""
+    ledger = ctx.ledger
+    if task.privacy is None:
+        _refuse_non_dp(task, ctx, ledger)
+        return nxt(task, ctx)
+    if ledger is None or ledger.status(task.dataset) is None:
+        raise BudgetExhausted(
+            f"dataset {task.dataset!r} at site {ctx.site!r} has no privacy budget: the site admin must set "
+            "epsilon_budget and delta_budget for it before a differentially private job may run"
+        )
+    if task.kind is TaskKind.EVALUATE:
+        result = nxt(task, ctx)
+        ledger.close_job(task.dataset, task.job_id)
+        return _with_spend(result, task, ledger)
+    spec = task.privacy
+    opts = TrainOptions.parse(task.config, with_hidden=True, where=f"task {task.task!r}")
+    n_train = len(ctx.dataset(task.dataset).y_train)
+    q = min(1.0, opts.batch_size / n_train)
+    before = ledger.job(task.dataset, task.job_id)
+    steps_before = before.steps if before is not None else 0
+    planned = dp_sgd_epsilon(spec, sampling_rate=q, steps=max(task.job_rounds * opts.local_steps, 1))
+    after = dp_sgd_epsilon(spec, sampling_rate=q, steps=steps_before + opts.local_steps)
+    ledger.reserve(task.dataset, task.job_id, epsilon=max(planned, after), delta=spec.delta)
+    config = dict(task.config) | {"dp_noise_multiplier": spec.noise_multiplier, "dp_clip_norm": spec.clip_norm}
+    result = nxt(replace(task, config=config), ctx)
+    if result.ok:
+        ledger.commit(task.dataset, task.job_id, epsilon=after, delta=spec.delta, steps=steps_before + opts.local_steps)
+    return _with_spend(result, task, ledger)
+
+
+def _with_spend(result: ResultMessage, task: TaskMessage, ledger: PrivacyLedger) -> ResultMessage:
+    job = ledger.job(task.dataset, task.job_id)
+    status = ledger.status(task.dataset)
+    if job is None or status is None or not result.ok:
+        return result
+    extra = {
+        "privacy_epsilon_spent": job.epsilon_spent,
+        "privacy_delta_spent": job.delta_spent,
+        "privacy_epsilon_left": status.epsilon_left,
+    }
+    return replace(result, metrics=dict(result.metrics) | extra)
