@@ -229,6 +229,7 @@ class Cluster:
         link: Any = None,
         start: bool = True,
         datasets: dict[str, DatasetConfig] | None = None,
+        state_dir: Path | None = None,
         **runtime: Any,
     ) -> NodeThread:
         """A NodeRuntime for ``site`` in a thread (started unless ``start=False``)."""
@@ -238,6 +239,7 @@ class Cluster:
             poll_wait_s=1.0,
             backoff_initial_s=0.05,
             backoff_max_s=0.5,
+            state_dir=state_dir,
         )
         node = NodeThread(NodeRuntime(settings, link or self.link(site), **runtime))
         self.nodes.append(node)

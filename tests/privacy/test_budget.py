@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medfed.core.errors import MedfedError, ValidationError
-from medfed.privacy.budget import BudgetExhausted, PrivacyBudget, PrivacySpend
+from medfed.core.errors import BudgetExhausted, PermissionDenied, ValidationError
+from medfed.privacy.budget import PrivacyBudget, PrivacySpend
 
 
 def test_spends_compose_by_summing() -> None:
@@ -47,7 +47,7 @@ def test_an_overspend_is_refused_with_what_is_left() -> None:
     assert not budget.allows(PrivacySpend(0.5, 0.0))
     with pytest.raises(BudgetExhausted, match=r"requested ε=0.5.*remaining ε=0.25") as info:
         budget.reserve(PrivacySpend(0.5, 0.0))
-    assert isinstance(info.value, MedfedError)
+    assert isinstance(info.value, PermissionDenied)
     assert info.value.kind == "budget"
 
 

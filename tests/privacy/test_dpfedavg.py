@@ -113,9 +113,7 @@ def test_adaptive_noise_split_keeps_the_effective_multiplier() -> None:
 
 
 def test_wrapper_state_carries_c_and_the_inner_state() -> None:
-    dp = DPFedAvg(
-        inner=FedAdam(), clip_norm=0.1, noise_multiplier=1.0, expected_nodes=40, adaptive=AdaptiveClipping()
-    )
+    dp = DPFedAvg(inner=FedAdam(), clip_norm=0.1, noise_multiplier=1.0, expected_nodes=40, adaptive=AdaptiveClipping())
     current = _vector([0.0, 0.0, 0.0])
     state = dp.initial_state(current)
     assert state.names == (CLIP_NORM_NAME, "inner/m/w", "inner/v/w")
@@ -160,6 +158,8 @@ def test_packed_contributions_sum_like_the_records() -> None:
     assert unpacked.update.allclose(expected.update) and unpacked.unclipped == expected.unclipped
     with pytest.raises(ValidationError):
         DPContribution.from_parameters(a.update)
+    with pytest.raises(ValidationError):
+        DPContribution.from_parameters(Parameters.from_numpy({"dp/unclipped": [1.0, 2.0]}))
 
 
 def test_coordinator_path_matches_the_simulation_path() -> None:

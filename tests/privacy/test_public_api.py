@@ -3,7 +3,7 @@
 import medfed.privacy
 
 EXPECTED = {
-    "Accountant", "AdaptiveClipping", "BudgetExhausted", "DPAggregator", "DPContribution", "DPFedAvg", "NoiseMode",
+    "Accountant", "AdaptiveClipping", "DPAggregator", "DPContribution", "DPFedAvg", "NoiseMode",
     "PrivacyBudget", "PrivacySpend", "add_noise", "calibrate_noise", "clip_update", "epsilon", "gaussian_noise",
     "l2_norm", "secure_rng",
 }  # fmt: skip

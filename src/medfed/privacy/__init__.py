@@ -6,7 +6,7 @@ node middleware and Opacus-based DP-SGD build on these values in the layers abov
 """
 
 from medfed.privacy.accounting import Accountant, calibrate_noise, epsilon
-from medfed.privacy.budget import BudgetExhausted, PrivacyBudget, PrivacySpend
+from medfed.privacy.budget import PrivacyBudget, PrivacySpend
 from medfed.privacy.dpfedavg import (
     AdaptiveClipping,
     DPAggregator,
@@ -19,7 +19,6 @@ from medfed.privacy.mechanisms import add_noise, clip_update, gaussian_noise, l2
 __all__ = [
     "Accountant",
     "AdaptiveClipping",
-    "BudgetExhausted",
     "DPAggregator",
     "DPContribution",
     "DPFedAvg",

@@ -28,10 +28,11 @@ import enum
 import math
 from collections.abc import Callable
 
-# dp-accounting ships no type information (no py.typed); its results are wrapped in float().
-import dp_accounting  # type: ignore[import-untyped]
-from dp_accounting.pld import pld_privacy_accountant  # type: ignore[import-untyped]
-from dp_accounting.rdp import rdp_privacy_accountant  # type: ignore[import-untyped]
+# dp-accounting ships no type information (pyproject's mypy overrides say so); its results are
+# wrapped in float().
+import dp_accounting
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
 
 from medfed.core.errors import ValidationError
 

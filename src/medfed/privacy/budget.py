@@ -8,7 +8,8 @@ mechanisms, adaptively chosen, and simple enough for a site admin to audit. It i
 why a job's rounds are composed by the accountant first and reach the budget as one spend.
 
 The persistent ledger at a node (reserve → run → commit, audited) lives in the node layer; these
-values are its pure arithmetic. Reserving returns a new budget and never mutates the old one.
+values are its pure arithmetic. Reserving returns a new budget and never mutates the old one; an
+overspend raises :class:`~medfed.core.errors.BudgetExhausted` (kind ``budget``).
 """
 
 from __future__ import annotations
@@ -17,21 +18,12 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from medfed.core.errors import MedfedError, ValidationError
+from medfed.core.errors import BudgetExhausted, ValidationError
 
 #: Relative slack when comparing spends with a total, so that floating-point rounding of a sum of
 #: spends (0.1 + 0.1 + 0.1 > 0.3) does not refuse a release that fits exactly. It lets through at
 #: most a 1e-9 relative overshoot, far below any meaningful ε.
 _SLACK = 1e-9
-
-
-class BudgetExhausted(MedfedError):  # noqa: N818 - reads as a verdict, like PermissionDenied
-    """A release would spend more (ε, δ) than the budget has left.
-
-    Defined here until it moves into :mod:`medfed.core.errors`; its wire kind is ``budget``.
-    """
-
-    kind = "budget"
 
 
 def _spend_problems(epsilon: float, delta: float) -> list[str]:

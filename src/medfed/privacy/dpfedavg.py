@@ -144,8 +144,8 @@ class DPContribution:
     @classmethod
     def from_parameters(cls, params: Parameters) -> DPContribution:
         """Inverse of :meth:`to_parameters` (also for a sum of packed contributions)."""
-        if not params.names or params.names[-1] != UNCLIPPED_NAME:
-            raise ValidationError(f"a DP contribution ends with a {UNCLIPPED_NAME!r} tensor", where="dp")
+        if not params.names or params.names[-1] != UNCLIPPED_NAME or params.arrays[-1].shape != ():
+            raise ValidationError(f"a DP contribution ends with a 0-d {UNCLIPPED_NAME!r} tensor", where="dp")
         update = Parameters.from_arrays(params.names[:-1], params.arrays[:-1])
         return cls(update, float(params.arrays[-1]))
 
