@@ -31,7 +31,7 @@ def cluster(fed: Federation, tmp_path: Path) -> Iterator[Cluster]:
 
 def _dp_job(noise: float, *, rounds: int = 2, name: str = "dp") -> str:
     options = {"input_dim": 13, "local_steps": 5, "batch_size": 8, "lr": 0.05}
-    spec = job_toml(name=name, rounds=rounds, task_options=options, min_nodes=3, retries=0)
+    spec = job_toml(name=name, rounds=rounds, task_options=options, min_nodes=3, retries=2)
     return spec + f"\n[privacy]\nnoise_multiplier = {noise}\nclip_norm = 1.0\ndelta = 1e-6\n"
 
 

@@ -57,7 +57,9 @@ def test_epsilon_grows_with_steps(sigma: float, q: float, steps: int, extra: int
 )
 def test_epsilon_falls_with_noise(sigma: float, factor: float, q: float, steps: int) -> None:
     args = {"sampling_rate": q, "steps": steps, "delta": 1e-5, "method": Accountant.RDP}
-    assert epsilon(noise_multiplier=sigma * factor, **args) <= epsilon(noise_multiplier=sigma, **args) * (1 + 1e-9)
+    # dp-accounting drops RDP orders whose series fails to converge (large q, small σ: it logs
+    # "failed to converge"), which can lift ε by ~2e-4 relative for a slightly larger σ; allow 1e-3.
+    assert epsilon(noise_multiplier=sigma * factor, **args) <= epsilon(noise_multiplier=sigma, **args) * (1 + 1e-3)
 
 
 def test_pld_is_monotone_on_a_few_points() -> None:
