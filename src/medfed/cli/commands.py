@@ -34,7 +34,8 @@ def dispatch(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from medfed.cli.demo import DemoOptions, run_demo
 
-    return run_demo(DemoOptions(workdir=args.workdir, rounds=args.rounds, strategy=args.strategy, report=args.report))
+    opts = DemoOptions(workdir=args.workdir, rounds=args.rounds, strategy=args.strategy, report=args.report, dp=args.dp)
+    return run_demo(opts)
 
 
 # --- provision -----------------------------------------------------------------------------
@@ -110,6 +111,8 @@ def _node(args: argparse.Namespace) -> int:
     cfg = load_node_config(args.config)
     if args.action == "check":
         return _node_check(cfg)
+    if args.action == "budget":
+        return _node_budget(cfg)
     from medfed.node.runtime import NodeRuntime
     from medfed.transport.grpc_client import GrpcCoordinatorLink
 
@@ -121,6 +124,37 @@ def _node(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: runtime.stop())
     print(f"node {cfg.settings.site} dialling {cfg.coordinator}", flush=True)
     runtime.run()
+    return 0
+
+
+def _node_budget(cfg: Any) -> int:
+    """Each dataset's privacy budget at this site: total, used (open reservations included), left,
+    and the ledger's history. Read locally; nothing is sent anywhere."""
+    from rich.table import Table
+
+    from medfed.cli.views import console
+    from medfed.node.runtime import open_ledger
+
+    ledger = open_ledger(cfg.settings)
+    if ledger is None:
+        print("this node keeps no privacy ledger (no state_dir)")
+        return 0
+    table = Table(title=f"Privacy budgets at site {cfg.settings.site}")
+    for col in ("dataset", "ε total", "ε used", "ε left", "δ total", "δ used"):
+        table.add_column(col, justify="right" if col != "dataset" else "left")
+    for name in sorted(cfg.settings.datasets):
+        status = ledger.status(name)
+        if status is None:
+            table.add_row(name, "no budget: DP jobs refused", "", "", "", "")
+        else:
+            table.add_row(name, *(f"{v:.4g}" for v in (status.epsilon_total, status.epsilon_used, status.epsilon_left)),
+                          f"{status.delta_total:.3g}", f"{status.delta_used:.3g}")  # fmt: skip
+    console.print(table)
+    for name in sorted(cfg.settings.datasets):
+        for e in ledger.events(name)[-20:]:
+            when = dt.datetime.fromtimestamp(float(e["at"]), dt.UTC).strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[arg-type]
+            print(f"{when} {name} {e['action']:<10} job={e['job_id'] or '-'} ε={float(e['epsilon']):.4g} {e['detail']}")  # type: ignore[arg-type]
+    ledger.close()
     return 0
 
 

@@ -40,6 +40,11 @@ class DemoOptions:
     rounds: int = 15
     strategy: str = ""
     report: Path = Path("medfed-demo-report.html")
+    dp: bool = False
+
+
+#: With ``--dp``: DP-SGD noise of the demo job, and each hospital's total budget for its data.
+DP_NOISE, DP_BUDGET = 2.0, 20.0
 
 
 def _free_port() -> int:
@@ -56,7 +61,7 @@ def _plan(port: int) -> str:
     )
 
 
-def job_toml(strategy: str, rounds: int) -> str:
+def job_toml(strategy: str, rounds: int, *, dp: bool = False) -> str:
     """The demo's job spec, with the tuned defaults for ``strategy``."""
     from medfed.data.heart import FEATURES, HEART_DEFAULTS
 
@@ -69,6 +74,8 @@ def job_toml(strategy: str, rounds: int) -> str:
         "", "[task_options]", *(f"{k} = {_toml_value(v)}" for k, v in task.items()),
         "", "[rounds]", "min_nodes = 3", "deadline_s = 60",
     ]  # fmt: skip
+    if dp:
+        lines += ["", "[privacy]", f"noise_multiplier = {DP_NOISE}", "clip_norm = 1.0", "delta = 1e-5"]
     return "\n".join(lines) + "\n"
 
 
@@ -80,7 +87,7 @@ def _toml_value(v: Any) -> str:
     return repr(v)
 
 
-def _prepare(root: Path, port: int) -> None:
+def _prepare(root: Path, port: int, *, dp: bool) -> None:
     from medfed.data.heart import load_fed_heart_disease, write_site_csv
     from medfed.security.plan import parse_plan
     from medfed.security.provision import provision
@@ -91,6 +98,8 @@ def _prepare(root: Path, port: int) -> None:
         write_site_csv(site, data, kit / "data")  # writes data/<site>/{train,test}.csv
         text = (kit / "site.toml").read_text()
         text += f'\n[datasets.heart]\nkind = "csv"\npath = "data/{site}"\nlabel = "label"\n'
+        if dp:
+            text += f"epsilon_budget = {DP_BUDGET}\ndelta_budget = 1e-5\n"
         text += "\n[node]\npoll_wait_s = 5.0\nbackoff_max_s = 2.0\n"
         (kit / "site.toml").write_text(text)
 
@@ -148,17 +157,19 @@ def run_demo(opts: DemoOptions) -> int:
         root.mkdir(parents=True, exist_ok=True)
         port = _free_port()
         console.print(f"[bold]medfed demo[/]: four hospitals of Fed-Heart-Disease, federation in {root}")
-        _prepare(root, port)
+        _prepare(root, port, dp=opts.dp)
         procs = stack.enter_context(_processes(root, port))
         client = _connect(root, procs)
         console.print("coordinator and 4 nodes are up (gRPC over mutual TLS on 127.0.0.1)")
-        view = client.submit_job(job_toml(strategy, opts.rounds), f"demo-{strategy}.toml")
+        view = client.submit_job(job_toml(strategy, opts.rounds, dp=opts.dp), f"demo-{strategy}.toml")
         final = watch_job(client, view["job_id"], timeout_s=600)
         client.close()
         if final["state"] != "completed":
             raise JobError(f"demo job {final['state']}: {final['error']}")
         comparison = comparison_table(final, strategy)
         _print_comparison(comparison)
+        if opts.dp:
+            _print_privacy(final)
         from medfed.report.html import write_job_report
 
         path = write_job_report(final, opts.report, comparison=comparison)
@@ -209,4 +220,17 @@ def _print_comparison(comparison: tuple[list[str], list[list[str]]]) -> None:
         table.add_column(h, justify="right" if h != "model" else "left")
     for row in rows:
         table.add_row(*row)
+    console.print(table)
+
+
+def _print_privacy(view: dict[str, Any]) -> None:
+    """What each hospital's node charged to its own ledger (it computed ε from its own data)."""
+    final = max(r["round"] for r in view["round_metrics"])
+    table = Table(title=f"Privacy spent per hospital (DP-SGD, noise {DP_NOISE}, δ = 1e-5; budget ε = {DP_BUDGET} each)")
+    for col in ("hospital", "ε spent by this job", "ε left in the budget"):
+        table.add_column(col, justify="right" if col != "hospital" else "left")
+    for s in view["site_metrics"]:
+        if s["round"] == final and not s["error"]:
+            m = s["metrics"]
+            table.add_row(s["site"], f"{m['privacy_epsilon_spent']:.2f}", f"{m['privacy_epsilon_left']:.2f}")
     console.print(table)

@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int, default=15)
     demo.add_argument("--strategy", default="", help="override the demo's strategy (default: tuned best)")
     demo.add_argument("--report", type=Path, default=Path("medfed-demo-report.html"))
+    demo.add_argument("--dp", action="store_true", help="DP-SGD at every hospital, charged to its budget ledger")
 
     prov = sub.add_parser("provision", help="create a federation's PKI and startup kits, or change it")
     prov.add_argument("plan", type=Path, nargs="?", help="federation plan (TOML) for a new federation")
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
     node = sub.add_parser("node", help="run or check a site's node")
     nsub = node.add_subparsers(dest="action", required=True)
-    for name in ("start", "check"):
+    for name in ("start", "check", "budget"):
         n = nsub.add_parser(name)
         n.add_argument("--config", type=Path, required=True, help="the site's site.toml")
 

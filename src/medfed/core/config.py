@@ -9,10 +9,10 @@ import tomllib
 from typing import Any
 
 from medfed.core.errors import ConfigError
-from medfed.core.records import JobSpec, PrivacySpec, RoundPolicy, Scalar, StrategySpec
+from medfed.core.records import JobSpec, PrivacySpec, RobustSpec, RoundPolicy, Scalar, StrategySpec
 
 _JOB_KEYS = {"name", "task", "dataset", "rounds", "seed", "sites"}
-_TOP_KEYS = {"job", "strategy", "task_options", "rounds", "privacy"}
+_TOP_KEYS = {"job", "strategy", "task_options", "rounds", "privacy", "robust"}
 
 
 def _scalars(table: Any, where: str, problems: list[str]) -> dict[str, Scalar]:
@@ -106,6 +106,7 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
         problems.append("[rounds] must be a table")
 
     privacy = _privacy(doc.get("privacy"), problems)
+    robust = _robust(doc.get("robust"), problems)
 
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -122,6 +123,7 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
             policy=policy,
             sites=tuple(sites),
             privacy=privacy,
+            robust=robust,
             source=text,
         )
     except ConfigError as exc:
@@ -148,3 +150,25 @@ def _privacy(table: Any, problems: list[str]) -> PrivacySpec | None:
     except ConfigError as exc:
         problems.append(str(exc))
         return None
+
+
+def _robust(table: Any, problems: list[str]) -> RobustSpec | None:
+    """``[robust]``: ``rule``, ``detect_anomalies`` (default true) and the rule's options.
+
+    Option names and values are the aggregation layer's business: they are checked against the
+    rule at submission (``medfed.coordinator.robustness``), here only that each is a scalar.
+    """
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        problems.append("[robust] must be a table")
+        return None
+    before = len(problems)
+    rule = _typed(table, "rule", str, "robust", problems)
+    detect = _typed(table, "detect_anomalies", bool, "robust", problems)
+    options = _scalars({k: v for k, v in table.items() if k not in ("rule", "detect_anomalies")}, "robust", problems)
+    if rule is None and "rule" not in table and options:
+        problems.append(f"robust options {sorted(options)} need robust.rule")
+    if len(problems) > before:
+        return None
+    return RobustSpec(rule=rule, options=options, detect_anomalies=True if detect is None else detect)

@@ -99,6 +99,30 @@ class PrivacySpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RobustSpec:
+    """Robust aggregation and anomaly detection asked for by a job (the ``[robust]`` table).
+
+    ``rule`` names a robust rule (``None``: the strategy gets the plain weighted mean) and
+    ``options`` are its options, both as written in the job file: core knows no rules, so the
+    coordinator checks names, values and the tolerance of ``options["byzantine"]`` malicious nodes
+    at submission. Either one makes the coordinator keep every site's update of a round.
+    """
+
+    rule: str | None = None
+    options: dict[str, Scalar] = field(default_factory=dict)
+    detect_anomalies: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rule is None and self.options:
+            raise ConfigError(f"robust options {sorted(self.options)} need robust.rule")
+
+    @property
+    def keeps_updates(self) -> bool:
+        """True when the coordinator must keep every site's update of a round (O(nodes × model))."""
+        return self.rule is not None or self.detect_anomalies
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobSpec:
     """A declarative job: which task on which dataset, how many rounds, which strategy.
 
@@ -115,6 +139,7 @@ class JobSpec:
     policy: RoundPolicy = field(default_factory=RoundPolicy)
     sites: tuple[str, ...] = ()  # empty: every connected site
     privacy: PrivacySpec | None = None
+    robust: RobustSpec | None = None
     source: str = ""  # the TOML text it was parsed from (hashed, stored, audited)
 
     def __post_init__(self) -> None:

@@ -165,6 +165,8 @@ class PrivacyLedger:
                     f"δ={max(0.0, status.delta_total - others_delta):.3g} are left of the site's budget "
                     f"(ε={status.epsilon_total:.4g}, δ={status.delta_total:.3g})"
                 )
+            if row is not None and (row[0], row[1]) == (eps, dlt):
+                return  # already held: nothing changes, nothing to record
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT INTO jobs (dataset, job_id, reserved_epsilon, reserved_delta, created) VALUES (?,?,?,?,?)"
