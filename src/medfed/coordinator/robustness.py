@@ -70,7 +70,8 @@ def robust_plan(spec: JobSpec, *, secure_aggregation: bool = False) -> RobustPla
     if robust is None or not robust.keeps_updates:
         return None
     problems: list[str] = []
-    rule = _checked(problems, lambda: RobustRule.parse(robust.rule)) if robust.rule is not None else None
+    name = robust.rule
+    rule = _checked(problems, lambda: RobustRule.parse(name)) if name is not None else None
     options = _checked(problems, lambda: RobustOptions.from_mapping(robust.options))
     if rule is not None and options is not None:
         _checked(problems, lambda: check_tolerance(rule, spec.policy.min_nodes, options))

@@ -1,4 +1,10 @@
-"""One round in progress: which sites were asked, what each answered, the streaming mean."""
+"""One round in progress: which sites were asked, what each answered, the streaming mean.
+
+A fit round of a job with robust aggregation or anomaly detection also keeps every site's
+validated model (``keep_updates``): those need each individual update, so the coordinator then
+holds O(nodes × model) per round instead of the streaming mean's O(model). The kept models are
+the received (read-only) arrays themselves, not copies; they are released with the round.
+"""
 
 from __future__ import annotations
 
@@ -22,12 +28,20 @@ class RoundKey:
 
 
 class RoundInProgress:
-    """Collects results of one round; results stream into a :class:`WeightedMean`."""
+    """Collects results of one round; results stream into a :class:`WeightedMean`.
 
-    def __init__(self, key: RoundKey, tasks: dict[str, str], template: Parameters | None) -> None:
+    With ``keep_updates``, a fit round also keeps each accepted site's model and weight in
+    :attr:`kept` (for robust aggregation and anomaly detection).
+    """
+
+    def __init__(
+        self, key: RoundKey, tasks: dict[str, str], template: Parameters | None, *, keep_updates: bool = False
+    ) -> None:
         self.key = key
         self.tasks = dict(tasks)  # task_id -> site
         self.mean = WeightedMean(template) if template is not None and key.kind is TaskKind.FIT else None
+        self.keep_updates = keep_updates and self.mean is not None
+        self.kept: dict[str, tuple[Parameters, float]] = {}  # site -> (model, weight), with keep_updates
         self.results: dict[str, SiteMetrics] = {}
         self.closed = False
         self.duration_s = 0.0
@@ -87,6 +101,8 @@ class RoundInProgress:
             if result.num_examples <= 0:
                 raise ValidationError(f"num_examples must be > 0, got {result.num_examples}", where=where)
             self.mean.add(result.parameters, float(result.num_examples), where=where)
+            if self.keep_updates:  # validated by the add above: names, shapes, finite values
+                self.kept[result.site] = (result.parameters, float(result.num_examples))
 
     def close(self) -> None:
         with self._lock:
