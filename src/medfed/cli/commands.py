@@ -24,6 +24,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "coordinator": _coordinator,
         "node": _node,
         "job": _job,
+        "privacy": _privacy,
     }[args.command]
     return handler(args)
 
@@ -36,6 +37,27 @@ def _demo(args: argparse.Namespace) -> int:
 
     opts = DemoOptions(workdir=args.workdir, rounds=args.rounds, strategy=args.strategy, report=args.report, dp=args.dp)
     return run_demo(opts)
+
+
+# --- privacy -------------------------------------------------------------------------------
+
+
+def _privacy(args: argparse.Namespace) -> int:
+    from medfed.privacy.accounting import calibrate_noise, epsilon
+
+    if args.rows <= 0 or args.batch <= 0:
+        raise ConfigError("--rows and --batch must be > 0")
+    q = min(1.0, args.batch / args.rows)
+    common = {"sampling_rate": q, "steps": args.steps, "delta": args.delta, "method": args.accountant}
+    if args.action == "epsilon":
+        eps = epsilon(noise_multiplier=args.noise, **common)
+        plan = f"σ = {args.noise:g}, q = {q:.4g}, {args.steps} steps, {args.accountant}"
+        print(f"ε = {eps:.4f} at δ = {args.delta:g} ({plan})")
+    else:
+        sigma = calibrate_noise(target_epsilon=args.target_epsilon, **common)
+        print(f"σ = {sigma:.4f} reaches ε ≤ {args.target_epsilon:g} at δ = {args.delta:g} "
+              f"(q = {q:.4g}, {args.steps} steps, {args.accountant})")  # fmt: skip
+    return 0
 
 
 # --- provision -----------------------------------------------------------------------------

@@ -51,6 +51,20 @@ def _parser() -> argparse.ArgumentParser:
         n = nsub.add_parser(name)
         n.add_argument("--config", type=Path, required=True, help="the site's site.toml")
 
+    priv = sub.add_parser("privacy", help="DP accounting: ε of a DP-SGD plan, or σ for a target ε")
+    psub = priv.add_subparsers(dest="action", required=True)
+    for name, what in (("epsilon", "ε of a DP-SGD plan"), ("calibrate", "smallest σ reaching a target ε")):
+        pp = psub.add_parser(name, help=what)
+        pp.add_argument("--rows", type=int, required=True, help="training rows at the site")
+        pp.add_argument("--batch", type=int, required=True, help="expected batch size (q = batch / rows)")
+        pp.add_argument("--steps", type=int, required=True, help="DP-SGD steps in total (rounds × local steps)")
+        pp.add_argument("--delta", type=float, default=1e-5)
+        pp.add_argument("--accountant", default="pld", choices=["pld", "rdp"])
+        if name == "epsilon":
+            pp.add_argument("--noise", type=float, required=True, help="noise multiplier σ")
+        else:
+            pp.add_argument("--target-epsilon", type=float, required=True)
+
     job = sub.add_parser("job", help="submit and follow jobs")
     jsub = job.add_subparsers(dest="action", required=True)
     submit = jsub.add_parser("submit")

@@ -74,6 +74,28 @@ def print_job(view: dict[str, Any], *, detail: bool) -> None:
                     _fmt(m.get("eval_loss")), s["error"],
                 )  # fmt: skip
         console.print(sites)
+    print_anomalies(view)
+
+
+def print_anomalies(view: dict[str, Any]) -> None:
+    """The flagged updates of a job that asked for anomaly detection, or one line saying none was."""
+    reports = view.get("anomalies") or []
+    if not reports:
+        return
+    flagged = [a for a in reports if a["flags"]]
+    rounds = len({a["round"] for a in reports})
+    if not flagged:
+        console.print(f"anomaly detection: no update flagged in {rounds} fit round(s)")
+        return
+    table = Table(title=f"Anomalies: {len(flagged)} of {len(reports)} updates flagged in {rounds} fit round(s)")
+    for col in ("round", "site", "norm", "cosine", "robust z", "flags", "reason"):
+        table.add_column(col, justify="right" if col in ("round", "norm", "cosine", "robust z") else "left")
+    for a in flagged:
+        table.add_row(
+            str(a["round"]), a["site"], f"{a['norm']:.4g}", _fmt(a["cosine"]), f"{a['robust_z']:.1f}",
+            ", ".join(a["flags"]), a["reason"],
+        )  # fmt: skip
+    console.print(table)
 
 
 def print_job_list(listing: dict[str, Any]) -> None:
