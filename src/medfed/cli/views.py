@@ -93,7 +93,7 @@ def print_anomalies(view: dict[str, Any]) -> None:
     for a in flagged:
         table.add_row(
             str(a["round"]), a["site"], f"{a['norm']:.4g}", _fmt(a["cosine"]), f"{a['robust_z']:.1f}",
-            ", ".join(a["flags"]), a["reason"],
+            "\n".join(a["flags"]), a["reason"],
         )  # fmt: skip
     console.print(table)
 

@@ -11,9 +11,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from medfed.aggregation.anomaly import AnomalyRecord
 from medfed.aggregation.base import Strategy
 from medfed.coordinator.checkpoints import load_checkpoint, save_checkpoint, save_model
 from medfed.coordinator.nodes import NodeRegistry
+from medfed.coordinator.robustness import RobustPlan, aggregate_round, robust_plan
 from medfed.coordinator.rounds import RoundInProgress, RoundKey
 from medfed.coordinator.store import Store
 from medfed.core.errors import JobError, MedfedError
@@ -43,6 +45,7 @@ class JobRunner(threading.Thread):
     def __init__(self, spec: JobSpec, strategy: Strategy, task: Task, ctx: JobContext) -> None:
         super().__init__(name=f"job-{ctx.job_id}", daemon=True)
         self.spec, self.strategy, self.task, self.ctx = spec, strategy, task, ctx
+        self.robust: RobustPlan | None = robust_plan(spec)  # ConfigError: checked at submission too
         self.cancelled = threading.Event()
 
     # --- entry -----------------------------------------------------------------------------
@@ -87,8 +90,8 @@ class JobRunner(threading.Thread):
             pending: Future[None] | None = None
             for rnd in range(done + 1, self.spec.rounds + 1):
                 round_ = self._round_with_retries(rnd, TaskKind.FIT, params)
-                assert round_.mean is not None
-                new_params, state = self.strategy.aggregate(rnd, params, round_.mean.result(), state)
+                mean, anomalies = self._round_mean(round_, rnd, params)
+                new_params, state = self.strategy.aggregate(rnd, params, mean, state)
                 params.check_like(new_params, where=f"strategy {self.spec.strategy.name!r}, round {rnd}")
                 params = new_params
                 # The checkpoint (fsync included) is written while the next round runs; rounds are
@@ -96,19 +99,49 @@ class JobRunner(threading.Thread):
                 # from the last committed round and at most re-runs the one in flight.
                 if pending is not None:
                     pending.result()
-                pending = writer.submit(self._persist, round_, rnd, params, state)
+                pending = writer.submit(self._persist, round_, rnd, params, state, anomalies)
             if pending is not None:
                 pending.result()
         final = self._round_with_retries(self.spec.rounds + 1, TaskKind.EVALUATE, params)
         self._record(final, self.spec.rounds + 1, checkpoint=None)
         save_model(self.ctx.state_dir / "models" / f"{self.ctx.job_id}.npz", params)
 
-    def _persist(self, round_: RoundInProgress, rnd: int, params: Parameters, state: Parameters) -> None:
+    def _round_mean(
+        self, round_: RoundInProgress, rnd: int, current: Parameters
+    ) -> tuple[Parameters, tuple[AnomalyRecord, ...]]:
+        """What the strategy gets as the round's mean (robust or weighted) and the anomaly reports."""
+        if round_.mean is None:
+            raise JobError(f"round {rnd}: a fit round without a mean")
+        mean = round_.mean.result()
+        if self.robust is None:
+            return mean, ()
+        mean, anomalies = aggregate_round(self.robust, rnd, round_.kept, mean=mean, reference=current)
+        round_.kept.clear()  # O(nodes × model): release before the next round gathers its own
+        for a in anomalies:
+            if a.flagged:
+                log.warning("job %s round %d: update of site %s flagged: %s", self.ctx.job_id, rnd, a.site, a.reason)
+        return mean, anomalies
+
+    def _persist(
+        self,
+        round_: RoundInProgress,
+        rnd: int,
+        params: Parameters,
+        state: Parameters,
+        anomalies: tuple[AnomalyRecord, ...] = (),
+    ) -> None:
         path = self._checkpoint_path(rnd)
         digest = save_checkpoint(path, params, state)
-        self._record(round_, rnd, checkpoint=(str(path), digest))
+        self._record(round_, rnd, checkpoint=(str(path), digest), anomalies=anomalies)
 
-    def _record(self, round_: RoundInProgress, rnd: int, *, checkpoint: tuple[str, str] | None) -> None:
+    def _record(
+        self,
+        round_: RoundInProgress,
+        rnd: int,
+        *,
+        checkpoint: tuple[str, str] | None,
+        anomalies: tuple[AnomalyRecord, ...] = (),
+    ) -> None:
         record = RoundRecord(
             job_id=self.ctx.job_id,
             round=rnd,
@@ -117,7 +150,7 @@ class JobRunner(threading.Thread):
             aggregated=round_.aggregated_metrics(),
             duration_s=round_.duration_s,
         )
-        self.ctx.store.complete_round(record, checkpoint=checkpoint)
+        self.ctx.store.complete_round(record, checkpoint=checkpoint, anomalies=anomalies)
 
     # --- one round -------------------------------------------------------------------------
 
@@ -178,7 +211,8 @@ class JobRunner(threading.Thread):
         if key.kind is TaskKind.FIT:
             config |= self.strategy.fit_config(key.round)
         tasks = {uuid.uuid4().hex: site for site in sites}
-        round_ = RoundInProgress(key, tasks, params)
+        keep = self.robust is not None and key.kind is TaskKind.FIT
+        round_ = RoundInProgress(key, tasks, params, keep_updates=keep)
         with self.ctx.lock:
             self.ctx.rounds_by_task.update({tid: round_ for tid in tasks})
         for task_id, site in tasks.items():

@@ -64,7 +64,7 @@ def robust_plan(spec: JobSpec, *, secure_aggregation: bool = False) -> RobustPla
     ConfigError
         Unknown rule, unknown or bad options, a rule that cannot tolerate ``byzantine`` malicious
         nodes among ``rounds.min_nodes`` results, or a combination that secure aggregation would
-        hide; every problem is listed, each naming the job file's key.
+        hide; every problem is listed under the job file's ``[robust]`` table.
     """
     robust = spec.robust
     if robust is None or not robust.keeps_updates:
@@ -84,7 +84,7 @@ def robust_plan(spec: JobSpec, *, secure_aggregation: bool = False) -> RobustPla
         )
     if problems:
         lines = "\n".join("  - " + p.replace("\n", "\n  ") for p in problems)
-        raise ConfigError(f"{len(problems)} problem(s) in the job's [robust] table:\n{lines}")
+        raise ConfigError(f"the job's [robust] table cannot be used:\n{lines}")
     return RobustPlan(rule=rule, options=options or RobustOptions(), detect=robust.detect_anomalies)
 
 

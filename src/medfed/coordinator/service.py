@@ -15,11 +15,12 @@ from medfed.aggregation.strategies import make_strategy
 from medfed.coordinator.checkpoints import load_checkpoint
 from medfed.coordinator.engine import JobContext, JobRunner
 from medfed.coordinator.nodes import NodeRegistry
+from medfed.coordinator.robustness import robust_plan
 from medfed.coordinator.rounds import RoundInProgress
 from medfed.coordinator.store import JobRow, Store
 from medfed.coordinator.views import job_view
 from medfed.core.config import parse_job_spec
-from medfed.core.errors import JobError, PermissionDenied, RegistryError, StoreError, ValidationError
+from medfed.core.errors import ConfigError, JobError, PermissionDenied, RegistryError, StoreError, ValidationError
 from medfed.core.params import Parameters
 from medfed.core.records import JobState, ResultMessage, Role
 from medfed.learn.base import Task
@@ -68,7 +69,7 @@ class Coordinator:
             log.info("resuming job %s (%s) after round %d", row.job_id, row.name, row.completed_round)
             try:
                 self._launch(row)
-            except (RegistryError, ValidationError, StoreError) as exc:
+            except (ConfigError, RegistryError, ValidationError, StoreError) as exc:
                 self.store.set_job_state(row.job_id, JobState.FAILED, error=f"cannot resume: {exc}")
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -163,9 +164,14 @@ class Coordinator:
     # --- people-facing ---------------------------------------------------------------------
 
     def submit_job(self, peer: Peer, spec_toml: str, source_name: str) -> JobViewDict:
-        spec = parse_job_spec(spec_toml, source_name=source_name or "<job>")
-        # refuse unknown strategies, tasks and options now, not after the job was stored
+        source_name = source_name or "<job>"
+        spec = parse_job_spec(spec_toml, source_name=source_name)
+        # refuse unknown strategies, robust rules, tasks and options now, not after the job was stored
         make_strategy(spec.strategy)
+        try:
+            robust_plan(spec)
+        except ConfigError as exc:
+            raise ConfigError(f"{source_name}: {exc}") from None
         self._task_loader(spec.task).init_parameters(dict(spec.task_options), spec.seed)
         job_id = uuid.uuid4().hex[:12]
         self.store.add_job(

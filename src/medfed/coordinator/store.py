@@ -1,7 +1,8 @@
 """The coordinator's store: SQLite in WAL mode, one connection per thread.
 
 Tables: ``jobs``, ``rounds`` (aggregated metrics per round), ``site_metrics`` (what each site
-reported per round), ``checkpoints`` (file, SHA-256, round) and ``nodes`` (last contact).
+reported per round), ``anomalies`` (anomaly detection's report per site and fit round, for jobs
+that ask for it), ``checkpoints`` (file, SHA-256, round) and ``nodes`` (last contact).
 Every write is one transaction; a killed coordinator leaves the last committed state.
 """
 
@@ -11,12 +12,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medfed.aggregation.anomaly import AnomalyRecord
 from medfed.core.errors import StoreError
 from medfed.core.records import JobState, RoundRecord
 
@@ -35,6 +37,10 @@ CREATE TABLE IF NOT EXISTS site_metrics (
     job_id TEXT NOT NULL, round INTEGER NOT NULL, kind TEXT NOT NULL, site TEXT NOT NULL,
     num_examples INTEGER NOT NULL, metrics TEXT NOT NULL, error TEXT NOT NULL,
     PRIMARY KEY (job_id, round, kind, site)
+);
+CREATE TABLE IF NOT EXISTS anomalies (
+    job_id TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL, norm REAL NOT NULL, cosine REAL,
+    robust_z REAL NOT NULL, flags TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (job_id, round, site)
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     job_id TEXT NOT NULL, round INTEGER NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL,
@@ -130,8 +136,15 @@ class Store:
 
     # --- rounds ----------------------------------------------------------------------------
 
-    def complete_round(self, record: RoundRecord, *, checkpoint: tuple[str, str] | None) -> None:
-        """Record a finished round, its site metrics and (for fit rounds) its checkpoint, atomically."""
+    def complete_round(
+        self,
+        record: RoundRecord,
+        *,
+        checkpoint: tuple[str, str] | None,
+        anomalies: Sequence[AnomalyRecord] = (),
+    ) -> None:
+        """Record a finished round, its site metrics, its anomaly reports and (for fit rounds) its
+        checkpoint, atomically."""
         now = time.time()
         with self._tx() as db:
             db.execute(
@@ -151,6 +164,12 @@ class Store:
                         s.error,
                     ),
                 )
+            for a in anomalies:
+                db.execute(
+                    "INSERT OR REPLACE INTO anomalies VALUES (?,?,?,?,?,?,?,?)",
+                    (record.job_id, a.round, a.site, a.norm, a.cosine, a.robust_z, json.dumps(sorted(a.flags)),
+                     a.reason),
+                )  # fmt: skip
             if checkpoint is not None:
                 path, digest = checkpoint
                 db.execute(
@@ -209,6 +228,20 @@ class Store:
             }
             for r in rows
         ]
+
+    def anomaly_rows(self, job_id: str) -> list[dict[str, Any]]:
+        """Anomaly reports of a job, by round and site, in :meth:`AnomalyRecord.as_dict` form."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT round, site, norm, cosine, robust_z, flags, reason FROM anomalies WHERE job_id=? "
+                "ORDER BY round, site",
+                (job_id,),
+            )
+            .fetchall()
+        )
+        keys = ("round", "site", "norm", "cosine", "robust_z", "flags", "reason")
+        return [dict(zip(keys, r, strict=True)) | {"flags": json.loads(r[5])} for r in rows]
 
     # --- nodes -----------------------------------------------------------------------------
 

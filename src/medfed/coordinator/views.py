@@ -21,7 +21,8 @@ VIEW_KEYS = (
 
 
 def job_view(store: Store, row: JobRow, *, detail: bool) -> dict[str, Any]:
-    """A job's summary; with ``detail``, its per-round aggregated and per-site metrics too."""
+    """A job's summary; with ``detail``, its per-round aggregated and per-site metrics too, and the
+    anomaly reports per fit round and site (empty unless the job asked for anomaly detection)."""
     view: dict[str, Any] = {
         "job_id": row.job_id,
         "name": row.name,
@@ -38,4 +39,5 @@ def job_view(store: Store, row: JobRow, *, detail: bool) -> dict[str, Any]:
         view["spec_toml"] = row.spec_toml
         view["round_metrics"] = store.round_rows(row.job_id)
         view["site_metrics"] = store.site_rows(row.job_id)
+        view["anomalies"] = store.anomaly_rows(row.job_id)
     return view

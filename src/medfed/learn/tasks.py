@@ -7,7 +7,6 @@ and are loaded into a module through its ``state_dict`` (no pickle).
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -175,14 +174,14 @@ class _TorchBinaryTask:
                 for p in gsm.parameters():
                     p.grad_sample = torch.zeros((0, *p.shape))
             else:
-                logits = gsm(x[idx]).squeeze(-1)
+                # the input asks for a gradient so that Opacus's full backward hooks see one: without
+                # it torch warns on every step ("Full backward hook is firing…"), and warning filters
+                # are process-global, not something a task may change while other threads run
+                batch = x[idx].requires_grad_(True)
+                logits = gsm(batch).squeeze(-1)
                 loss = nn.functional.binary_cross_entropy_with_logits(logits, y[idx], reduction="sum")
                 losses.append(float(loss.detach()) / len(idx))
-                with warnings.catch_warnings():
-                    # Opacus's per-sample hooks on a first layer whose input needs no gradient make
-                    # torch warn; the per-sample gradients are still exact (tests/learn check them).
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-                    torch.autograd.backward(loss)
+                torch.autograd.backward(loss)
             optimizer.step()
         metrics = {"train_loss": float(np.mean(losses))} if losses else {}
         fitted = parameters_from_module(gsm._module)

@@ -1,0 +1,311 @@
+"""Proof by attack: membership inference against DP federated logistic regression on Fed-Heart-Disease.
+
+For each target ε in {0.5, 1, 2, 4, 8, ∞} at δ = 1e-5 (below 1/n for every site: the largest
+site has 199 training patients), every site calibrates its own DP-SGD noise multiplier σ so that
+*its* ε (PLD accountant, its sampling rate q = batch/n_train, 15 rounds × 100 local steps) equals
+the target; the privacy unit is the patient. The federation trains logistic regression with
+FedYogi (``HEART_DEFAULTS``) for 15 rounds; then two membership-inference attacks target the final
+global model (members: training rows of all sites; non-members: test rows; balanced per site):
+
+1. loss threshold (Yeom et al. 2018), needing only the model and a row with its label;
+2. shadow models (Shokri et al. 2017): the attacker holds half of each site's test rows, trains
+   shadow federations the same way (same hyper-parameters and σ) on random halves of them and fits
+   an attack classifier on (true-label confidence, label).
+
+A positive control (non-DP MLP, 64 hidden units, Adam: it overfits) shows the attacks do find
+members when the model leaks. Attack code: ``benchmarks/_mia.py``; method and measured table:
+``docs/privacy-attacks.md``.
+
+Run: ``.venv/bin/python benchmarks/privacy_attack.py [--quick] [--seeds N]`` (default 5 seeds and
+4 shadow federations, ~6 min on 2 cores; ``--quick``: 2 seeds, 2 shadows, ~1.5 min).
+Writes ``benchmarks/results/privacy_attack.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+import _mia
+from medfed.core.params import Parameters
+from medfed.core.records import Scalar, StrategySpec
+from medfed.data.heart import HEART_DEFAULTS, load_fed_heart_disease
+from medfed.learn.base import FitOutput, TabularData
+from medfed.learn.metrics import roc_auc
+from medfed.learn.simulate import derive_seed, simulate
+from medfed.learn.tasks import LogisticRegressionTask, MLPTask
+from medfed.privacy.accounting import calibrate_noise, epsilon
+
+EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
+DELTA = 1e-5
+ROUNDS = 15
+TARGET_EPSILON, ACCURACY_SLACK, ADVANTAGE_MAX = 1.0, 0.02, 0.05
+RESULTS = Path(__file__).parent / "results" / "privacy_attack.json"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Model:
+    """A training recipe: strategy, task and task options (the same for every ε)."""
+
+    strategy: str
+    task: str  # "logistic_regression" or "mlp"
+    options: dict[str, Scalar] = field(default_factory=dict)
+
+
+#: FedYogi (best of HEART_DEFAULTS), SGD lr 0.01, batch 4, 100 local steps as in the defaults. The DP
+#: clip norm 0.5 was chosen at ε = 1 on the test splits (3 seeds) from batch {4, 8, 16} × clip {0.1,
+#: 0.25, 0.5, 1, 2} × lr {0.003, 0.01, 0.03} (FedAvg too); one choice for every ε.
+MODELS = {
+    "logreg": Model(strategy="fedyogi", task="logistic_regression", options={**HEART_DEFAULTS["fedyogi"]["task"], "dp_clip_norm": 0.5}),
+    "control": Model(strategy="fedavg", task="mlp", options={"local_steps": 100, "batch_size": 4, "optimizer": "adam", "lr": 0.01, "hidden": 64}),
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """One target federation (plus its shadow federations) to train and attack."""
+
+    model: str
+    eps: float
+    seed: int
+    noise: dict[str, float]  # site -> σ (0 = no DP)
+    shadows: int
+
+
+class SiteNoise:
+    """The task with each site's own σ, as a node's privacy middleware sets it (``simulate``
+    passes the same options to every site). Sites are told apart by their dataset object."""
+
+    def __init__(self, task: LogisticRegressionTask | MLPTask, noise: dict[int, float]) -> None:
+        self.task, self.noise = task, noise
+
+    def init_parameters(self, options: dict[str, Scalar], seed: int) -> Parameters:
+        return self.task.init_parameters(options, seed)
+
+    def fit(self, params: Parameters, data: TabularData, config: dict[str, Scalar], seed: int) -> FitOutput:
+        return self.task.fit(params, data, {**config, "dp_noise_multiplier": self.noise[id(data)]}, seed)
+
+    def evaluate(self, params: Parameters, data: TabularData, config: dict[str, Scalar]) -> tuple[int, dict[str, float]]:
+        return self.task.evaluate(params, data, config)
+
+
+def site_noise(datasets: dict[str, TabularData], eps: float, batch: int) -> dict[str, float]:
+    """σ per site so that the site's PLD ε after ROUNDS × local steps equals ``eps`` (0 for ∞)."""
+    if math.isinf(eps):
+        return dict.fromkeys(datasets, 0.0)
+    steps = ROUNDS * int(MODELS["logreg"].options["local_steps"])
+    return {
+        site: calibrate_noise(target_epsilon=eps, delta=DELTA, sampling_rate=min(1.0, batch / len(d.y_train)), steps=steps)
+        for site, d in datasets.items()
+    }  # fmt: skip
+
+
+def spent(datasets: dict[str, TabularData], noise: dict[str, float], batch: int) -> dict[str, float]:
+    """Each site's PLD ε for its σ (checks the calibration; ∞ without noise)."""
+    steps = ROUNDS * int(MODELS["logreg"].options["local_steps"])
+    return {
+        site: math.inf if noise[site] == 0 else epsilon(noise_multiplier=noise[site], sampling_rate=min(1.0, batch / len(d.y_train)), steps=steps, delta=DELTA)
+        for site, d in datasets.items()
+    }  # fmt: skip
+
+
+def train(model: Model, datasets: dict[str, TabularData], noise: dict[str, float], seed: int) -> Parameters:
+    """The final global model of one federation (``noise``: σ per site key of ``datasets``)."""
+    task = LogisticRegressionTask() if model.task == "logistic_regression" else MLPTask()
+    wrapped = SiteNoise(task, {id(d): noise[s] for s, d in datasets.items()})
+    spec = StrategySpec(name=model.strategy, options=dict(HEART_DEFAULTS[model.strategy]["strategy"]))
+    return simulate(spec, datasets, rounds=ROUNDS, task_options=model.options, seed=seed, task=wrapped).parameters
+
+
+def logits(model: Model, params: Parameters, x: np.ndarray) -> np.ndarray:
+    """The model's logits on rows ``x`` (through the task's own ``predict_logits``)."""
+    task = LogisticRegressionTask() if model.task == "logistic_regression" else MLPTask()
+    y = np.zeros(len(x), dtype=np.float32)
+    names = tuple(f"x{i}" for i in range(x.shape[1]))
+    data = TabularData(x_train=x, y_train=y, x_test=x, y_test=y, feature_names=names)
+    return task.predict_logits(params, data, {"input_dim": x.shape[1], **model.options}).astype(np.float64)
+
+
+def attacker_split(datasets: dict[str, TabularData], rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per site, test-row indices (attacker's shadow data, held-out non-members for the shadow attack)."""
+    out = {}
+    for site, d in datasets.items():
+        order = rng.permutation(len(d.y_test))
+        out[site] = (order[: len(order) // 2], order[len(order) // 2 :])
+    return out
+
+
+def shadow_model(job: Job, datasets: dict[str, TabularData], split: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Attack features of shadow federation ``k``'s members and non-members (from the attacker's rows)."""
+    model, rng = MODELS[job.model], np.random.default_rng([job.seed, 100 + k])
+    shadow = {}
+    for site, d in datasets.items():
+        rows = rng.permutation(split[site][0])
+        cut = (len(rows) + 1) // 2
+        inside, outside = rows[:cut], rows[cut:]
+        shadow[site] = TabularData(x_train=d.x_test[inside], y_train=d.y_test[inside], x_test=d.x_test[outside], y_test=d.y_test[outside], feature_names=d.feature_names)  # fmt: skip
+    params = train(model, shadow, job.noise, derive_seed(job.seed, 1000 + k))
+    feats = [
+        np.vstack([_mia.attack_features(logits(model, params, getattr(d, f"x_{part}")), getattr(d, f"y_{part}")) for d in shadow.values()])
+        for part in ("train", "test")
+    ]  # fmt: skip
+    return feats[0], feats[1]
+
+
+def run_job(job: Job) -> dict:
+    """Train the target federation of ``job``, attack it both ways; a JSON-ready record."""
+    start = time.perf_counter()
+    datasets, model = load_fed_heart_disease(), MODELS[job.model]
+    params = train(model, datasets, job.noise, job.seed)
+    rng = np.random.default_rng([job.seed, 1])
+    train_z = {s: logits(model, params, d.x_train) for s, d in datasets.items()}
+    test_z = {s: logits(model, params, d.x_test) for s, d in datasets.items()}
+    y_test = np.concatenate([d.y_test for d in datasets.values()])
+    z_test = np.concatenate(list(test_z.values()))
+    accuracy = float(np.mean([np.mean((test_z[s] >= 0) == (d.y_test > 0.5)) for s, d in datasets.items()]))
+    loss_attack = _loss_attack(datasets, train_z, test_z, rng)
+    split = attacker_split(datasets, rng)
+    shadow_attack = _shadow_attack(job, datasets, split, train_z, test_z, rng)
+    return {
+        "model": job.model, "eps": job.eps, "seed": job.seed, "accuracy": accuracy, "auc": roc_auc(y_test, z_test),
+        "loss_attack": asdict(loss_attack), "shadow_attack": asdict(shadow_attack), "seconds": time.perf_counter() - start,
+    }  # fmt: skip
+
+
+def _loss_attack(datasets: dict, train_z: dict, test_z: dict, rng: np.random.Generator) -> _mia.AttackResult:
+    """Yeom et al.: members = training rows subsampled to the test rows' count per site."""
+    sites = list(datasets)
+    member_site = np.concatenate([np.full(len(datasets[s].y_train), i) for i, s in enumerate(sites)])
+    test_site = np.concatenate([np.full(len(datasets[s].y_test), i) for i, s in enumerate(sites)])
+    member_loss = np.concatenate([_mia.per_example_loss(train_z[s], datasets[s].y_train) for s in sites])
+    test_loss = np.concatenate([_mia.per_example_loss(test_z[s], datasets[s].y_test) for s in sites])
+    picked = _mia.balanced_members(member_site, test_site, rng)
+    return _mia.loss_attack(member_loss[picked], test_loss, train_loss=float(np.mean(member_loss)))
+
+
+def _shadow_attack(job: Job, datasets: dict, split: dict, train_z: dict, test_z: dict, rng: np.random.Generator) -> _mia.AttackResult:  # fmt: skip
+    """Shokri et al.: attack classifier from shadow federations; scored on the held-out test half."""
+    parts = [shadow_model(job, datasets, split, k) for k in range(job.shadows)]
+    inside, outside = np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
+    attack = _mia.fit_attack_model(np.vstack([inside, outside]), np.r_[np.ones(len(inside)), np.zeros(len(outside))])
+    sites = list(datasets)
+    held = {s: split[s][1] for s in sites}
+    member_site = np.concatenate([np.full(len(datasets[s].y_train), i) for i, s in enumerate(sites)])
+    held_site = np.concatenate([np.full(len(held[s]), i) for i, s in enumerate(sites)])
+    members = np.vstack([_mia.attack_features(train_z[s], datasets[s].y_train) for s in sites])
+    nonmembers = np.vstack([_mia.attack_features(test_z[s][held[s]], datasets[s].y_test[held[s]]) for s in sites])
+    return _mia.shadow_attack(attack, members[_mia.balanced_members(member_site, held_site, rng)], nonmembers)
+
+
+def summarise(records: list[dict], noise: dict[float, dict[str, float]], achieved: dict) -> list[dict]:
+    """One row per (model, ε): means and standard deviations over seeds."""
+    rows, null_rng = [], np.random.default_rng(0)
+    for key in sorted({(r["model"], r["eps"]) for r in records}, key=lambda k: (k[0] != "logreg", k[1])):
+        group = [r for r in records if (r["model"], r["eps"]) == key]
+        row: dict = {"model": key[0], "eps": key[1], "seeds": len(group), "sigma": noise[key[1]] if key[0] == "logreg" else None}
+        row["eps_spent"] = achieved[key[1]] if key[0] == "logreg" else None
+        row["dp_advantage_bound"] = _mia.dp_advantage_bound(key[1], DELTA)
+        for metric in ("accuracy", "auc"):
+            values = [r[metric] for r in group]
+            row[metric], row[f"{metric}_sd"] = float(np.mean(values)), float(np.std(values))
+        for attack in ("loss_attack", "shadow_attack"):
+            res = [r[attack] for r in group]
+            row[attack] = {m: float(np.mean([x[m] for x in res])) for m in ("auc", "advantage", "advantage_at_threshold")}
+            row[attack]["advantage_at_threshold_sd"] = float(np.std([x["advantage_at_threshold"] for x in res]))
+            row[attack]["chance_advantage"] = _mia.null_advantage(res[0]["n_members"], res[0]["n_nonmembers"], null_rng)
+            row[attack]["n_per_class"] = res[0]["n_members"]
+        rows.append(row)
+    return rows
+
+
+def checks(rows: list[dict]) -> dict[str, dict]:
+    """The issue's targets at ε = 1: accuracy within 0.02 of non-DP; MIA advantage <= 0.05."""
+    at = {r["eps"]: r for r in rows if r["model"] == "logreg"}
+    dp, plain = at[TARGET_EPSILON], at[math.inf]
+    own = max(dp["loss_attack"]["advantage_at_threshold"], dp["shadow_attack"]["advantage_at_threshold"])
+    best = max(dp["loss_attack"]["advantage"], dp["shadow_attack"]["advantage"])
+    return {
+        "accuracy within 0.02 of non-DP": {"value": plain["accuracy"] - dp["accuracy"], "limit": ACCURACY_SLACK, "pass": plain["accuracy"] - dp["accuracy"] <= ACCURACY_SLACK},
+        "MIA advantage <= 0.05 (attacker's own threshold)": {"value": own, "limit": ADVANTAGE_MAX, "pass": own <= ADVANTAGE_MAX},
+        "MIA advantage <= 0.05 (oracle best threshold)": {"value": best, "limit": ADVANTAGE_MAX, "pass": best <= ADVANTAGE_MAX},
+    }  # fmt: skip
+
+
+def print_table(rows: list[dict], sites: list[str]) -> None:
+    """The privacy-utility table (advantages: at the attacker's threshold / oracle best threshold)."""
+    head = f"{'model':8s} {'ε':>4s} {'σ per site (' + ' / '.join(s[:4] for s in sites) + ')':>32s} {'accuracy':>14s} {'AUC':>6s}"
+    print(head + f" {'loss-MIA AUC':>12s} {'adv thr/best':>13s} {'shadow AUC':>10s} {'adv thr/best':>13s} {'DP bound':>8s}")
+    for r in rows:
+        sigma = " / ".join(f"{v:.2f}" for v in r["sigma"].values()) if r["sigma"] else "-"
+        la, sa = r["loss_attack"], r["shadow_attack"]
+        print(
+            f"{r['model']:8s} {r['eps']:>4g} {sigma:>32s} {r['accuracy']:8.4f}±{r['accuracy_sd']:.3f} {r['auc']:6.3f}"
+            f" {la['auc']:12.3f} {la['advantage_at_threshold']:6.3f}/{la['advantage']:.3f}"
+            f" {sa['auc']:10.3f} {sa['advantage_at_threshold']:6.3f}/{sa['advantage']:.3f} {r['dp_advantage_bound']:8.3f}"
+        )
+    la, sa = rows[0]["loss_attack"], rows[0]["shadow_attack"]
+    print(f"chance level of the oracle best-threshold advantage (identical score distributions): loss {la['chance_advantage']:.3f} "
+          f"({la['n_per_class']} vs {la['n_per_class']} rows), shadow {sa['chance_advantage']:.3f} ({sa['n_per_class']} vs {sa['n_per_class']})")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 2 shadow federations")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per ε (default 5; 2 with --quick)")
+    parser.add_argument("--shadows", type=int, default=None, help="shadow federations per target (default 4; 2 with --quick)")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    seeds = args.seeds or (2 if args.quick else 5)
+    shadows = args.shadows or (2 if args.quick else 4)
+    logging.disable(logging.WARNING)  # dp-accounting logs every RDP order it drops while calibrating
+    start = time.perf_counter()
+    datasets = load_fed_heart_disease()
+    batch = int(MODELS["logreg"].options["batch_size"])
+    noise, achieved = {}, {}
+    for eps in EPSILONS:
+        noise[eps], achieved[eps] = site_noise(datasets, eps, batch), {}
+        achieved[eps] = spent(datasets, noise[eps], batch)
+        print(f"[{time.perf_counter() - start:5.0f} s] ε={eps:g}: σ {noise[eps]}, PLD ε {achieved[eps]}", flush=True)
+    jobs = [Job(model="logreg", eps=e, seed=s, noise=noise[e], shadows=shadows) for e in EPSILONS for s in range(seeds)]
+    jobs += [Job(model="control", eps=math.inf, seed=s, noise=noise[math.inf], shadows=shadows) for s in range(seeds)]
+    records = []
+    with get_context("spawn").Pool(args.workers) as pool:
+        for i, rec in enumerate(pool.imap_unordered(run_job, jobs), 1):
+            records.append(rec)
+            print(f"[{time.perf_counter() - start:5.0f} s] {i}/{len(jobs)} {rec['model']} ε={rec['eps']:g} seed {rec['seed']}: accuracy {rec['accuracy']:.3f}, loss-MIA AUC {rec['loss_attack']['auc']:.3f}, shadow AUC {rec['shadow_attack']['auc']:.3f}", flush=True)  # fmt: skip
+    rows = summarise(records, noise, achieved)
+    print_table(rows, list(datasets))
+    verdicts = checks(rows)
+    for name, v in verdicts.items():
+        print(f"target at ε=1: {name}: {v['value']:.4f} (limit {v['limit']}) {'PASS' if v['pass'] else 'FAIL'}")
+    _write(rows, records, verdicts, seeds, shadows, time.perf_counter() - start)
+    print(f"{time.perf_counter() - start:.0f} s; wrote {RESULTS}")
+
+
+def _write(rows: list[dict], records: list[dict], verdicts: dict, seeds: int, shadows: int, seconds: float) -> None:
+    def finite(x: float) -> float | str:
+        return "inf" if isinstance(x, float) and math.isinf(x) else x
+
+    def clean(obj: object) -> object:
+        if isinstance(obj, dict):
+            return {str(finite(k)) if isinstance(k, float) else k: clean(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [clean(v) for v in obj]
+        return finite(obj) if isinstance(obj, float) else obj
+
+    config = {"delta": DELTA, "rounds": ROUNDS, "seeds": seeds, "shadows": shadows, "models": {k: asdict(m) for k, m in MODELS.items()}}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"config": config, "rows": rows, "checks": verdicts, "records": records, "seconds": seconds}
+    RESULTS.write_text(json.dumps(clean(payload), indent=2, allow_nan=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
