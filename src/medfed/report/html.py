@@ -100,6 +100,7 @@ def render_job_report(view: dict[str, Any], *, comparison: tuple[list[str], list
         "<h2>Final model per site</h2>",
         _table(["site", "test examples", "accuracy", "AUC", "loss", "error"], _site_rows(view)),
     ]
+    parts += _privacy_section(view) + _anomaly_section(view)
     parts += ["<h2>Job spec</h2>", f"<pre>{html.escape(view.get('spec_toml', ''))}</pre>", "</body></html>"]
     return "\n".join(parts)
 
@@ -111,3 +112,38 @@ def write_job_report(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, render_job_report(view, comparison=comparison).encode())
     return path
+
+
+def _final_sites(view: dict[str, Any]) -> list[dict[str, Any]]:
+    rounds = [r["round"] for r in view.get("round_metrics", [])]
+    last = max(rounds) if rounds else None
+    return [s for s in view.get("site_metrics", []) if s["round"] == last and not s["error"]]
+
+
+def _privacy_section(view: dict[str, Any]) -> list[str]:
+    """ε each site charged to its own ledger, when the job asked for differential privacy."""
+    rows = [
+        [s["site"], f"{s['metrics']['privacy_epsilon_spent']:.3f}", f"{s['metrics']['privacy_epsilon_left']:.3f}"]
+        for s in _final_sites(view)
+        if "privacy_epsilon_spent" in s["metrics"]
+    ]
+    if not rows:
+        return []
+    return ["<h2>Privacy spent per site</h2>", _table(["site", "ε spent by this job", "ε left in the budget"], rows)]
+
+
+def _anomaly_section(view: dict[str, Any]) -> list[str]:
+    """Updates that anomaly detection flagged (only for jobs that asked for it)."""
+    reports = view.get("anomalies") or []
+    if not reports:
+        return []
+    flagged = [a for a in reports if a["flags"]]
+    head = f"<h2>Anomalous updates</h2><p>{len(flagged)} of {len(reports)} updates flagged.</p>"
+    rows = [
+        [str(a["round"]), a["site"], f"{a['norm']:.4g}", "—" if a["cosine"] is None else f"{a['cosine']:.3f}",
+         f"{a['robust_z']:.1f}", ", ".join(a["flags"]), a["reason"]]
+        for a in flagged
+    ]  # fmt: skip
+    if not rows:
+        return [head]
+    return [head, _table(["round", "site", "norm", "cosine", "robust z", "flags", "reason"], rows)]
