@@ -5,10 +5,8 @@ A checkpoint holds the global model (``model/<name>``) and the strategy state (`
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import os
 import zipfile
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 
 from medfed.core.errors import StoreError
 from medfed.core.params import Parameters
+from medfed.security.fsio import PRIVATE, atomic_write
 
 _MODEL, _STATE = "model/", "state/"
 
@@ -27,26 +26,19 @@ def _to_npz_bytes(params: Parameters, state: Parameters) -> bytes:
     return buf.getvalue()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _write(path: Path, data: bytes) -> None:
+    """Atomic write (old file or new, never half: ``security.fsio``); failures become StoreError."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data, mode=PRIVATE)  # models can leak training data: owner-only
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def save_checkpoint(path: Path, params: Parameters, state: Parameters) -> str:
     """Write a checkpoint; return its SHA-256 (hex)."""
     data = _to_npz_bytes(params, state)
-    atomic_write(path, data)
+    _write(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -55,7 +47,7 @@ def save_model(path: Path, params: Parameters) -> str:
     buf = io.BytesIO()
     np.savez(buf, allow_pickle=False, **params.to_dict())
     data = buf.getvalue()
-    atomic_write(path, data)
+    _write(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
