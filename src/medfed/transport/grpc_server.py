@@ -7,8 +7,11 @@ name, OU = role), never from a message; revoked serials are refused on every cal
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from medfed.core.errors import (
     PermissionDenied,
     RegistryError,
     StoreError,
+    TransportError,
     ValidationError,
     error_kind,
 )
@@ -53,6 +57,39 @@ NODE_ROLES = frozenset({Role.NODE})
 PEOPLE_ROLES = frozenset({Role.RESEARCHER, Role.ADMIN})
 
 
+#: Bytes of model uploads decoded at once (one larger upload still passes, alone).
+DEFAULT_UPLOAD_BUDGET = 2 * 1024**3
+
+
+class ByteBudget:
+    """A counting semaphore over bytes: ``hold(n)`` waits until ``n`` bytes are free.
+
+    A request above the capacity waits until nothing else is held, then passes alone, so one
+    model larger than the budget is slowed, never refused.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._held = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, n: int, *, alive: Callable[[], bool] = lambda: True) -> Iterator[None]:
+        n = min(max(n, 0), self.capacity)
+        with self._cond:
+            while self._held + n > self.capacity:
+                if not alive():
+                    raise TransportError("the upload was abandoned while it waited for memory")
+                self._cond.wait(1.0)
+            self._held += n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= n
+                self._cond.notify_all()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerTls:
     """PEM material of the coordinator's identity and the federation CA."""
@@ -72,9 +109,12 @@ def _abort(context: grpc.ServicerContext, exc: MedfedError) -> NoReturn:
 class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # generated base is untyped
     """Authenticates every call by certificate, checks the role, calls the CoordinatorAPI."""
 
-    def __init__(self, api: CoordinatorAPI, revoked: Callable[[], frozenset[int]]) -> None:
+    def __init__(
+        self, api: CoordinatorAPI, revoked: Callable[[], frozenset[int]], *, upload_budget: ByteBudget | None = None
+    ) -> None:
         self._api = api
         self._revoked = revoked
+        self._budget = upload_budget or ByteBudget(DEFAULT_UPLOAD_BUDGET)
 
     def _peer(self, context: grpc.ServicerContext, roles: frozenset[Role]) -> Peer:
         auth = context.auth_context()
@@ -130,9 +170,14 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
 
     def SubmitResult(self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext) -> pb.Ack:  # noqa: N802
         peer = self._peer(context, NODE_ROLES)
+        frames = iter(request_iterator)
+        first = next(frames, None)
+        need = first.result.layout.total_bytes if first is not None and first.WhichOneof("body") == "result" else 0
         try:
-            result = codec.read_result(request_iterator, site=peer.name)
-            self._api.submit(peer, result)
+            # each upload in flight holds a buffer of the whole model: bound their sum
+            with self._budget.hold(need, alive=context.is_active):
+                result = codec.read_result(itertools.chain([first] if first else [], frames), site=peer.name)
+                self._api.submit(peer, result)
         except MedfedError as exc:
             return pb.Ack(accepted=False, message=f"{error_kind(exc)}: {exc}")
         return pb.Ack(accepted=True)
@@ -172,13 +217,15 @@ def serve(
     tls: ServerTls,
     revoked: Callable[[], frozenset[int]],
     max_workers: int = 256,
+    upload_budget_bytes: int = DEFAULT_UPLOAD_BUDGET,
 ) -> tuple[grpc.Server, int]:
     """Start the Federation service on ``address`` (``host:port``; port 0 picks one) over mTLS.
 
     Returns the started server and the bound port.
     """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=codec.grpc_options())
-    pb_grpc.add_FederationServicer_to_server(FederationServicer(api, revoked), server)
+    servicer = FederationServicer(api, revoked, upload_budget=ByteBudget(upload_budget_bytes))
+    pb_grpc.add_FederationServicer_to_server(servicer, server)
     creds = grpc.ssl_server_credentials(
         [(tls.key_pem, tls.cert_pem)], root_certificates=tls.ca_pem, require_client_auth=True
     )
