@@ -42,6 +42,7 @@ class AttackResult:
     auc: float  # ROC AUC of the membership score (0.5 = chance)
     advantage: float  # max over thresholds of TPR − FPR (oracle threshold)
     advantage_at_threshold: float  # TPR − FPR at the attacker's own threshold
+    advantage_se: float  # binomial standard error of advantage_at_threshold (finite evaluation set)
     n_members: int
     n_nonmembers: int
 
@@ -64,6 +65,14 @@ def advantage_at(membership: npt.ArrayLike, scores: npt.ArrayLike, threshold: fl
     """TPR − FPR of "member when ``score >= threshold``" (Yeom et al.'s membership advantage)."""
     tpr, fpr = tpr_fpr(membership, scores, threshold)
     return tpr - fpr
+
+
+def advantage_se(membership: npt.ArrayLike, scores: npt.ArrayLike, threshold: float) -> float:
+    """Standard error of :func:`advantage_at` from the finite samples: TPR and FPR are independent
+    binomial proportions, so ``sqrt(TPR(1−TPR)/n_members + FPR(1−FPR)/n_nonmembers)``."""
+    m = np.asarray(membership) > 0.5
+    tpr, fpr = tpr_fpr(m, scores, threshold)
+    return float(np.sqrt(tpr * (1 - tpr) / m.sum() + fpr * (1 - fpr) / (~m).sum()))
 
 
 def best_advantage(membership: npt.ArrayLike, scores: npt.ArrayLike) -> float:
@@ -91,6 +100,7 @@ def evaluate_attack(membership: npt.ArrayLike, scores: npt.ArrayLike, threshold:
         auc=roc_auc(m, s),
         advantage=best_advantage(m, s),
         advantage_at_threshold=advantage_at(m, s, threshold),
+        advantage_se=advantage_se(m, s, threshold),
         n_members=int(np.sum(m > 0.5)),
         n_nonmembers=int(np.sum(m <= 0.5)),
     )
@@ -103,7 +113,9 @@ def null_advantage(n_members: int, n_nonmembers: int, rng: np.random.Generator, 
     return float(np.mean([best_advantage(membership, rng.random(membership.size)) for _ in range(draws)]))
 
 
-def balanced_members(member_groups: npt.ArrayLike, nonmember_groups: npt.ArrayLike, rng: np.random.Generator) -> IntArray:
+def balanced_members(
+    member_groups: npt.ArrayLike, nonmember_groups: npt.ArrayLike, rng: np.random.Generator
+) -> IntArray:
     """Indices of a subsample of members with as many rows per group (site) as the non-members.
 
     Matching the site mix keeps the attack from scoring "which hospital" instead of "which row".
@@ -151,7 +163,9 @@ def fit_attack_model(features: npt.ArrayLike, membership: npt.ArrayLike) -> Logi
     return LogisticRegression(C=1.0, max_iter=1000).fit(x, np.asarray(membership) > 0.5)
 
 
-def shadow_attack(model: LogisticRegression, member_features: npt.ArrayLike, nonmember_features: npt.ArrayLike) -> AttackResult:
+def shadow_attack(
+    model: LogisticRegression, member_features: npt.ArrayLike, nonmember_features: npt.ArrayLike
+) -> AttackResult:
     """Score the target model's rows with the shadow-trained ``model``; its threshold is 0.5
     (the classifier's own decision), chosen on shadow data only."""
     a, b = np.asarray(member_features, dtype=np.float64), np.asarray(nonmember_features, dtype=np.float64)
