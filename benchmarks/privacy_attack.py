@@ -10,14 +10,15 @@ global model (members: training rows of all sites; non-members: test rows; balan
 1. loss threshold (Yeom et al. 2018), needing only the model and a row with its label;
 2. shadow models (Shokri et al. 2017): the attacker holds half of each site's test rows, trains
    shadow federations the same way (same hyper-parameters and σ) on random halves of them and fits
-   an attack classifier on (true-label confidence, label).
+   an attack classifier on (true-label confidence, label); it attacks the other half of the test
+   rows (as non-members), and the halves then swap roles (cross-fitting), so all test rows count.
 
 A positive control (non-DP MLP, 64 hidden units, Adam: it overfits) shows the attacks do find
 members when the model leaks. Attack code: ``benchmarks/_mia.py``; method and measured table:
 ``docs/privacy-attacks.md``.
 
 Run: ``.venv/bin/python benchmarks/privacy_attack.py [--quick] [--seeds N]`` (default 3 seeds and
-4 shadow federations, ~8 min on 2 cores; ``--quick``: 2 seeds, 2 shadows, ~3 min).
+4 shadow federations, ~4 min on 2 cores; ``--quick``: 2 seeds, 2 shadows, ~3 min).
 Writes ``benchmarks/results/privacy_attack.json``.
 """
 
@@ -153,7 +154,7 @@ def logits(model: Model, params: Parameters, x: np.ndarray) -> np.ndarray:
 def attacker_split(
     datasets: dict[str, TabularData], rng: np.random.Generator
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per site, test-row indices (attacker's shadow data, held-out non-members for the shadow attack)."""
+    """Per site, the test rows cut in two halves (the shadow attack's two folds)."""
     out = {}
     for site, d in datasets.items():
         order = rng.permutation(len(d.y_test))
@@ -161,14 +162,16 @@ def attacker_split(
     return out
 
 
-def shadow_model(job: Job, datasets: dict[str, TabularData], split: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Attack features of shadow federation ``k``'s members and non-members (from the attacker's rows)."""
-    model, rng = MODELS[job.model], np.random.default_rng([job.seed, 100 + k])
+def shadow_model(
+    job: Job, datasets: dict[str, TabularData], rows: dict[str, np.ndarray], key: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Attack features of one shadow federation's members and non-members: each site's attacker
+    ``rows`` (test-row indices) cut at random into shadow-train and held-out halves."""
+    model, rng = MODELS[job.model], np.random.default_rng([job.seed, 100 + key])
     shadow = {}
     for site, d in datasets.items():
-        rows = rng.permutation(split[site][0])
-        cut = (len(rows) + 1) // 2
-        inside, outside = rows[:cut], rows[cut:]
+        order = rng.permutation(rows[site])
+        inside, outside = order[: (len(order) + 1) // 2], order[(len(order) + 1) // 2 :]
         shadow[site] = TabularData(
             x_train=d.x_test[inside],
             y_train=d.y_test[inside],
@@ -176,7 +179,7 @@ def shadow_model(job: Job, datasets: dict[str, TabularData], split: dict, k: int
             y_test=d.y_test[outside],
             feature_names=d.feature_names,
         )
-    params = train(model, shadow, job.noise, derive_seed(job.seed, 1000 + k))
+    params = train(model, shadow, job.noise, derive_seed(job.seed, 1000 + key))
     feats = [
         np.vstack(
             [
@@ -229,17 +232,31 @@ def _loss_attack(datasets: dict, train_z: dict, test_z: dict, rng: np.random.Gen
 def _shadow_attack(
     job: Job, datasets: dict, split: dict, train_z: dict, test_z: dict, rng: np.random.Generator
 ) -> _mia.AttackResult:
-    """Shokri et al.: attack classifier from shadow federations; scored on the held-out test half."""
-    parts = [shadow_model(job, datasets, split, k) for k in range(job.shadows)]
-    inside, outside = np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
-    attack = _mia.fit_attack_model(np.vstack([inside, outside]), np.r_[np.ones(len(inside)), np.zeros(len(outside))])
+    """Shokri et al., cross-fitted so that every test row serves as a non-member: shadows trained
+    on one half of the test rows give the attack classifier for the other half, and back. Each
+    half is scored against its own per-site-matched members (disjoint between the halves)."""
     sites = list(datasets)
-    held = {s: split[s][1] for s in sites}
     member_site = np.concatenate([np.full(len(datasets[s].y_train), i) for i, s in enumerate(sites)])
-    held_site = np.concatenate([np.full(len(held[s]), i) for i, s in enumerate(sites)])
     members = np.vstack([_mia.attack_features(train_z[s], datasets[s].y_train) for s in sites])
-    nonmembers = np.vstack([_mia.attack_features(test_z[s][held[s]], datasets[s].y_test[held[s]]) for s in sites])
-    return _mia.shadow_attack(attack, members[_mia.balanced_members(member_site, held_site, rng)], nonmembers)
+    free = np.ones(len(member_site), dtype=bool)
+    membership, scores = [], []
+    for fold in (0, 1):
+        per_fold = max(1, job.shadows // 2)
+        parts = [shadow_model(job, datasets, {s: split[s][fold] for s in sites}, 2 * k + fold) for k in range(per_fold)]
+        inside, outside = np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
+        attack = _mia.fit_attack_model(
+            np.vstack([inside, outside]), np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+        )
+        held = {s: split[s][1 - fold] for s in sites}
+        held_site = np.concatenate([np.full(len(held[s]), i) for i, s in enumerate(sites)])
+        pool = np.flatnonzero(free)
+        picked = pool[_mia.balanced_members(member_site[pool], held_site, rng)]
+        free[picked] = False
+        outsiders = np.vstack([_mia.attack_features(test_z[s][held[s]], datasets[s].y_test[held[s]]) for s in sites])
+        scores += [attack.predict_proba(members[picked])[:, 1], attack.predict_proba(outsiders)[:, 1]]
+        membership += [np.ones(len(picked)), np.zeros(len(outsiders))]
+    # Threshold 0.5: each classifier's own decision, chosen on shadow data only.
+    return _mia.evaluate_attack(np.concatenate(membership), np.concatenate(scores), 0.5)
 
 
 def summarise(records: list[dict], noise: dict[float, dict[str, float]], achieved: dict) -> list[dict]:
@@ -329,12 +346,27 @@ def _adv(attack: dict) -> str:
     return f"{attack['advantage_at_threshold']:6.3f} ± {attack['advantage_se']:.3f} / {attack['advantage']:.3f}"
 
 
+def calibrate_all(datasets: dict[str, TabularData], start: float) -> tuple[dict, dict]:
+    """σ per site for every target ε, and the ε each σ gives (printed as a check)."""
+    batch = int(MODELS["logreg"].options["batch_size"])
+    noise, achieved = {}, {}
+    for eps in EPSILONS:
+        noise[eps] = site_noise(datasets, eps, batch)
+        achieved[eps] = spent(datasets, noise[eps], batch)
+        per_site = ", ".join(f"{site} σ={noise[eps][site]:.3f} (ε={achieved[eps][site]:.3f})" for site in datasets)
+        print(f"[{time.perf_counter() - start:5.0f} s] target ε={eps:g}: {per_site}", flush=True)
+    return noise, achieved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds, 2 shadow federations")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per ε (default 3; 2 with --quick)")
     parser.add_argument(
-        "--shadows", type=int, default=None, help="shadow federations per target (default 4; 2 with --quick)"
+        "--shadows",
+        type=int,
+        default=None,
+        help="shadow federations per target, half per fold (default 4; 2 with --quick)",
     )
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
@@ -343,12 +375,7 @@ def main() -> None:
     logging.disable(logging.WARNING)  # dp-accounting logs every RDP order it drops while calibrating
     start = time.perf_counter()
     datasets = load_fed_heart_disease()
-    batch = int(MODELS["logreg"].options["batch_size"])
-    noise, achieved = {}, {}
-    for eps in EPSILONS:
-        noise[eps], achieved[eps] = site_noise(datasets, eps, batch), {}
-        achieved[eps] = spent(datasets, noise[eps], batch)
-        print(f"[{time.perf_counter() - start:5.0f} s] ε={eps:g}: σ {noise[eps]}, PLD ε {achieved[eps]}", flush=True)
+    noise, achieved = calibrate_all(datasets, start)
     jobs = [Job(model="logreg", eps=e, seed=s, noise=noise[e], shadows=shadows) for e in EPSILONS for s in range(seeds)]
     jobs += [Job(model="control", eps=math.inf, seed=s, noise=noise[math.inf], shadows=shadows) for s in range(seeds)]
     records = []
