@@ -99,6 +99,7 @@ class NodeRuntime:
         )
         self._handler: Handler = build_chain(run_task, default_middleware() if middleware is None else middleware)
         self._registered = threading.Event()
+        self._heartbeat_s = 1.0  # until the coordinator's Welcome says otherwise
         self.tasks_done = 0
 
     def stop(self) -> None:
@@ -157,7 +158,6 @@ class NodeRuntime:
         self.tasks_done += 1
 
     def _heartbeat_loop(self) -> None:
-        self._heartbeat_s = getattr(self, "_heartbeat_s", 1.0)
         while not self.stop_event.wait(self._heartbeat_s):
             if not self._registered.is_set():
                 continue

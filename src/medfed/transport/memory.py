@@ -30,8 +30,7 @@ class MemoryLink:
         outcome = self._api.poll(self._peer, wait_s)
         if outcome.task is None:
             return outcome.retry_after_s
-        decoded = codec.read_task(codec.task_frames(outcome.task))
-        return decoded
+        return codec.read_task(codec.task_frames(outcome.task))
 
     def submit(self, result: ResultMessage) -> None:
         decoded = codec.read_result(codec.result_frames(result), site=self._peer.name)
