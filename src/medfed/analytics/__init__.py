@@ -1,0 +1,1 @@
+"""medfed.analytics: federated statistics that equal the pooled answer, under disclosure control."""

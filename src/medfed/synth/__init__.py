@@ -1,0 +1,1 @@
+"""medfed.synth: differentially private synthetic health data (MST, AIM), evaluated before release."""
