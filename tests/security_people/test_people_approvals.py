@@ -105,8 +105,10 @@ def test_expiry_and_purpose(store: ApprovalStore) -> None:
 
 
 def test_standing_rule_covers_matching_specs_only(store: ApprovalStore) -> None:
-    rule = StandingRule(rule_id="", task="logistic_regression", dataset="heart", purpose="cardiology",
-                        researcher="alice", created_by="", created_at=0, expires_at=None, reason="programme grant")  # fmt: skip
+    rule = StandingRule(
+        rule_id="", task="logistic_regression", dataset="heart", purpose="cardiology", researcher="alice",
+        created_by="", created_at=0, expires_at=None, reason="programme grant",
+    )  # fmt: skip
     added = store.add_rule(rule, by=SAM)
     clearance = store.check(facts(SPEC.replace("rounds = 5", "rounds = 7")))
     assert clearance.rule_id == added.rule_id
