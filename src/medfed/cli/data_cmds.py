@@ -1,0 +1,146 @@
+"""``medfed data check|profile`` and ``medfed catalog search``, on a site's declared datasets.
+
+Everything runs locally on the site's own files; only the catalog's coarse metadata would ever
+be shared. The lead wires :func:`register` into :mod:`medfed.cli.main` and :func:`run` into the
+dispatch table for the ``data`` and ``catalog`` commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medfed.cli.config import read_toml
+from medfed.core.errors import ConfigError, DataError, ValidationError
+from medfed.data.catalog import CatalogEntry, catalog_entry, search
+from medfed.data.profile import DatasetProfile, profile_frames
+from medfed.data.sources import DatasetDecl, SourceFormat, fingerprint, iter_harmonised, parse_dataset
+
+
+def register(subparsers: Any) -> None:
+    """Add ``data`` (check, profile) and ``catalog`` (search) to ``medfed``'s sub-parsers."""
+    data = subparsers.add_parser("data", help="check and profile this site's declared datasets (locally)")
+    dsub = data.add_subparsers(dest="action", required=True)
+    for name, what in (("check", "validate every declared dataset"), ("profile", "per-column profile")):
+        p = dsub.add_parser(name, help=what)
+        _common(p)
+    catalog = subparsers.add_parser("catalog", help="search dataset metadata (coarse counts, no rows)")
+    csub = catalog.add_subparsers(dest="action", required=True)
+    s = csub.add_parser("search", help='e.g. "heart failure age>60"')
+    s.add_argument("query")
+    _common(s)
+    s.add_argument("--json", action="store_true", help="print the hits and entries as JSON")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="the site's site.toml")
+    p.add_argument("--dataset", action="append", default=[], help="only this dataset (repeatable)")
+    p.add_argument("--as-of", default="", help="reference date for FHIR/OMOP features (YYYY-MM-DD)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteDatasets:
+    site: str
+    datasets: dict[str, DatasetDecl]
+
+
+def load_declarations(path: Path, only: list[str] | None = None) -> SiteDatasets:
+    """The ``[datasets.<name>]`` tables of a ``site.toml`` that declare ``columns``, parsed.
+
+    Tables without ``columns`` are the legacy train/test directories checked by ``medfed node check``.
+    """
+    doc = read_toml(path)
+    site = str((doc.get("site") or {}).get("name", path.stem))
+    tables = doc.get("datasets") or {}
+    unknown = sorted(set(only or []) - set(tables))
+    if unknown:
+        raise ConfigError(f"{path}: no datasets {unknown} (declared: {sorted(tables)})")
+    problems, decls = [], {}
+    for name, table in tables.items():
+        if (only and name not in only) or not isinstance(table, dict) or "columns" not in table:
+            continue
+        try:
+            decls[name] = parse_dataset(name, table, base=path.parent, where=str(path))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return SiteDatasets(site=site, datasets=decls)
+
+
+def _as_of(text: str) -> pd.Timestamp | None:
+    if not text:
+        return None
+    try:
+        return pd.Timestamp(text, tz="UTC")
+    except ValueError:
+        raise ConfigError(f"--as-of {text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _profile(decl: DatasetDecl, as_of: pd.Timestamp | None) -> tuple[DatasetProfile, int]:
+    dropped = 0
+
+    def frames() -> Any:
+        nonlocal dropped
+        for part in iter_harmonised(decl, as_of=as_of):
+            dropped += part.n_dropped
+            yield part.frame
+
+    return profile_frames(decl.name, decl.schema, frames()), dropped
+
+
+def _check(site: SiteDatasets, as_of: pd.Timestamp | None) -> int:
+    failed = 0
+    for name, decl in site.datasets.items():
+        try:
+            profile, dropped = _profile(decl, as_of)
+        except (DataError, ValidationError) as exc:
+            failed += 1
+            print(f"FAIL {name} ({decl.format.value}, {decl.path}): {exc}")
+            continue
+        print(f"ok   {name} ({decl.format.value}): {profile.rows} rows, {dropped} excluded by missing-value policy")
+    if not site.datasets:
+        print("no datasets with declared columns in this site.toml")
+    return 1 if failed else 0
+
+
+def _entries(site: SiteDatasets, as_of: pd.Timestamp | None) -> list[CatalogEntry]:
+    entries = []
+    for decl in site.datasets.values():
+        profile, _ = _profile(decl, as_of)
+        digest = fingerprint(decl.path) if decl.format is not SourceFormat.OMOP or not decl.dsn else ""
+        codes = {f.name: f.codes for f in decl.features}
+        entries.append(
+            catalog_entry(
+                site=site.site, profile=profile, tags=decl.tags, codes=codes, purposes=decl.purposes, fingerprint=digest
+            )
+        )
+    return entries
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out ``medfed data check|profile`` or ``medfed catalog search``; the exit code."""
+    site = load_declarations(args.config, args.dataset)
+    as_of = _as_of(args.as_of)
+    if args.command == "data" and args.action == "check":
+        return _check(site, as_of)
+    if args.command == "data":
+        for decl in site.datasets.values():
+            print(_profile(decl, as_of)[0].to_text(), end="\n\n")
+        return 0
+    entries = _entries(site, as_of)
+    hits = search(entries, args.query)
+    if args.json:
+        print(json.dumps({"hits": [asdict(h) for h in hits], "entries": [e.to_dict() for e in entries]}))
+        return 0
+    for h in hits:
+        extra = "  ".join(f"{what}: {n}" for what, n in h.estimates)
+        print(f"{h.site}/{h.dataset}: rows {h.rows}  {extra}".rstrip())
+    if not hits:
+        print("no dataset matches")
+    return 0

@@ -1,0 +1,191 @@
+"""Patient consent and opt-out at the node: a registry, and the filter every task's table passes.
+
+A :class:`ConsentRegistry` holds dated decisions (patient id, purpose or ``*`` for every purpose,
+permit or deny), read from a CSV or from FHIR ``Consent`` resources. For a purpose and a day the
+latest decision on or before that day counts; on the same day a deny outranks a permit. Patients
+with no decision get the registry's default (``permit`` for an opt-out regime, ``deny`` for
+opt-in). :func:`apply_consent` removes the rows of patients who may not be used and reports how
+many it removed, never who.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from medfed.core.errors import DataError, ValidationError
+from medfed.data.fhir import iter_resources
+from medfed.data.fhir_views import ViewDefinition, evaluate
+
+ANY_PURPOSE = "*"
+
+
+class ConsentStatus(enum.Enum):
+    PERMIT = "permit"
+    DENY = "deny"
+
+
+_STATUS_WORDS: Mapping[str, ConsentStatus] = {
+    "permit": ConsentStatus.PERMIT,
+    "opt-in": ConsentStatus.PERMIT,
+    "granted": ConsentStatus.PERMIT,
+    "deny": ConsentStatus.DENY,
+    "opt-out": ConsentStatus.DENY,
+    "withdrawn": ConsentStatus.DENY,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsentRecord:
+    """One dated decision by (or for) one patient about one purpose (``*``: every purpose)."""
+
+    patient_id: str
+    purpose: str
+    status: ConsentStatus
+    date: dt.date
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsentRegistry:
+    """Every consent decision at a site; immutable: :meth:`with_record` returns a new registry."""
+
+    records: tuple[ConsentRecord, ...] = ()
+    default: ConsentStatus = ConsentStatus.PERMIT
+    _index: dict[str, list[ConsentRecord]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[ConsentRecord]] = {}
+        for rec in self.records:
+            index.setdefault(rec.patient_id, []).append(rec)
+        object.__setattr__(self, "_index", index)
+
+    def with_record(self, record: ConsentRecord) -> ConsentRegistry:
+        """This registry plus ``record`` (a withdrawal is a ``deny`` record dated today)."""
+        return ConsentRegistry(records=(*self.records, record), default=self.default)
+
+    def decision(self, patient_id: str, purpose: str, on: dt.date) -> ConsentStatus:
+        """What holds for ``patient_id`` and ``purpose`` on day ``on``."""
+        relevant = [r for r in self._index.get(patient_id, ()) if r.purpose in (purpose, ANY_PURPOSE) and r.date <= on]
+        if not relevant:
+            return self.default
+        # latest date wins; on a tie, deny sorts last and wins
+        latest = max(relevant, key=lambda r: (r.date, r.status is ConsentStatus.DENY))
+        return latest.status
+
+    def allowed(self, patient_ids: Iterable[str], purpose: str, on: dt.date) -> list[bool]:
+        return [self.decision(p, purpose, on) is ConsentStatus.PERMIT for p in patient_ids]
+
+
+def _record(
+    patient: object, purpose: object, status: object, date: object, problems: list[str], where: str
+) -> ConsentRecord | None:
+    start = len(problems)
+    if not isinstance(patient, str) or not patient.strip():
+        problems.append(f"{where}: patient id: missing")
+    word = str(status or "").strip().lower()
+    if word not in _STATUS_WORDS:
+        problems.append(f"{where}: status: {status!r} is not one of {sorted(_STATUS_WORDS)}")
+    try:
+        day = dt.date.fromisoformat(str(date).strip()[:10])
+    except ValueError:
+        problems.append(f"{where}: date: {date!r} is not an ISO date (YYYY-MM-DD)")
+    if len(problems) > start:
+        return None
+    purpose_text = str(purpose).strip() if purpose else ANY_PURPOSE
+    return ConsentRecord(patient_id=str(patient).strip(), purpose=purpose_text, status=_STATUS_WORDS[word], date=day)
+
+
+def read_consent_csv(path: Path, *, default: ConsentStatus = ConsentStatus.PERMIT) -> ConsentRegistry:
+    """A registry from a CSV with columns ``patient_id, purpose, status, date``; every bad line listed."""
+    problems: list[str] = []
+    records = []
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = {"patient_id", "purpose", "status", "date"} - set(reader.fieldnames or ())
+            if missing:
+                raise DataError(f"{path}: missing columns {sorted(missing)}")
+            for line, row in enumerate(reader, start=2):
+                rec = _record(
+                    row["patient_id"], row["purpose"], row["status"], row["date"], problems, f"{path}: line {line}"
+                )
+                if rec is not None:
+                    records.append(rec)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read as UTF-8 CSV ({exc})") from None
+    if problems:
+        raise ValidationError(problems, where=f"consent registry {path}")
+    return ConsentRegistry(records=tuple(records), default=default)
+
+
+#: R4 Consent, one row per provision purpose (or one row with none: every purpose).
+CONSENT_VIEW = ViewDefinition.from_dict(
+    {
+        "name": "consent",
+        "resource": "Consent",
+        "where": [{"path": "status = 'active'"}],
+        "select": [
+            {
+                "column": [
+                    {"name": "patient_id", "path": "patient.getReferenceKey()"},
+                    {"name": "status", "path": "provision.type"},
+                    {"name": "date", "path": "dateTime"},
+                ]
+            },
+            {"forEachOrNull": "provision.purpose", "column": [{"name": "purpose", "path": "code"}]},
+        ],
+    }
+)
+
+
+def read_consent_fhir(path: Path, *, default: ConsentStatus = ConsentStatus.PERMIT) -> ConsentRegistry:
+    """A registry from active FHIR R4 ``Consent`` resources (bundle or NDJSON) under ``path``."""
+    problems: list[str] = []
+    records = []
+    for located in iter_resources(path, problems):
+        try:
+            rows = evaluate(CONSENT_VIEW, located.resource, where=located.where)
+        except ValidationError as exc:
+            problems.extend(exc.problems)
+            continue
+        for row in rows:
+            rec = _record(row["patient_id"], row["purpose"], row["status"], row["date"], problems, located.where)
+            if rec is not None:
+                records.append(rec)
+    if problems:
+        raise ValidationError(problems, where=f"consent registry {path}")
+    return ConsentRegistry(records=tuple(records), default=default)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsentReport:
+    """What the filter did, in counts only: no identity leaves this record."""
+
+    purpose: str
+    rows_in: int
+    rows_excluded: int
+    patients_excluded: int
+
+
+def apply_consent(
+    frame: pd.DataFrame, registry: ConsentRegistry, *, purpose: str, id_column: str, on: dt.date
+) -> tuple[pd.DataFrame, ConsentReport]:
+    """``frame`` without the rows of patients who may not be used for ``purpose`` on day ``on``."""
+    if id_column not in frame.columns:
+        raise ValidationError(f"no patient id column {id_column!r} (columns: {list(frame.columns)})", where="consent")
+    ids = frame[id_column].astype(str)
+    verdict = {p: ok for p, ok in zip(ids.unique(), registry.allowed(ids.unique(), purpose, on), strict=True)}
+    keep = ids.map(verdict).to_numpy(dtype=bool)
+    report = ConsentReport(
+        purpose=purpose,
+        rows_in=len(frame),
+        rows_excluded=int((~keep).sum()),
+        patients_excluded=sum(1 for ok in verdict.values() if not ok),
+    )
+    return frame.loc[keep].reset_index(drop=True), report
