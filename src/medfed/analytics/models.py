@@ -102,6 +102,8 @@ def _newton(
     halvings = 0
     for iteration in range(1, options.max_iter + 1):
         answers = ask(spec.replace(beta=tuple(float(b) for b in beta)))
+        if not answers:
+            raise JobError(f"{spec.kind.value}: no site answered")
         if not sites:
             sites = tuple(sorted(answers))
         elif tuple(sorted(answers)) != sites:

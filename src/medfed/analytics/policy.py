@@ -109,13 +109,19 @@ class AnswerHistory:
 
 
 def _record(raw: dict[str, Any]) -> CohortRecord:
-    where = tuple(Criterion(column=str(w["column"]), op=Op(w["op"]), value=w["value"]) for w in raw["where"])
+    where = tuple(Criterion(column=str(w["column"]), op=Op(w["op"]), value=_level(w["value"])) for w in raw["where"])
     complete = tuple(str(c) for c in raw["complete"])
     if cohort_fingerprint(where, complete) != raw["key"]:
         raise ValueError("cohort key does not match its definition")
     return CohortRecord(
         key=raw["key"], where=where, complete=complete, size=int(raw["size"]), answers=int(raw["answers"])
     )
+
+
+def _level(value: object) -> float | str:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"criterion value {value!r} is not a number or a string")
+    return value if isinstance(value, str) else float(value)
 
 
 # -- cohort selection ---------------------------------------------------------------------------

@@ -201,7 +201,9 @@ class QuerySpec:
 
 def cohort_fingerprint(where: tuple[Criterion, ...], columns: tuple[str, ...]) -> str:
     canon = json.dumps(
-        {"where": sorted(str(c) for c in where), "complete": sorted(columns)}, sort_keys=True, separators=(",", ":")
+        {"where": sorted(json.dumps([c.column, c.op.value, c.value]) for c in where), "complete": sorted(columns)},
+        sort_keys=True,
+        separators=(",", ":"),
     )
     return hashlib.sha256(canon.encode()).hexdigest()
 
