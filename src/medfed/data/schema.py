@@ -129,6 +129,13 @@ def convert_units(values: npt.ArrayLike, *, from_unit: str, to_unit: str, analyt
 # --- schema ----------------------------------------------------------------------------------
 
 
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Column:
     """One column of a harmonised table."""
@@ -145,6 +152,8 @@ class Column:
     def __post_init__(self) -> None:
         if not self.name:
             raise ValidationError("a column needs a name")
+        if self.type in (ColumnType.FLOAT, ColumnType.INTEGER) and not all(_is_number(a) for a in self.allowed):
+            raise ValidationError(f"column {self.name!r}: allowed values {list(self.allowed)} are not all numbers")
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValidationError(f"column {self.name!r}: min {self.minimum} > max {self.maximum}")
 
@@ -346,7 +355,9 @@ def conform(
         bad_mask = bad.to_numpy(dtype=bool)
         absent = ~raw.map(_present).astype(bool).to_numpy()
         if col.allowed:
-            bad_mask |= ~absent & ~values.astype(str).isin(col.allowed).to_numpy()
+            numeric = col.type in (ColumnType.FLOAT, ColumnType.INTEGER)
+            allowed = [float(a) for a in col.allowed] if numeric else list(col.allowed)
+            bad_mask |= ~absent & ~(values if numeric else values.astype(str)).isin(allowed).to_numpy()
         if col.type in (ColumnType.FLOAT, ColumnType.INTEGER):
             v = values.to_numpy(dtype=np.float64)
             with np.errstate(invalid="ignore"):
@@ -413,7 +424,8 @@ class FeatureKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FeatureSpec:
-    """A named feature: the codes (``system|code``) that feed it and, for measurements, its unit."""
+    """A named feature: the codes (``system|code``; a trailing ``*`` matches a code prefix, e.g.
+    ``icd10|E11*``) that feed it and, for measurements, its unit."""
 
     name: str
     kind: FeatureKind
@@ -465,7 +477,8 @@ def pivot_events(
     key = events["system"].map(lambda s: SYSTEMS.get(str(s).lower(), str(s))) + "|" + events["code"].astype(str)
     problems: list[str] = []
     for spec in features:
-        rows = events.loc[key.isin(spec.codes)]
+        prefixes = tuple(c[:-1] for c in spec.codes if c.endswith("*"))  # icd10|E11* : the whole E11 block
+        rows = events.loc[key.isin(spec.codes) | (key.str.startswith(prefixes) if prefixes else False)]
         if spec.kind is FeatureKind.MEASUREMENT:
             values = _in_unit(rows, spec, problems)
             latest = values.sort_values("time").groupby("patient_id")["value"].last()

@@ -205,22 +205,23 @@ def _csv_batches(decl: DatasetDecl) -> Iterator[Batch]:
     except (OSError, pa.ArrowInvalid, UnicodeDecodeError, LookupError) as exc:
         raise DataError(f"{decl.path}: cannot be read as CSV ({decl.encoding}): {exc}") from None
     line = 2  # the header is line 1
-    buffered: list[pd.DataFrame] = []
-    rows = 0
+    pending = pd.DataFrame()
     while True:
         try:
             record_batch = reader.read_next_batch()
         except StopIteration:
             break
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            raise DataError(f"{decl.path}: after line {line + rows - 1}: unreadable ({decl.encoding}): {exc}") from None
-        buffered.append(record_batch.to_pandas())
-        rows += record_batch.num_rows
-        if rows >= decl.batch_rows:
-            yield Batch(frame=pd.concat(buffered, ignore_index=True), first_row=line, row_word="line")
-            line, buffered, rows = line + rows, [], 0
-    if buffered:
-        yield Batch(frame=pd.concat(buffered, ignore_index=True), first_row=line, row_word="line")
+            after = line + len(pending) - 1
+            raise DataError(f"{decl.path}: after line {after}: unreadable ({decl.encoding}): {exc}") from None
+        fresh = record_batch.to_pandas()
+        pending = pd.concat([pending, fresh], ignore_index=True) if len(pending) else fresh
+        while len(pending) >= decl.batch_rows:  # pyarrow blocks are bytes; batches are rows
+            yield Batch(frame=pending.iloc[: decl.batch_rows].reset_index(drop=True), first_row=line, row_word="line")
+            line += decl.batch_rows
+            pending = pending.iloc[decl.batch_rows :].reset_index(drop=True)
+    if len(pending):
+        yield Batch(frame=pending, first_row=line, row_word="line")
 
 
 def _parquet_batches(decl: DatasetDecl) -> Iterator[Batch]:
