@@ -177,3 +177,14 @@ def test_small_lung_institutions_refuse_under_the_default_policy(lung_sites, fed
     fed.ask(QuerySpec(kind=QueryKind.KAPLAN_MEIER, time="time", event="status"))
     small = {s for s, t in lung_sites.items() if len(t) < 10}
     assert set(fed.refusals) == small and small
+
+
+def test_a_site_can_coarsen_survival_times(lung, lung_sites, federation) -> None:
+    policy = DisclosurePolicy(min_cell=1, min_cohort=1, differencing_threshold=1, km_time_grain=30.0)
+    spec = QuerySpec(kind=QueryKind.KAPLAN_MEIER, time="time", event="status")
+    answers = federation(lung_sites, policy).ask(spec)
+    assert all(np.all(a["time/0"] % 30 == 0) for a in answers.values())
+    curve = combine(spec, answers).curves[0]  # type: ignore[union-attr]
+    months = np.ceil(lung["time"] / 30) * 30
+    np.testing.assert_array_equal(curve.timeline[1:], np.unique(months))
+    assert curve.events.sum() == lung["status"].sum()

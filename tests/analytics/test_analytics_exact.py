@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.statistics import multivariate_logrank_test
 
@@ -126,3 +128,23 @@ def test_histogram_and_crosstab_add_up_to_the_pooled_counts(lung, lung_sites, fe
     np.testing.assert_array_equal(tab.combined, ref.to_numpy())
     q50 = histogram_quantiles(hist, edges, (0.5,))[0]
     assert abs(q50 - lung["age"].median()) < 10  # within one bin width (approximate by design)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(2, 6), st.integers(0, 2**32 - 1))
+def test_any_split_of_the_rows_gives_the_pooled_answer(lung, federation, n_sites, seed) -> None:
+    # The one-site federation is the pooled computation; every partition must agree with it.
+    table = lung.drop(columns="inst")
+    owner = np.random.default_rng(seed).integers(0, n_sites, len(table))
+    sites = {f"s{k}": table[owner == k] for k in range(n_sites) if np.any(owner == k)}
+    km = QuerySpec(kind=QueryKind.KAPLAN_MEIER, time="time", event="status")
+    desc = QuerySpec(kind=QueryKind.DESCRIBE, columns=("age", "wt.loss"))
+    split, pooled = federation(sites), federation({"all": table})
+    a, b = kaplan_meier(split.ask, km).curves[0], kaplan_meier(pooled.ask, km).curves[0]
+    np.testing.assert_array_equal(
+        a.summary()[["at_risk", "events", "censored"]], b.summary()[["at_risk", "events", "censored"]]
+    )
+    np.testing.assert_allclose(a.survival, b.survival, rtol=1e-13)
+    da, db = combine(desc, split.ask(desc)), combine(desc, pooled.ask(desc))
+    assert isinstance(da, DescribeResult) and isinstance(db, DescribeResult)
+    np.testing.assert_allclose(da.combined.to_numpy(), db.combined.to_numpy(), rtol=1e-11)

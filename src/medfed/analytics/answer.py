@@ -97,6 +97,9 @@ def answer(
     if spec.kind not in _TABLES and size < policy.min_cohort:
         raise PermissionDenied(f"refused: the cohort has fewer than the site's minimum of {policy.min_cohort} patients")
     cohort = table.loc[mask]
+    if spec.kind is QueryKind.KAPLAN_MEIER and policy.km_time_grain > 0:
+        grain = policy.km_time_grain
+        cohort = cohort.assign(**{spec.time: np.ceil(local.numeric(cohort, spec.time) / grain) * grain})
     if spec.kind in _TABLES:
         result = _table_answer(spec, cohort, policy, rng)
     else:

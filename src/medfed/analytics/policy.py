@@ -45,6 +45,10 @@ class DisclosurePolicy:
     allow_dp: bool = True
     require_dp: bool = False  # counts/histograms/crosstabs only with noise
     max_query_epsilon: float = 1.0
+    #: > 0: survival times are rounded up to multiples of this before a Kaplan–Meier table leaves
+    #: the site (exact event dates are quasi-identifiers); the pooled curve is then exact for the
+    #: coarsened times. 0 releases the distinct times as they are.
+    km_time_grain: float = 0.0
 
     def __post_init__(self) -> None:
         problems = [
@@ -54,6 +58,8 @@ class DisclosurePolicy:
         ]
         if not (math.isfinite(self.max_query_epsilon) and self.max_query_epsilon > 0):
             problems.append(f"max_query_epsilon must be > 0, got {self.max_query_epsilon!r}")
+        if not (math.isfinite(self.km_time_grain) and self.km_time_grain >= 0):
+            problems.append(f"km_time_grain must be a finite number >= 0, got {self.km_time_grain!r}")
         if self.require_dp and not self.allow_dp:
             problems.append("require_dp needs allow_dp")
         if problems:
