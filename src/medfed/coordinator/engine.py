@@ -8,8 +8,10 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from medfed.aggregation.anomaly import AnomalyRecord
 from medfed.aggregation.base import Strategy
@@ -17,11 +19,15 @@ from medfed.coordinator.checkpoints import load_checkpoint, save_checkpoint, sav
 from medfed.coordinator.nodes import NodeRegistry
 from medfed.coordinator.robustness import RobustPlan, aggregate_round, robust_plan
 from medfed.coordinator.rounds import RoundInProgress, RoundKey
+from medfed.coordinator.secure_rounds import SecureRound
 from medfed.coordinator.store import Store
 from medfed.core.errors import JobError, MedfedError
 from medfed.core.params import Parameters
 from medfed.core.records import JobSpec, JobState, RoundRecord, Scalar, TaskKind, TaskMessage
 from medfed.learn.base import Task
+from medfed.privacy.dpfedavg import AdaptiveClipping, DPContribution, DPFedAvg, NoiseMode
+from medfed.privacy.mechanisms import combine
+from medfed.secagg.wire import CLIENT_DP_PREFIX, CONTRIBUTION_FORM, CONTRIBUTION_MAX_WEIGHT, WEIGHT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,7 @@ class JobRunner(threading.Thread):
         super().__init__(name=f"job-{ctx.job_id}", daemon=True)
         self.spec, self.strategy, self.task, self.ctx = spec, strategy, task, ctx
         self.robust: RobustPlan | None = robust_plan(spec)  # ConfigError: checked at submission too
+        self.dp: DPFedAvg | None = client_dp_rule(spec, strategy)
         self.cancelled = threading.Event()
 
     # --- entry -----------------------------------------------------------------------------
@@ -78,7 +85,7 @@ class JobRunner(threading.Thread):
             log.info("job %s resumes after round %d", self.ctx.job_id, rnd)
             return rnd, params, state
         params = self.task.init_parameters(dict(self.spec.task_options), self.spec.seed)
-        state = self.strategy.initial_state(params)
+        state = self.dp.initial_state(params) if self.dp is not None else self.strategy.initial_state(params)
         path = self._checkpoint_path(0)
         digest = save_checkpoint(path, params, state)
         self.ctx.store.add_checkpoint(self.ctx.job_id, 0, str(path), digest)
@@ -89,9 +96,14 @@ class JobRunner(threading.Thread):
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-{self.ctx.job_id}") as writer:
             pending: Future[None] | None = None
             for rnd in range(done + 1, self.spec.rounds + 1):
-                round_ = self._round_with_retries(rnd, TaskKind.FIT, params)
-                mean, anomalies = self._round_mean(round_, rnd, params)
-                new_params, state = self.strategy.aggregate(rnd, params, mean, state)
+                anomalies: tuple[AnomalyRecord, ...] = ()
+                if self.spec.sums_contributions:
+                    round_, summed = self._contribution_round(rnd, params, state)
+                    new_params, state = self._step_from_sum(rnd, params, summed, state)
+                else:
+                    round_ = self._round_with_retries(rnd, TaskKind.FIT, params)
+                    mean, anomalies = self._round_mean(round_, rnd, params)
+                    new_params, state = self.strategy.aggregate(rnd, params, mean, state)
                 params.check_like(new_params, where=f"strategy {self.spec.strategy.name!r}, round {rnd}")
                 params = new_params
                 # The checkpoint (fsync included) is written while the next round runs; rounds are
@@ -105,6 +117,51 @@ class JobRunner(threading.Thread):
         final = self._round_with_retries(self.spec.rounds + 1, TaskKind.EVALUATE, params)
         self._record(final, self.spec.rounds + 1, checkpoint=None)
         save_model(self.ctx.state_dir / "models" / f"{self.ctx.job_id}.npz", params)
+
+    # --- summed contributions: secure aggregation, client-level DP -------------------------------
+
+    def _contribution_template(self, params: Parameters) -> Parameters:
+        """What one node's contribution (and their sum) looks like."""
+        if self.dp is not None:
+            return DPContribution(params, 0.0).to_parameters()
+        return Parameters.from_arrays((*params.names, WEIGHT_NAME), (*params.arrays, np.zeros((), np.float64)))
+
+    def _contribution_config(self, state: Parameters) -> dict[str, Scalar]:
+        if self.dp is not None and self.spec.client_dp is not None:
+            config: dict[str, Scalar] = {CLIENT_DP_PREFIX + k: v for k, v in self.dp.node_config(state).items()}
+            config[CONTRIBUTION_FORM] = "dp"
+            config[CLIENT_DP_PREFIX + "dp_delta"] = self.spec.client_dp.delta
+            return config
+        secure = self.spec.secure_aggregation
+        return {CONTRIBUTION_FORM: "weighted", CONTRIBUTION_MAX_WEIGHT: secure.max_weight if secure else 1}
+
+    def _contribution_round(
+        self, rnd: int, params: Parameters, state: Parameters
+    ) -> tuple[RoundInProgress, Parameters]:
+        """Run a fit round whose nodes send contributions; return the round and their sum."""
+        template = self._contribution_template(params)
+        extra = self._contribution_config(state)
+        if self.spec.secure_aggregation is not None:
+            return SecureRound(self, self.spec.secure_aggregation).run(rnd, params, template, extra)
+        round_ = self._round_with_retries(rnd, TaskKind.FIT, params, template=template, extra_config=extra)
+        if round_.mean is None or round_.mean.count == 0:
+            raise JobError(f"round {rnd}: no contributions to sum")
+        count = round_.mean.count
+        summed = combine([round_.mean.result()], template=template, weights=[float(count)])
+        return round_, summed
+
+    def _step_from_sum(
+        self, rnd: int, params: Parameters, summed: Parameters, state: Parameters
+    ) -> tuple[Parameters, Parameters]:
+        """The strategy's step from the sum of this round's contributions."""
+        if self.dp is not None:
+            return self.dp.aggregate_sum(rnd, params, DPContribution.from_parameters(summed), state)
+        weight = float(summed[WEIGHT_NAME])
+        if not weight > 0:
+            raise JobError(f"round {rnd}: the summed contribution weight is {weight}, not > 0")
+        update = Parameters.from_arrays(summed.names[:-1], summed.arrays[:-1])
+        proposal = combine([params, update], template=params, weights=[1.0, 1.0 / weight])
+        return self.strategy.aggregate(rnd, params, proposal, state)
 
     def _round_mean(
         self, round_: RoundInProgress, rnd: int, current: Parameters
@@ -154,7 +211,15 @@ class JobRunner(threading.Thread):
 
     # --- one round -------------------------------------------------------------------------
 
-    def _round_with_retries(self, rnd: int, kind: TaskKind, params: Parameters) -> RoundInProgress:
+    def _round_with_retries(
+        self,
+        rnd: int,
+        kind: TaskKind,
+        params: Parameters,
+        *,
+        template: Parameters | None = None,
+        extra_config: dict[str, Scalar] | None = None,
+    ) -> RoundInProgress:
         """Run a round; retry it (new tasks) while sites went missing, up to the policy's limit.
 
         When every asked site answered and too few succeeded, the errors are deterministic (a
@@ -162,7 +227,11 @@ class JobRunner(threading.Thread):
         """
         policy = self.spec.policy
         for attempt in range(policy.max_round_retries + 1):
-            round_ = self._run_round(RoundKey(job_id=self.ctx.job_id, round=rnd, kind=kind, attempt=attempt), params)
+            key = RoundKey(job_id=self.ctx.job_id, round=rnd, kind=kind, attempt=attempt)
+            if template is None:
+                round_ = self._run_round(key, params)
+            else:
+                round_ = self._run_round(key, params, template=template, unit_weights=True, extra_config=extra_config)
             if len(round_.ok_sites) >= policy.min_nodes:
                 return round_
             errors = "; ".join(f"{s}: {m.error}" for s, m in sorted(round_.results.items()) if m.error)
@@ -203,20 +272,45 @@ class JobRunner(threading.Thread):
                     return sites
                 cond.wait(min(1.0, max(deadline - time.monotonic(), 0.0)))
 
-    def _run_round(self, key: RoundKey, params: Parameters) -> RoundInProgress:
+    def _run_round(
+        self,
+        key: RoundKey,
+        params: Parameters,
+        *,
+        sites: list[str] | None = None,
+        payloads: dict[str, bytes] | None = None,
+        template: Parameters | None = None,
+        unit_weights: bool = False,
+        keep_raw: bool = False,
+        extra_config: dict[str, Scalar] | None = None,
+    ) -> RoundInProgress:
+        """Send one task to each site (``sites``, or every eligible one), wait, collect.
+
+        ``template`` is what fit results must look like (default: ``params``; ``None`` for the
+        secure-aggregation stages, whose results the caller checks from ``keep_raw``).
+        """
         started = time.monotonic()
         deadline = started + self.spec.policy.deadline_s
-        sites = self._wait_for_sites(deadline)
+        if sites is None:
+            sites = self._wait_for_sites(deadline)
         config = dict(self.spec.task_options)
         if key.kind is TaskKind.FIT:
-            config |= self.strategy.fit_config(key.round)
+            config |= self.strategy.fit_config(key.round) | (extra_config or {})
+        elif key.kind is TaskKind.EVALUATE and self.spec.client_dp is not None:
+            # the node closes the job's reservation in its ledger when it sees the final evaluation
+            config[CLIENT_DP_PREFIX + "dp_noise_multiplier"] = self.spec.client_dp.noise_multiplier
+            config[CLIENT_DP_PREFIX + "dp_delta"] = self.spec.client_dp.delta
         tasks = {uuid.uuid4().hex: site for site in sites}
         keep = self.robust is not None and key.kind is TaskKind.FIT
-        round_ = RoundInProgress(key, tasks, params, keep_updates=keep)
+        expected = params if template is None and payloads is None else template
+        round_ = RoundInProgress(key, tasks, expected, keep_updates=keep, unit_weights=unit_weights, keep_raw=keep_raw)
         with self.ctx.lock:
             self.ctx.rounds_by_task.update({tid: round_ for tid in tasks})
         for task_id, site in tasks.items():
-            self.ctx.nodes.enqueue(site, self._task(task_id, key, config, params))
+            message = self._task(task_id, key, config, params)
+            if payloads is not None:
+                message = replace(message, payload=payloads[site])
+            self.ctx.nodes.enqueue(site, message)
         try:
             self._await(round_, deadline)
         finally:
@@ -268,3 +362,23 @@ class JobRunner(threading.Thread):
 
 class _CancelledError(Exception):
     pass
+
+
+def client_dp_rule(spec: JobSpec, strategy: Strategy) -> DPFedAvg | None:
+    """The job's DP-FedAvg around ``strategy`` (its ``[client_dp]`` table), or ``None``."""
+    cdp = spec.client_dp
+    if cdp is None:
+        return None
+    adaptive = (
+        AdaptiveClipping(target_quantile=cdp.target_quantile, learning_rate=cdp.clip_learning_rate)
+        if cdp.adaptive
+        else None
+    )
+    return DPFedAvg(
+        inner=strategy,
+        clip_norm=cdp.clip_norm,
+        noise_multiplier=cdp.noise_multiplier,
+        expected_nodes=cdp.expected_nodes,
+        mode=NoiseMode(cdp.noise),
+        adaptive=adaptive,
+    )

@@ -53,11 +53,11 @@ class RobustPlan:
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
 
 
-def robust_plan(spec: JobSpec, *, secure_aggregation: bool = False) -> RobustPlan | None:
+def robust_plan(spec: JobSpec, *, secure_aggregation: bool | None = None) -> RobustPlan | None:
     """Check a job's ``[robust]`` table; ``None`` when it has none (or asks for nothing).
 
-    ``secure_aggregation`` says whether the job's updates are masked; job specs have no switch
-    for it yet, so callers pass the default until they do.
+    ``secure_aggregation`` says whether the job's updates are masked (its ``[secure_aggregation]``
+    table); ``None`` reads it from the spec.
 
     Raises
     ------
@@ -66,10 +66,17 @@ def robust_plan(spec: JobSpec, *, secure_aggregation: bool = False) -> RobustPla
         nodes among ``rounds.min_nodes`` results, or a combination that secure aggregation would
         hide; every problem is listed under the job file's ``[robust]`` table.
     """
+    if secure_aggregation is None:
+        secure_aggregation = spec.secure_aggregation is not None
     robust = spec.robust
     if robust is None or not robust.keeps_updates:
         return None
     problems: list[str] = []
+    if spec.client_dp is not None:
+        problems.append(
+            "[robust] cannot combine with [client_dp]: DP-FedAvg nodes send clipped contributions, not models "
+            "(its clipping already bounds each node's influence, like norm bounding)"
+        )
     name = robust.rule
     rule = _checked(problems, lambda: RobustRule.parse(name)) if name is not None else None
     options = _checked(problems, lambda: RobustOptions.from_mapping(robust.options))

@@ -35,13 +35,24 @@ class RoundInProgress:
     """
 
     def __init__(
-        self, key: RoundKey, tasks: dict[str, str], template: Parameters | None, *, keep_updates: bool = False
+        self,
+        key: RoundKey,
+        tasks: dict[str, str],
+        template: Parameters | None,
+        *,
+        keep_updates: bool = False,
+        unit_weights: bool = False,
+        keep_raw: bool = False,
     ) -> None:
         self.key = key
         self.tasks = dict(tasks)  # task_id -> site
         self.mean = WeightedMean(template) if template is not None and key.kind is TaskKind.FIT else None
         self.keep_updates = keep_updates and self.mean is not None
+        self.unit_weights = unit_weights  # contributions to sum (DP-FedAvg): weight 1 each, not examples
+        self.keep_raw = keep_raw  # secure-aggregation stages: keep each site's accepted message
         self.kept: dict[str, tuple[Parameters, float]] = {}  # site -> (model, weight), with keep_updates
+        self.raw: dict[str, ResultMessage] = {}  # site -> accepted result, with keep_raw
+        self.notes: dict[str, float] = {}  # round-level figures added to the aggregated metrics
         self.results: dict[str, SiteMetrics] = {}
         self.closed = False
         self.duration_s = 0.0
@@ -85,6 +96,8 @@ class RoundInProgress:
             # only its finite metrics, so per-round means are taken over the sites that have one.
             finite = {k: float(v) for k, v in result.metrics.items() if np.isfinite(v)}
             self.results[site] = SiteMetrics(site=site, num_examples=result.num_examples, metrics=finite)
+            if self.keep_raw:
+                self.raw[site] = result
 
     def abandon(self, site: str, reason: str) -> bool:
         """Record ``site``'s task as lost (an error) if it is still pending; True if it was."""
@@ -100,9 +113,10 @@ class RoundInProgress:
                 raise ValidationError("a fit result must carry parameters", where=where)
             if result.num_examples <= 0:
                 raise ValidationError(f"num_examples must be > 0, got {result.num_examples}", where=where)
-            self.mean.add(result.parameters, float(result.num_examples), where=where)
+            weight = 1.0 if self.unit_weights else float(result.num_examples)
+            self.mean.add(result.parameters, weight, where=where)
             if self.keep_updates:  # validated by the add above: names, shapes, finite values
-                self.kept[result.site] = (result.parameters, float(result.num_examples))
+                self.kept[result.site] = (result.parameters, weight)
 
     def close(self) -> None:
         with self._lock:
@@ -116,6 +130,7 @@ class RoundInProgress:
         ok = [m for m in self.results.values() if not m.error]
         names = sorted({k for m in ok for k in m.metrics})
         out: dict[str, float] = {"sites_ok": float(len(ok)), "sites_failed": float(len(self.results) - len(ok))}
+        out |= self.notes
         for name in names:
             vals = [(m.metrics[name], m.num_examples) for m in ok if name in m.metrics]
             out[f"mean/{name}"] = float(np.mean([v for v, _ in vals]))

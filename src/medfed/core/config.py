@@ -9,10 +9,19 @@ import tomllib
 from typing import Any
 
 from medfed.core.errors import ConfigError
-from medfed.core.records import JobSpec, PrivacySpec, RobustSpec, RoundPolicy, Scalar, StrategySpec
+from medfed.core.records import (
+    ClientDPSpec,
+    JobSpec,
+    PrivacySpec,
+    RobustSpec,
+    RoundPolicy,
+    Scalar,
+    SecureAggregationSpec,
+    StrategySpec,
+)
 
 _JOB_KEYS = {"name", "task", "dataset", "rounds", "seed", "sites"}
-_TOP_KEYS = {"job", "strategy", "task_options", "rounds", "privacy", "robust"}
+_TOP_KEYS = {"job", "strategy", "task_options", "rounds", "privacy", "robust", "secure_aggregation", "client_dp"}
 
 
 def _scalars(table: Any, where: str, problems: list[str]) -> dict[str, Scalar]:
@@ -107,6 +116,8 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
 
     privacy = _privacy(doc.get("privacy"), problems)
     robust = _robust(doc.get("robust"), problems)
+    secure = _secure_aggregation(doc.get("secure_aggregation"), problems)
+    client_dp = _client_dp(doc.get("client_dp"), problems)
 
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -124,6 +135,8 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
             sites=tuple(sites),
             privacy=privacy,
             robust=robust,
+            secure_aggregation=secure,
+            client_dp=client_dp,
             source=text,
         )
     except ConfigError as exc:
@@ -172,3 +185,72 @@ def _robust(table: Any, problems: list[str]) -> RobustSpec | None:
     if len(problems) > before:
         return None
     return RobustSpec(rule=rule, options=options, detect_anomalies=True if detect is None else detect)
+
+
+def _table_values(
+    table: Any, where: str, kinds: dict[str, type | tuple[type, ...]], problems: list[str]
+) -> dict[str, Any] | None:
+    """The typed values of a flat table with known keys, or ``None`` after recording problems."""
+    if not isinstance(table, dict):
+        problems.append(f"[{where}] must be a table")
+        return None
+    before = len(problems)
+    for key in sorted(set(table) - set(kinds)):
+        problems.append(f"unknown key {where}.{key} (allowed: {sorted(kinds)})")
+    values = {k: _typed(table, k, kinds[k], where, problems) for k in sorted(set(kinds) & set(table))}
+    return None if len(problems) > before else values
+
+
+def _secure_aggregation(table: Any, problems: list[str]) -> SecureAggregationSpec | None:
+    """``[secure_aggregation]``: present (even empty) turns it on; ``enabled = false`` turns it off."""
+    if table is None:
+        return None
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "enabled": bool,
+        "threshold": int,
+        "clip_range": (int, float),
+        "bits": int,
+        "max_weight": int,
+        "neighbours": int,
+    }
+    values = _table_values(table, "secure_aggregation", kinds, problems)
+    if values is None or not values.pop("enabled", True):
+        return None
+    if "clip_range" in values:
+        values["clip_range"] = float(values["clip_range"])
+    try:
+        return SecureAggregationSpec(**values)
+    except ConfigError as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _client_dp(table: Any, problems: list[str]) -> ClientDPSpec | None:
+    """``[client_dp]``: ``noise_multiplier`` (required), ``clip_norm``, ``expected_nodes``, ``noise``,
+    ``adaptive``, ``target_quantile``, ``clip_learning_rate``, ``delta``."""
+    if table is None:
+        return None
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "noise_multiplier": (int, float),
+        "clip_norm": (int, float),
+        "expected_nodes": int,
+        "noise": str,
+        "adaptive": bool,
+        "target_quantile": (int, float),
+        "clip_learning_rate": (int, float),
+        "delta": (int, float),
+    }
+    values = _table_values(table, "client_dp", kinds, problems)
+    if values is None:
+        return None
+    if "noise_multiplier" not in values:
+        problems.append("missing client_dp.noise_multiplier")
+        return None
+    for key in ("noise_multiplier", "clip_norm", "target_quantile", "clip_learning_rate", "delta"):
+        if key in values:
+            values[key] = float(values[key])
+    try:
+        return ClientDPSpec(**values)
+    except ConfigError as exc:
+        problems.append(str(exc))
+        return None

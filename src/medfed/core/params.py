@@ -12,8 +12,9 @@ from medfed.core.errors import ValidationError
 
 FloatArray = npt.NDArray[np.floating]
 
-#: dtypes allowed on the wire and on disk (little-endian floats only).
-ALLOWED_DTYPES = ("float16", "float32", "float64")
+#: dtypes allowed on the wire and on disk (little-endian). ``uint32`` carries only secure
+#: aggregation's masked integer vectors; models and updates are floats.
+ALLOWED_DTYPES = ("float16", "float32", "float64", "uint32")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,8 @@ class Parameters:
             for name, mine, theirs in zip(self.names, self.arrays, other.arrays, strict=True):
                 if mine.shape != theirs.shape:
                     problems.append(f"{name!r} has shape {theirs.shape}, expected {mine.shape}")
+                elif mine.dtype.kind != theirs.dtype.kind:  # float widths may differ; floats vs integers may not
+                    problems.append(f"{name!r} has dtype {theirs.dtype}, expected {mine.dtype}")
                 elif not np.all(np.isfinite(theirs)):
                     bad = int(np.size(theirs) - np.count_nonzero(np.isfinite(theirs)))
                     problems.append(f"{name!r} has {bad} non-finite values (NaN or inf)")

@@ -32,6 +32,15 @@ class TaskKind(enum.StrEnum):
 
     FIT = "fit"  # evaluate the received model on the local test split, then train locally
     EVALUATE = "evaluate"  # evaluate only (the final model)
+    # secure aggregation (SecAgg+) stages around a fit: keys, key shares, then (after the fit) unmasking
+    SECAGG_KEYS = "secagg_keys"
+    SECAGG_SHARES = "secagg_shares"
+    SECAGG_UNMASK = "secagg_unmask"
+
+    @property
+    def secagg_stage(self) -> bool:
+        """True for the secure-aggregation stages that carry no model."""
+        return self in (TaskKind.SECAGG_KEYS, TaskKind.SECAGG_SHARES, TaskKind.SECAGG_UNMASK)
 
 
 class ResultStatus(enum.StrEnum):
@@ -123,6 +132,102 @@ class RobustSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SecureAggregationSpec:
+    """Secure aggregation (SecAgg+) asked for by a job (the ``[secure_aggregation]`` table).
+
+    Each node sends its contribution (its example-weighted update, or its DP-FedAvg contribution)
+    quantised into integers mod ``2**bits`` and masked; the coordinator learns only the sum.
+
+    Attributes
+    ----------
+    threshold
+        Shares needed to remove a node's masks; 0 picks the smallest safe value (more than half of
+        each node's share holders). Fewer surviving nodes than this fail the round.
+    clip_range
+        Every element of a contribution is clipped to ``[-clip_range, clip_range]`` before
+        quantisation (model deltas, not models, are summed, so this bounds one round's step).
+    bits
+        Width of the integers (2..32).
+    max_weight
+        Example count that weighs 1.0: node ``i`` contributes ``w·Δ`` and ``w`` with
+        ``w = min(n_i / max_weight, 1)``, so example counts stay inside the sum too.
+    neighbours
+        0: every node masks with every other (SecAgg); k > 0: a random k-regular (Harary) graph
+        (SecAgg+, O(k) instead of O(n) work per node).
+    """
+
+    threshold: int = 0
+    clip_range: float = 8.0
+    bits: int = 32
+    max_weight: int = 10_000
+    neighbours: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.threshold < 0:
+            problems.append(f"secure_aggregation.threshold must be >= 0, got {self.threshold!r}")
+        if not 8 <= self.bits <= 32:
+            problems.append(f"secure_aggregation.bits must be in 8..32, got {self.bits!r}")
+        if self.max_weight < 1:
+            problems.append(f"secure_aggregation.max_weight must be >= 1, got {self.max_weight!r}")
+        if self.neighbours < 0 or self.neighbours == 1 or self.neighbours % 2:
+            problems.append(
+                f"secure_aggregation.neighbours must be 0 (all) or an even number >= 2, got {self.neighbours!r}"
+            )
+        if not self.clip_range >= 1:
+            problems.append(
+                f"secure_aggregation.clip_range must be >= 1 (a contribution's weight lies in [0, 1]), "
+                f"got {self.clip_range!r}"
+            )
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+#: Who adds client-level DP noise (``[client_dp] noise``): the coordinator, or each node a share.
+CLIENT_DP_NOISE = ("central", "distributed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientDPSpec:
+    """Client-level DP-FedAvg asked for by a job (the ``[client_dp]`` table; McMahan et al. 2018).
+
+    Each node clips its model update to ``clip_norm`` (adaptive: Andrew et al. 2021) and the sum
+    gets Gaussian noise of std ``noise_multiplier · clip_norm``, from the coordinator (central) or
+    in shares from the nodes (distributed: needs secure aggregation, so nobody sees a share
+    alone). ``expected_nodes`` is the fixed denominator m. Each site charges its ledger the ε of
+    ``rounds`` Gaussian releases at this noise multiplier (every site takes part in every round).
+    """
+
+    noise_multiplier: float
+    clip_norm: float = 1.0
+    expected_nodes: int = 1
+    noise: str = "central"
+    adaptive: bool = False
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.noise_multiplier > 0:
+            problems.append(f"client_dp.noise_multiplier must be > 0, got {self.noise_multiplier!r}")
+        if not self.clip_norm > 0:
+            problems.append(f"client_dp.clip_norm must be > 0, got {self.clip_norm!r}")
+        if self.expected_nodes < 1:
+            problems.append(f"client_dp.expected_nodes must be >= 1, got {self.expected_nodes!r}")
+        if self.noise not in CLIENT_DP_NOISE:
+            problems.append(f"client_dp.noise must be one of {list(CLIENT_DP_NOISE)}, got {self.noise!r}")
+        if not 0 < self.target_quantile < 1:
+            problems.append(f"client_dp.target_quantile must be in (0, 1), got {self.target_quantile!r}")
+        if not self.clip_learning_rate > 0:
+            problems.append(f"client_dp.clip_learning_rate must be > 0, got {self.clip_learning_rate!r}")
+        if not 0 < self.delta < 1:
+            problems.append(f"client_dp.delta must be in (0, 1), got {self.delta!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobSpec:
     """A declarative job: which task on which dataset, how many rounds, which strategy.
 
@@ -140,6 +245,8 @@ class JobSpec:
     sites: tuple[str, ...] = ()  # empty: every connected site
     privacy: PrivacySpec | None = None
     robust: RobustSpec | None = None
+    secure_aggregation: SecureAggregationSpec | None = None
+    client_dp: ClientDPSpec | None = None
     source: str = ""  # the TOML text it was parsed from (hashed, stored, audited)
 
     def __post_init__(self) -> None:
@@ -147,6 +254,22 @@ class JobSpec:
             raise ConfigError(f"job.rounds must be >= 1, got {self.rounds!r}")
         if not self.name:
             raise ConfigError("job.name must not be empty")
+        if self.privacy is not None and self.client_dp is not None:
+            raise ConfigError(
+                "[privacy] (patient-level DP-SGD) and [client_dp] (site-level DP-FedAvg) cannot combine in one "
+                "job: pick one privacy unit"
+            )
+        if self.client_dp is not None and self.client_dp.noise == "distributed" and self.secure_aggregation is None:
+            raise ConfigError(
+                "client_dp.noise = 'distributed' needs [secure_aggregation]: without it the coordinator sees each "
+                "node's contribution with only its share of the noise"
+            )
+
+    @property
+    def sums_contributions(self) -> bool:
+        """True when nodes send contributions that the coordinator only sums (secure aggregation
+        or client-level DP) instead of models it averages."""
+        return self.secure_aggregation is not None or self.client_dp is not None
 
     @property
     def spec_hash(self) -> str:
@@ -172,6 +295,7 @@ class TaskMessage:
     parameters: Parameters
     job_rounds: int = 0  # fit rounds in the whole job (what a site's privacy reservation covers)
     privacy: PrivacySpec | None = None
+    payload: bytes = b""  # secure-aggregation stage message (schema-checked JSON), else empty
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,6 +312,7 @@ class ResultMessage:
     parameters: Parameters | None = None
     error_kind: str = ""
     error_message: str = ""
+    payload: bytes = b""  # secure-aggregation stage message (schema-checked JSON), else empty
 
     @property
     def ok(self) -> bool:

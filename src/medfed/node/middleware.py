@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from medfed.core.errors import DataError, MedfedError, ValidationError, error_kind
+from medfed.core.errors import DataError, MedfedError, TaskError, ValidationError, error_kind
 from medfed.core.params import Parameters
 from medfed.core.records import ResultMessage, ResultStatus, TaskKind, TaskMessage
 from medfed.learn.base import TabularData, Task
+from medfed.secagg.sessions import SecAggSessions
 
 if TYPE_CHECKING:
     from medfed.node.ledger import PrivacyLedger
@@ -38,6 +39,7 @@ class NodeContext:
     task_loader: Callable[[str], Task]
     data_loader: Callable[[DatasetConfig], TabularData] | None = None
     ledger: PrivacyLedger | None = None
+    secagg: SecAggSessions = field(default_factory=SecAggSessions)
     _cache: dict[str, TabularData] = field(default_factory=dict)
     _tasks: dict[str, Task] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -124,14 +126,17 @@ def check_output(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMes
 
 
 def default_middleware() -> list[Middleware]:
-    """errors → audit → privacy budget → output check → task."""
+    """errors → audit → privacy budget → contribution (secure aggregation, client DP) → output check → task."""
     from medfed.node.privacy import privacy_budget
+    from medfed.node.secure import secure_aggregation
 
-    return [errors_as_values, audit_log, privacy_budget, check_output]
+    return [errors_as_values, audit_log, privacy_budget, secure_aggregation, check_output]
 
 
 def run_task(task: TaskMessage, ctx: NodeContext) -> ResultMessage:
     """The innermost handler: evaluate the received model, then (for fit) train locally."""
+    if task.kind.secagg_stage:
+        raise TaskError(f"this node's policy chain has no secure-aggregation link for {task.kind.value!r}")
     data = ctx.dataset(task.dataset)
     impl = ctx.task(task.task)
     n_eval, ev = impl.evaluate(task.parameters, data, task.config)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
-from medfed.core.errors import BudgetExhausted
+from medfed.core.errors import BudgetExhausted, ConfigError
 from medfed.core.records import PrivacySpec, ResultMessage, TaskKind, TaskMessage
 from medfed.learn.options import TrainOptions
 from medfed.node.ledger import PrivacyLedger
 from medfed.node.middleware import Handler, NodeContext
 from medfed.privacy.accounting import epsilon
+from medfed.secagg.wire import CLIENT_DP_PREFIX
 
 
 @functools.lru_cache(maxsize=1024)
@@ -45,6 +46,10 @@ def _refuse_non_dp(task: TaskMessage, ctx: NodeContext, ledger: PrivacyLedger | 
 def privacy_budget(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessage:
     """Reserve before, commit after; refuse what the site's budget cannot pay."""
     ledger = ctx.ledger
+    if task.kind.secagg_stage:  # keys and shares only: no data is touched, nothing is released
+        return nxt(task, ctx)
+    if task.privacy is None and _client_dp(task) is not None:
+        return _client_level(task, ctx, nxt)
     if task.privacy is None:
         _refuse_non_dp(task, ctx, ledger)
         return nxt(task, ctx)
@@ -70,6 +75,48 @@ def privacy_budget(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultM
     result = nxt(replace(task, config=config), ctx)
     if result.ok:
         ledger.commit(task.dataset, task.job_id, epsilon=after, delta=spec.delta, steps=steps_before + opts.local_steps)
+    return _with_spend(result, task, ledger)
+
+
+def _client_dp(task: TaskMessage) -> tuple[float, float] | None:
+    """(z, δ) of a client-level DP-FedAvg job from the task config, or ``None``."""
+    z = task.config.get(CLIENT_DP_PREFIX + "dp_noise_multiplier")
+    if z is None:
+        return None
+    delta = task.config.get(CLIENT_DP_PREFIX + "dp_delta", 1e-5)
+    if isinstance(z, bool | str) or isinstance(delta, bool | str) or not z > 0 or not 0 < delta < 1:
+        raise ConfigError(f"client-level DP config is malformed: noise multiplier {z!r}, delta {delta!r}")
+    return float(z), float(delta)
+
+
+@functools.lru_cache(maxsize=256)
+def client_dp_epsilon(noise_multiplier: float, *, rounds: int, delta: float) -> float:
+    """ε of ``rounds`` client-level releases: every site takes part in every round (q = 1)."""
+    if rounds <= 0:
+        return 0.0
+    return epsilon(noise_multiplier=noise_multiplier, sampling_rate=1.0, steps=rounds, delta=delta)
+
+
+def _client_level(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessage:
+    """Client-level DP-FedAvg: a site's whole dataset is the privacy unit, so the site's ledger
+    pays the ε of the job's rounds (a guarantee for the site implies one for each of its patients).
+    """
+    ledger = ctx.ledger
+    z, delta = _client_dp(task) or (0.0, 0.0)
+    if ledger is None or ledger.status(task.dataset) is None:
+        return nxt(task, ctx)  # no budget set: client-level DP protects the site, nothing to charge
+    if task.kind is TaskKind.EVALUATE:
+        result = nxt(task, ctx)
+        ledger.close_job(task.dataset, task.job_id)
+        return _with_spend(result, task, ledger)
+    before = ledger.job(task.dataset, task.job_id)
+    rounds_before = before.steps if before is not None else 0
+    planned = client_dp_epsilon(z, rounds=max(task.job_rounds, 1), delta=delta)
+    after = client_dp_epsilon(z, rounds=rounds_before + 1, delta=delta)
+    ledger.reserve(task.dataset, task.job_id, epsilon=max(planned, after), delta=delta)
+    result = nxt(task, ctx)
+    if result.ok:
+        ledger.commit(task.dataset, task.job_id, epsilon=after, delta=delta, steps=rounds_before + 1)
     return _with_spend(result, task, ledger)
 
 

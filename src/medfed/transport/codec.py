@@ -155,6 +155,15 @@ def _check_layout(layout: pb.TensorLayout, where: str) -> list[tuple[str, str, t
 
 # --- tasks and results ---------------------------------------------------------------------
 
+#: The largest stage payload (keys, encrypted shares, revealed shares): tiny next to a model.
+MAX_PAYLOAD_BYTES = 1 << 20
+
+
+def _checked_payload(payload: bytes, where: str) -> bytes:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise TransportError(f"{where}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    return bytes(payload)
+
 
 def _privacy_to_pb(spec: PrivacySpec | None) -> pb.PrivacyHeader | None:
     if spec is None:
@@ -185,6 +194,7 @@ def task_frames(task: TaskMessage) -> Iterator[pb.Frame]:
         layout=layout_of(task.parameters),
         job_rounds=task.job_rounds,
         privacy=_privacy_to_pb(task.privacy),
+        payload=_checked_payload(task.payload, f"task {task.task_id}"),
     )
     yield pb.Frame(task=header)
     for chunk in iter_chunks(task.parameters):
@@ -204,6 +214,7 @@ def result_frames(result: ResultMessage) -> Iterator[pb.Frame]:
         layout=layout_of(params) if params is not None else None,
         error_kind=result.error_kind,
         error_message=result.error_message,
+        payload=_checked_payload(result.payload, f"result of task {result.task_id}"),
     )
     yield pb.Frame(result=header)
     if params is not None:
@@ -249,6 +260,7 @@ def read_task(frames: Iterable[pb.Frame]) -> TaskMessage | float:
         parameters=_read_tensors(h.layout, it, where),
         job_rounds=h.job_rounds,
         privacy=_privacy_from_pb(h, where),
+        payload=_checked_payload(h.payload, where),
     )
 
 
@@ -276,6 +288,7 @@ def read_result(frames: Iterable[pb.Frame], *, site: str) -> ResultMessage:
         parameters=params,
         error_kind=h.error_kind,
         error_message=h.error_message,
+        payload=_checked_payload(h.payload, where),
     )
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmedfed/transport/medfed.proto\x12\tmedfed.v1\"E\n\x06Scalar\x12\x0b\n\x01\x66\x18\x01 \x01(\x01H\x00\x12\x0b\n\x01i\x18\x02 \x01(\x03H\x00\x12\x0b\n\x01s\x18\x03 \x01(\tH\x00\x12\x0b\n\x01\x62\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value\"8\n\nTensorMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"[\n\x0cTensorLayout\x12&\n\x07tensors\x18\x01 \x03(\x0b\x32\x15.medfed.v1.TensorMeta\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"K\n\rPrivacyHeader\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\x12\x11\n\tclip_norm\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\"\xd4\x02\n\nTaskHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12\x31\n\x06\x63onfig\x18\x08 \x03(\x0b\x32!.medfed.v1.TaskHeader.ConfigEntry\x12\'\n\x06layout\x18\t \x01(\x0b\x32\x17.medfed.v1.TensorLayout\x12\x12\n\njob_rounds\x18\n \x01(\x05\x12)\n\x07privacy\x18\x0b \x01(\x0b\x32\x18.medfed.v1.PrivacyHeader\x1a@\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.medfed.v1.Scalar:\x02\x38\x01\"\xb7\x02\n\x0cResultHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12\x35\n\x07metrics\x18\x06 \x03(\x0b\x32$.medfed.v1.ResultHeader.MetricsEntry\x12\x16\n\x0ehas_parameters\x18\x07 \x01(\x08\x12\'\n\x06layout\x18\x08 \x01(\x0b\x32\x17.medfed.v1.TensorLayout\x12\x12\n\nerror_kind\x18\t \x01(\t\x12\x15\n\rerror_message\x18\n \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\x06NoTask\x12\x15\n\rretry_after_s\x18\x01 \x01(\x01\"\x95\x01\n\x05\x46rame\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x15.medfed.v1.TaskHeaderH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.medfed.v1.ResultHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x12!\n\x04none\x18\x04 \x01(\x0b\x32\x11.medfed.v1.NoTaskH\x00\x42\x06\n\x04\x62ody\"9\n\x05Hello\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x02 \x03(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\"R\n\x07Welcome\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x1b\n\x13\x63oordinator_version\x18\x03 \x01(\t\"\x16\n\x04\x42\x65\x61t\x12\x0e\n\x06status\x18\x01 \x01(\t\"\x18\n\x07\x42\x65\x61tAck\x12\r\n\x05known\x18\x01 \x01(\x08\"\x16\n\x04Poll\x12\x0e\n\x06wait_s\x18\x01 \x01(\x01\"(\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"4\n\nJobRequest\x12\x11\n\tspec_toml\x18\x01 \x01(\t\x12\x13\n\x0bsource_name\x18\x02 \x01(\t\"\x1a\n\x08JobQuery\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\'\n\x07JobView\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04json\x18\x02 \x01(\t2\xe2\x03\n\nFederation\x12\x30\n\x08Register\x12\x10.medfed.v1.Hello\x1a\x12.medfed.v1.Welcome\x12\x30\n\tHeartbeat\x12\x0f.medfed.v1.Beat\x1a\x12.medfed.v1.BeatAck\x12/\n\x08PollTask\x12\x0f.medfed.v1.Poll\x1a\x10.medfed.v1.Frame0\x01\x12\x32\n\x0cSubmitResult\x12\x10.medfed.v1.Frame\x1a\x0e.medfed.v1.Ack(\x01\x12\x36\n\tSubmitJob\x12\x15.medfed.v1.JobRequest\x1a\x12.medfed.v1.JobView\x12\x31\n\x06GetJob\x12\x13.medfed.v1.JobQuery\x1a\x12.medfed.v1.JobView\x12\x33\n\x08ListJobs\x12\x13.medfed.v1.JobQuery\x1a\x12.medfed.v1.JobView\x12\x34\n\tCancelJob\x12\x13.medfed.v1.JobQuery\x1a\x12.medfed.v1.JobView\x12\x35\n\nFetchModel\x12\x13.medfed.v1.JobQuery\x1a\x10.medfed.v1.Frame0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmedfed/transport/medfed.proto\x12\tmedfed.v1\"E\n\x06Scalar\x12\x0b\n\x01\x66\x18\x01 \x01(\x01H\x00\x12\x0b\n\x01i\x18\x02 \x01(\x03H\x00\x12\x0b\n\x01s\x18\x03 \x01(\tH\x00\x12\x0b\n\x01\x62\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value\"8\n\nTensorMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"[\n\x0cTensorLayout\x12&\n\x07tensors\x18\x01 \x03(\x0b\x32\x15.medfed.v1.TensorMeta\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"K\n\rPrivacyHeader\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\x12\x11\n\tclip_norm\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\"\xe5\x02\n\nTaskHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12\x31\n\x06\x63onfig\x18\x08 \x03(\x0b\x32!.medfed.v1.TaskHeader.ConfigEntry\x12\'\n\x06layout\x18\t \x01(\x0b\x32\x17.medfed.v1.TensorLayout\x12\x12\n\njob_rounds\x18\n \x01(\x05\x12)\n\x07privacy\x18\x0b \x01(\x0b\x32\x18.medfed.v1.PrivacyHeader\x12\x0f\n\x07payload\x18\x0c \x01(\x0c\x1a@\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.medfed.v1.Scalar:\x02\x38\x01\"\xc8\x02\n\x0cResultHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12\x35\n\x07metrics\x18\x06 \x03(\x0b\x32$.medfed.v1.ResultHeader.MetricsEntry\x12\x16\n\x0ehas_parameters\x18\x07 \x01(\x08\x12\'\n\x06layout\x18\x08 \x01(\x0b\x32\x17.medfed.v1.TensorLayout\x12\x12\n\nerror_kind\x18\t \x01(\t\x12\x15\n\rerror_message\x18\n \x01(\t\x12\x0f\n\x07payload\x18\x0b \x01(\x0c\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\x06NoTask\x12\x15\n\rretry_after_s\x18\x01 \x01(\x01\"\x95\x01\n\x05\x46rame\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x15.medfed.v1.TaskHeaderH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.medfed.v1.ResultHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x12!\n\x04none\x18\x04 \x01(\x0b\x32\x11.medfed.v1.NoTaskH\x00\x42\x06\n\x04\x62ody\"9\n\x05Hello\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x02 \x03(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\"R\n\x07Welcome\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x1b\n\x13\x63oordinator_version\x18\x03 \x01(\t\"\x16\n\x04\x42\x65\x61t\x12\x0e\n\x06status\x18\x01 \x01(\t\"\x18\n\x07\x42\x65\x61tAck\x12\r\n\x05known\x18\x01 \x01(\x08\"\x16\n\x04Poll\x12\x0e\n\x06wait_s\x18\x01 \x01(\x01\"(\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"4\n\nJobRequest\x12\x11\n\tspec_toml\x18\x01 \x01(\t\x12\x13\n\x0bsource_name\x18\x02 \x01(\t\"\x1a\n\x08JobQuery\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\'\n\x07JobView\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04json\x18\x02 \x01(\t2\xe2\x03\n\nFederation\x12\x30\n\x08Register\x12\x10.medfed.v1.Hello\x1a\x12.medfed.v1.Welcome\x12\x30\n\tHeartbeat\x12\x0f.medfed.v1.Beat\x1a\x12.medfed.v1.BeatAck\x12/\n\x08PollTask\x12\x0f.medfed.v1.Poll\x1a\x10.medfed.v1.Frame0\x01\x12\x32\n\x0cSubmitResult\x12\x10.medfed.v1.Frame\x1a\x0e.medfed.v1.Ack(\x01\x12\x36\n\tSubmitJob\x12\x15.medfed.v1.JobRequest\x1a\x12.medfed.v1.JobView\x12\x31\n\x06GetJob\x12\x13.medfed.v1.JobQuery\x1a\x12.medfed.v1.JobView\x12\x33\n\x08ListJobs\x12\x13.medfed.v1.JobQuery\x1a\x12.medfed.v1.JobView\x12\x34\n\tCancelJob\x12\x13.medfed.v1.JobQuery\x1a\x12.medfed.v1.JobView\x12\x35\n\nFetchModel\x12\x13.medfed.v1.JobQuery\x1a\x10.medfed.v1.Frame0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,35 +44,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRIVACYHEADER']._serialized_start=266
   _globals['_PRIVACYHEADER']._serialized_end=341
   _globals['_TASKHEADER']._serialized_start=344
-  _globals['_TASKHEADER']._serialized_end=684
-  _globals['_TASKHEADER_CONFIGENTRY']._serialized_start=620
-  _globals['_TASKHEADER_CONFIGENTRY']._serialized_end=684
-  _globals['_RESULTHEADER']._serialized_start=687
-  _globals['_RESULTHEADER']._serialized_end=998
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=952
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=998
-  _globals['_NOTASK']._serialized_start=1000
-  _globals['_NOTASK']._serialized_end=1031
-  _globals['_FRAME']._serialized_start=1034
-  _globals['_FRAME']._serialized_end=1183
-  _globals['_HELLO']._serialized_start=1185
-  _globals['_HELLO']._serialized_end=1242
-  _globals['_WELCOME']._serialized_start=1244
-  _globals['_WELCOME']._serialized_end=1326
-  _globals['_BEAT']._serialized_start=1328
-  _globals['_BEAT']._serialized_end=1350
-  _globals['_BEATACK']._serialized_start=1352
-  _globals['_BEATACK']._serialized_end=1376
-  _globals['_POLL']._serialized_start=1378
-  _globals['_POLL']._serialized_end=1400
-  _globals['_ACK']._serialized_start=1402
-  _globals['_ACK']._serialized_end=1442
-  _globals['_JOBREQUEST']._serialized_start=1444
-  _globals['_JOBREQUEST']._serialized_end=1496
-  _globals['_JOBQUERY']._serialized_start=1498
-  _globals['_JOBQUERY']._serialized_end=1524
-  _globals['_JOBVIEW']._serialized_start=1526
-  _globals['_JOBVIEW']._serialized_end=1565
-  _globals['_FEDERATION']._serialized_start=1568
-  _globals['_FEDERATION']._serialized_end=2050
+  _globals['_TASKHEADER']._serialized_end=701
+  _globals['_TASKHEADER_CONFIGENTRY']._serialized_start=637
+  _globals['_TASKHEADER_CONFIGENTRY']._serialized_end=701
+  _globals['_RESULTHEADER']._serialized_start=704
+  _globals['_RESULTHEADER']._serialized_end=1032
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=986
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=1032
+  _globals['_NOTASK']._serialized_start=1034
+  _globals['_NOTASK']._serialized_end=1065
+  _globals['_FRAME']._serialized_start=1068
+  _globals['_FRAME']._serialized_end=1217
+  _globals['_HELLO']._serialized_start=1219
+  _globals['_HELLO']._serialized_end=1276
+  _globals['_WELCOME']._serialized_start=1278
+  _globals['_WELCOME']._serialized_end=1360
+  _globals['_BEAT']._serialized_start=1362
+  _globals['_BEAT']._serialized_end=1384
+  _globals['_BEATACK']._serialized_start=1386
+  _globals['_BEATACK']._serialized_end=1410
+  _globals['_POLL']._serialized_start=1412
+  _globals['_POLL']._serialized_end=1434
+  _globals['_ACK']._serialized_start=1436
+  _globals['_ACK']._serialized_end=1476
+  _globals['_JOBREQUEST']._serialized_start=1478
+  _globals['_JOBREQUEST']._serialized_end=1530
+  _globals['_JOBQUERY']._serialized_start=1532
+  _globals['_JOBQUERY']._serialized_end=1558
+  _globals['_JOBVIEW']._serialized_start=1560
+  _globals['_JOBVIEW']._serialized_end=1599
+  _globals['_FEDERATION']._serialized_start=1602
+  _globals['_FEDERATION']._serialized_end=2084
 # @@protoc_insertion_point(module_scope)

@@ -49,7 +49,7 @@ class PrivacyHeader(_message.Message):
     def __init__(self, noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("task_id", "job_id", "round", "kind", "task", "dataset", "seed", "config", "layout", "job_rounds", "privacy")
+    __slots__ = ("task_id", "job_id", "round", "kind", "task", "dataset", "seed", "config", "layout", "job_rounds", "privacy", "payload")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class TaskHeader(_message.Message):
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     JOB_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     job_id: str
     round: int
@@ -79,10 +80,11 @@ class TaskHeader(_message.Message):
     layout: TensorLayout
     job_rounds: int
     privacy: PrivacyHeader
-    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[str] = ..., dataset: _Optional[str] = ..., seed: _Optional[int] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., layout: _Optional[_Union[TensorLayout, _Mapping]] = ..., job_rounds: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyHeader, _Mapping]] = ...) -> None: ...
+    payload: bytes
+    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[str] = ..., dataset: _Optional[str] = ..., seed: _Optional[int] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., layout: _Optional[_Union[TensorLayout, _Mapping]] = ..., job_rounds: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyHeader, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("task_id", "job_id", "round", "status", "num_examples", "metrics", "has_parameters", "layout", "error_kind", "error_message")
+    __slots__ = ("task_id", "job_id", "round", "status", "num_examples", "metrics", "has_parameters", "layout", "error_kind", "error_message", "payload")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +102,7 @@ class ResultHeader(_message.Message):
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     job_id: str
     round: int
@@ -110,7 +113,8 @@ class ResultHeader(_message.Message):
     layout: TensorLayout
     error_kind: str
     error_message: str
-    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., status: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., has_parameters: _Optional[bool] = ..., layout: _Optional[_Union[TensorLayout, _Mapping]] = ..., error_kind: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+    payload: bytes
+    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., status: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., has_parameters: _Optional[bool] = ..., layout: _Optional[_Union[TensorLayout, _Mapping]] = ..., error_kind: _Optional[str] = ..., error_message: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class NoTask(_message.Message):
     __slots__ = ("retry_after_s",)
