@@ -124,3 +124,24 @@ def test_reencrypt_stops_at_a_tampered_file_and_names_it(tmp_path: Path) -> None
     with pytest.raises(StoreError, match=r"m\.npz"):
         reencrypt_tree(bad.parent, rotate_keyring_file(path, "k2"))
     assert bad.read_bytes() == bytes(blob)  # left as it was
+
+
+def test_sealed_files_bind_role_and_relative_path(tmp_path: Path) -> None:
+    from medfed.security.keys import FileRole, read_sealed, sealed_context, write_sealed
+
+    ring = generate_keyring_file(tmp_path / "data.keys", "k1")
+    root = tmp_path / "state"
+    a, b = root / "checkpoints" / "j1" / "round-00001.npz", root / "checkpoints" / "j1" / "round-00002.npz"
+    write_sealed(a, b"round one", ring, context=sealed_context(FileRole.CHECKPOINT, root, a))
+    write_sealed(b, b"round two", ring, context=sealed_context(FileRole.CHECKPOINT, root, b))
+
+    assert sealed_context(FileRole.CHECKPOINT, root, a) == "checkpoint:checkpoints/j1/round-00001.npz"
+    assert oct(a.stat().st_mode & 0o777) == oct(0o600)
+    assert read_sealed(a, ring, context=sealed_context(FileRole.CHECKPOINT, root, a)) == b"round one"
+    b.write_bytes(a.read_bytes())  # an old round copied over a newer one
+    with pytest.raises(StoreError, match=r"round-00002\.npz: envelope is bound to"):
+        read_sealed(b, ring, context=sealed_context(FileRole.CHECKPOINT, root, b))
+    moved = tmp_path / "elsewhere"
+    root.rename(moved)  # a restored copy in another place still opens: the context is relative
+    a2 = moved / "checkpoints" / "j1" / "round-00001.npz"
+    assert read_sealed(a2, ring, context=sealed_context(FileRole.CHECKPOINT, moved, a2)) == b"round one"

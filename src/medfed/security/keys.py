@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 import os
 import stat
@@ -27,19 +28,23 @@ from pathlib import Path
 from typing import Any
 
 from medfed.core.errors import ConfigError, StoreError, ValidationError
-from medfed.crypto.aead import DataKey, Keyring, envelope_info, generate_key, is_envelope, rotate
+from medfed.crypto.aead import DataKey, Keyring, decrypt, encrypt, envelope_info, generate_key, is_envelope, rotate
 from medfed.security.fsio import PRIVATE, atomic_write, exclusive_lock
 
 __all__ = [
     "KEY_ENV",
+    "FileRole",
     "generate_keyring_file",
     "keyring_from_env",
     "load_keyring",
     "read_keyring_file",
+    "read_sealed",
     "reencrypt_tree",
     "retire_key",
     "rotate_keyring_file",
+    "sealed_context",
     "write_keyring_file",
+    "write_sealed",
 ]
 
 #: Environment variable holding ``id:base64[,id:base64...]`` (first = primary).
@@ -195,3 +200,49 @@ def reencrypt_tree(root: Path, keyring: Keyring) -> list[Path]:
         atomic_write(path, new, mode=stat.S_IMODE(path.stat().st_mode))
         changed.append(path)
     return changed
+
+
+# --- sealed files --------------------------------------------------------------------------
+
+
+class FileRole(enum.StrEnum):
+    """What a sealed file is; part of the context its envelope is bound to."""
+
+    CHECKPOINT = "checkpoint"
+    MODEL = "model"
+    NODE_STATE = "node-state"
+    REPORT = "report"
+
+
+def sealed_context(role: FileRole, root: Path, path: Path) -> str:
+    """The context for ``path`` under ``root``: ``<role>:<path relative to root>`` (POSIX).
+
+    Relative, so a state directory restored elsewhere still opens; bound, so a file moved or
+    copied over another inside the directory does not.
+    """
+    try:
+        rel = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise ValidationError(f"{path} is not under {root}", where="sealed file") from None
+    return f"{role.value}:{rel}"
+
+
+def write_sealed(path: Path, data: bytes, keyring: Keyring, *, context: str) -> None:
+    """Encrypt ``data`` under the primary key and write it atomically, owner-only."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, encrypt(keyring, data, context=context), mode=PRIVATE)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def read_sealed(path: Path, keyring: Keyring, *, context: str) -> bytes:
+    """Read and open a sealed file; :class:`StoreError` naming the file if it fails."""
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"{path} is unreadable: {exc.strerror or exc}") from None
+    try:
+        return decrypt(keyring, blob, context=context)
+    except StoreError as exc:
+        raise StoreError(f"{path}: {exc}") from None
