@@ -233,13 +233,13 @@ def fhir_features(path: Path, features: tuple[FeatureSpec, ...], *, as_of: pd.Ti
     """
     views = builtin_views("patient", "observation", "observation_component", "condition", "medication_request")
     tables = flatten(path, views)
-    events = pd.concat(
-        [
-            tables[name].assign(where=tables[name]["id"].map(lambda i, n=name: f"{path}: {n} {i}"))
-            for name in ("observation", "observation_component", "condition", "medication_request")
-        ],
-        ignore_index=True,
-    )
+    parts = [
+        tables[name].assign(where=tables[name]["id"].map(lambda i, n=name: f"{path}: {n} {i}"))
+        for name in ("observation", "observation_component", "condition", "medication_request")
+        if len(tables[name])
+    ]
+    empty = pd.DataFrame({c: pd.Series(dtype="object") for c in EVENT_COLUMNS})
+    events = pd.concat(parts, ignore_index=True) if parts else empty
     for column in ("value", "unit"):
         if column not in events:
             events[column] = None

@@ -3,6 +3,7 @@
 A view names a resource type, optional ``where`` filters and a ``select`` of columns, each column a
 path in a FHIRPath subset::
 
+    expr   := path | path = literal
     path   := step ("." step)*
     step   := name | name.ofType(Type) | where(path = 'literal') | where(path) | first() | exists()
             | getResourceKey() | getReferenceKey()
@@ -128,6 +129,10 @@ _FUNCTIONS: Mapping[str, Step] = {
 
 def compile_path(path: str) -> Path:
     """A FHIRPath-subset expression as a function from a collection to a collection."""
+    sides = _split(path, "=")
+    if len(sides) == 2:  # path = literal: a one-element boolean collection
+        lhs, value = compile_path(sides[0]), _literal(sides[1])
+        return lambda items: [value in lhs(items)]
     steps: list[Step] = []
     parts = _split(path)
     i = 0

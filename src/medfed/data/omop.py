@@ -139,7 +139,8 @@ def omop_features(
         }
     )
     parts = [_events(conn, kind, [s for s in features if s.kind is kind], where) for kind in FeatureKind]
-    events = pd.concat(parts, ignore_index=True)
+    filled = [p for p in parts if len(p)]
+    events = pd.concat(filled, ignore_index=True) if filled else parts[0]
     events["time"] = pd.to_datetime(events["time"], utc=True)
     try:
         return pivot_events(patients, events[list(EVENT_COLUMNS)], features, as_of=as_of)
