@@ -127,3 +127,12 @@ def test_cohorts_that_differ_only_in_a_decimal_have_different_keys() -> None:
     a, b = QuerySpec.count(("age>60.0000001",)), QuerySpec.count(("age>60.0000002",))
     assert a.cohort_key() != b.cohort_key()
     assert QuerySpec.count(("sex==1", "age>60")).cohort_key() == QuerySpec.count(("age>60", "sex==1")).cohort_key()
+
+
+def test_answer_arrays_are_read_only_and_digest_tracks_values() -> None:
+    a = SiteAnswer(arrays={"counts": np.array([3.0, np.nan])}, meta={"min_cell": 5.0})
+    with pytest.raises(ValueError, match="read-only"):
+        a["counts"][0] = 4.0
+    same = SiteAnswer(arrays={"counts": np.array([3.0, np.nan])}, meta={"min_cell": 5.0})
+    other = SiteAnswer(arrays={"counts": np.array([4.0, np.nan])}, meta={"min_cell": 5.0})
+    assert a.digest() == same.digest() != other.digest()

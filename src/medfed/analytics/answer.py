@@ -9,6 +9,8 @@ A refusal changes nothing. For a DP query the node charges
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -47,6 +49,19 @@ class SiteAnswer:
         problems += [f"metadata {k!r} is not a number" for k, v in self.meta.items() if not _number(v)]
         if problems:
             raise ValidationError(problems, where="site answer")
+        for arr in self.arrays.values():
+            arr.flags.writeable = False
+
+    def digest(self) -> str:
+        """SHA-256 over names, shapes and bytes of the arrays and the metadata: what the node's
+        audit log records about a release without recording the values."""
+        h = hashlib.sha256()
+        for name in sorted(self.arrays):
+            arr = np.ascontiguousarray(self.arrays[name], dtype="<f8")
+            h.update(f"{name}:{arr.shape};".encode())
+            h.update(arr.tobytes())
+        h.update(json.dumps(dict(self.meta), sort_keys=True).encode())
+        return h.hexdigest()
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.arrays[name]
@@ -66,9 +81,6 @@ def _f64(value: object) -> bool:
 
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-_TABLES = (QueryKind.COUNT, QueryKind.HISTOGRAM, QueryKind.CROSSTAB)
 
 
 def answer(
@@ -94,13 +106,13 @@ def answer(
     size = int(np.count_nonzero(mask))
     if spec.dp is None:
         check_differencing(mask, spec, table, policy, history)
-    if spec.kind not in _TABLES and size < policy.min_cohort:
+    if not spec.kind.is_table and size < policy.min_cohort:
         raise PermissionDenied(f"refused: the cohort has fewer than the site's minimum of {policy.min_cohort} patients")
     cohort = table.loc[mask]
     if spec.kind is QueryKind.KAPLAN_MEIER and policy.km_time_grain > 0:
         grain = policy.km_time_grain
         cohort = cohort.assign(**{spec.time: np.ceil(local.numeric(cohort, spec.time) / grain) * grain})
-    if spec.kind in _TABLES:
+    if spec.kind.is_table:
         result = _table_answer(spec, cohort, policy, rng)
     else:
         arrays = _STATS[spec.kind](cohort, spec)

@@ -137,7 +137,7 @@ def combine(spec: QuerySpec, answers: Mapping[str, SiteAnswer]) -> QueryResult:
     ValidationError
         The answers do not fit the query, or the query is one step of an iterative fit.
     """
-    if spec.kind in (QueryKind.COUNT, QueryKind.HISTOGRAM, QueryKind.CROSSTAB):
+    if spec.kind.is_table:
         return combine_table(spec, answers)
     if spec.kind is QueryKind.DESCRIBE:
         return combine_describe(spec, answers)

@@ -212,9 +212,8 @@ def epsilon_cost(spec: QuerySpec) -> tuple[float, float]:
 
 def check_dp(spec: QuerySpec, policy: DisclosurePolicy) -> None:
     """Refuse DP the site does not offer, an ε over the site's cap, or no DP where it is required."""
-    noisable = spec.dp is not None or spec.kind.value in ("count", "histogram", "crosstab")
     if spec.dp is None:
-        if policy.require_dp and noisable:
+        if policy.require_dp and spec.kind.is_table:
             raise PermissionDenied(f"refused: this site answers {spec.kind.value} queries only with DP noise")
         return
     if not policy.allow_dp:

@@ -28,6 +28,11 @@ Level = float | str
 class QueryKind(enum.StrEnum):
     """The kinds of question a site answers."""
 
+    @property
+    def is_table(self) -> bool:
+        """Counts in cells: the kinds that small-cell suppression and DP noise apply to."""
+        return self in (QueryKind.COUNT, QueryKind.HISTOGRAM, QueryKind.CROSSTAB)
+
     COUNT = "count"
     DESCRIBE = "describe"
     HISTOGRAM = "histogram"
@@ -97,9 +102,8 @@ class Criterion:
         return out
 
     def __str__(self) -> str:
-        return f"{self.column}{self.op.value}{self.value!r}" if isinstance(self.value, str) else (
-            f"{self.column}{self.op.value}{self.value:g}"
-        )  # fmt: skip
+        shown = repr(self.value) if isinstance(self.value, str) else f"{self.value:g}"
+        return f"{self.column}{self.op.value}{shown}"
 
 
 _COMPARE: dict[Op, Callable[[pd.Series, Any], pd.Series]] = {
@@ -260,7 +264,7 @@ def _problems(spec: QuerySpec) -> list[str]:
 
 def _dp_problems(kind: QueryKind, dp: DPRequest) -> list[str]:
     problems = []
-    if kind not in (QueryKind.COUNT, QueryKind.HISTOGRAM, QueryKind.CROSSTAB):
+    if not kind.is_table:
         problems.append(f"differential privacy is offered for count, histogram and crosstab, not {kind.value}")
     if not (np.isfinite(dp.epsilon) and dp.epsilon > 0):
         problems.append(f"dp epsilon must be a finite number > 0, got {dp.epsilon!r}")
