@@ -64,3 +64,20 @@ def test_suppressed_cells_are_flagged_not_guessed() -> None:
     html = render_analytics_section({"old": combine(spec, answers)})
     assert "&lt;5" in html and "≥" in html and "small-cell suppression" in html
     assert pd.Series([a["counts"][0] for a in answers.values()]).isna().any()
+
+
+def test_describe_and_crosstab_sections() -> None:
+    lung = load_lung().dropna(subset=["inst"])
+    sites = {"a": lung.iloc[:120], "b": lung.iloc[120:]}
+    rng = np.random.default_rng(0)
+    desc = QuerySpec(kind=QueryKind.DESCRIBE, columns=("age",))
+    tab = QuerySpec(kind=QueryKind.CROSSTAB, columns=("sex", "ph.ecog"), levels=((1.0, 2.0), (0.0, 1.0, 2.0)))
+    results: dict[str, QueryResult] = {
+        name: combine(
+            spec, {s: answer(spec, t, DisclosurePolicy(), AnswerHistory(), rng=rng)[0] for s, t in sites.items()}
+        )
+        for name, spec in (("Age", desc), ("Sex by ECOG", tab))
+    }
+    html = render_analytics_section(results)
+    assert html.count("<table>") == 4  # describe: all sites + 2 sites; crosstab: combined
+    assert f"{lung['age'].mean():.4g}" in html and "<th>0.0</th>" in html and "<svg" not in html
