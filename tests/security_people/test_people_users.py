@@ -73,7 +73,7 @@ def secret_of(uri: str) -> bytes:
 
 
 def enrol(store: UserStore, clock: Clock, user: str) -> bytes:
-    secret = secret_of(store.begin_totp(user))
+    secret = secret_of(store.begin_totp(Credentials(user_id=user, password=PW)))
     store.confirm_totp(user, totp_code(secret, at=clock()))
     clock.t += 30  # the enrolment code's step is used up
     return secret
@@ -123,7 +123,9 @@ def test_admin_must_enrol_totp_then_needs_the_code(env: tuple[UserStore, Clock, 
     store.add_user("root", UserRole.FEDERATION_ADMIN, PW)
     with pytest.raises(PermissionDenied, match="enrol TOTP"):
         store.login(Credentials(user_id="root", password=PW))
-    uri = store.begin_totp("root")
+    with pytest.raises(AuthenticationFailed):
+        store.begin_totp(Credentials(user_id="root", password="not the password"))
+    uri = store.begin_totp(Credentials(user_id="root", password=PW))
     assert uri.startswith("otpauth://totp/medfed%3Aroot?secret=") and "period=30" in uri
     secret = secret_of(uri)
     with pytest.raises(ValidationError):

@@ -244,8 +244,7 @@ class UserStore:
             memory_cost=self.policy.argon2_memory_kib,
             parallelism=self.policy.argon2_parallelism,
         )
-        # Verified against when the user does not exist, so that timing does not reveal user ids.
-        self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
+        self._dummy_hash = ""  # made on first need (see _authenticate)
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -328,14 +327,17 @@ class UserStore:
 
     # --- TOTP enrolment -------------------------------------------------------------------
 
-    def begin_totp(self, user_id: str, *, issuer: str = "medfed") -> str:
-        """Start TOTP enrolment: a fresh 160-bit secret, returned as an ``otpauth://`` URI."""
+    def begin_totp(self, creds: Credentials, *, issuer: str = "medfed") -> str:
+        """Start TOTP enrolment after checking the password (and the current code, when re-enrolling).
+
+        Returns a fresh 160-bit secret as an ``otpauth://`` URI; :meth:`confirm_totp` activates it.
+        """
+        principal = self._authenticate(creds, enrolling=True)
         secret = secrets.token_bytes(20)  # RFC 4226 §4 R6: at least 128 bits, 160 recommended
         with self._tx() as db:
-            if db.execute("UPDATE users SET totp_pending=? WHERE user_id=?", (secret.hex(), user_id)).rowcount == 0:
-                raise ValidationError(f"no user {user_id!r}")
-        self._audit("user.totp_enrolment_started", {"user": user_id})
-        return otpauth_uri(secret, account=user_id, issuer=issuer)
+            db.execute("UPDATE users SET totp_pending=? WHERE user_id=?", (secret.hex(), principal.user_id))
+        self._audit("user.totp_enrolment_started", {"user": principal.user_id})
+        return otpauth_uri(secret, account=principal.user_id, issuer=issuer)
 
     def confirm_totp(self, user_id: str, code: str) -> None:
         """Finish enrolment with a code from the authenticator app; replaces any earlier secret."""
@@ -430,7 +432,7 @@ class UserStore:
         self._audit("auth.failed", {"user": creds.user_id, "source": creds.source, "why": why})
         return AuthenticationFailed()
 
-    def _authenticate(self, creds: Credentials) -> Principal:
+    def _authenticate(self, creds: Credentials, *, enrolling: bool = False) -> Principal:
         now = self._clock()
         since = now - self.policy.rate_window_s
         with self._tx() as db:
@@ -451,6 +453,8 @@ class UserStore:
         if by_user >= self.policy.max_attempts_per_user or from_source:
             raise self._refuse(creds, "rate limited")
         if row is None:
+            # Verify against a throwaway hash so that timing does not reveal which user ids exist.
+            self._dummy_hash = self._dummy_hash or self._hasher.hash(secrets.token_hex(16))
             self._verify(self._dummy_hash, creds.password)
             raise self._refuse(creds, "unknown user")
         role, site, pw_hash, totp_secret, last_step, locked_until, disabled = row
@@ -465,7 +469,7 @@ class UserStore:
             step = totp_matches(bytes.fromhex(totp_secret), creds.code, at=now, last_step=last_step)
             if step is None:
                 raise self._failed(creds, now, "wrong or reused code")
-        if totp_secret is None and UserRole(role) in ADMIN_ROLES:
+        if totp_secret is None and UserRole(role) in ADMIN_ROLES and not enrolling:
             self._audit("auth.failed", {"user": creds.user_id, "source": creds.source, "why": "totp not enrolled"})
             raise PermissionDenied(
                 f"{role} {creds.user_id!r} must enrol TOTP before logging in (medfed users enrol-totp)"
@@ -517,6 +521,8 @@ class UserStore:
             problems.append(f"a {principal.role.value} cannot hold the scopes {beyond}")
         if not 0 < ttl_s <= self.policy.token_max_ttl_s:
             problems.append(f"ttl must be in (0, {self.policy.token_max_ttl_s:g}] seconds, got {ttl_s!r}")
+        if principal.scopes is not None and not scopes <= principal.scopes:
+            problems.append(f"a token cannot grant more than its issuer's scopes {sorted(principal.scopes)}")
         if principal.emergency:
             problems.append("a break-glass session cannot issue tokens")
         if problems:

@@ -1,0 +1,289 @@
+"""``medfed users|login|approvals|alerts``: people, their tokens, site approvals and access alerts.
+
+Wiring (in :mod:`medfed.cli.main`): ``register(sub)`` after the other sub-parsers, and in
+``commands.dispatch``: ``if getattr(args, "people", None): return people_cmds.dispatch(args)``.
+
+These commands work on the SQLite files directly, on the machine that holds them (the
+coordinator's ``users.db``, a node's ``approvals.db``). The acting person is identified by an API
+token (``$MEDFED_TOKEN``, or the file ``$MEDFED_TOKEN_FILE``, default ``~/.medfed/token``), which
+``medfed login`` writes after a password + TOTP login; each command is checked with
+:func:`medfed.security.authz.authorize`. The one exception is the bootstrap: the first user of an
+empty store may be added without a token, and only as a federation admin.
+
+Secrets never travel on the command line (``ps`` shows it): passwords are prompted for, or read
+from standard input with ``--password-stdin`` (line 1 the password, line 2 the TOTP code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from medfed.core.errors import ConfigError, PermissionDenied
+from medfed.security.authz import Action, Principal, Resource, UserRole, authorize, role_actions
+
+__all__ = ["dispatch", "register"]
+
+audit_log = logging.getLogger("medfed.audit")
+DEFAULT_TOKEN_FILE = Path("~/.medfed/token")
+LOGIN_TOKEN_TTL_S = 12 * 3600.0
+
+
+def _audit(event: str, fields: Mapping[str, str | int | float | bool]) -> None:
+    """Until the lead wires the hash-chained audit log here, audit events go to this logger as JSON."""
+    audit_log.info("%s %s", event, json.dumps(dict(fields), sort_keys=True))
+
+
+def register(sub: Any) -> None:  # argparse's _SubParsersAction is private; typed loosely on purpose
+    """Add ``users``, ``login``, ``approvals`` and ``alerts`` to the ``medfed`` parser."""
+    users = sub.add_parser("users", help="people: add, list, TOTP enrolment, API tokens")
+    usub = users.add_subparsers(dest="action", required=True)
+    add = usub.add_parser("add", help="add a person (the first one, a federation admin, needs no token)")
+    add.add_argument("user_id")
+    add.add_argument("--role", required=True, choices=[r.value for r in UserRole])
+    add.add_argument("--site", default="", help="the site a site admin administers")
+    usub.add_parser("list", help="every person, role, TOTP and lock state")
+    enrol = usub.add_parser("enrol-totp", help="print an otpauth:// URI; then --confirm CODE activates it")
+    enrol.add_argument("user_id")
+    enrol.add_argument("--confirm", metavar="CODE", help="a code from the app, to finish enrolment")
+    token = usub.add_parser("token", help="API tokens").add_subparsers(dest="token_action", required=True)
+    issue = token.add_parser("issue", help="a scoped, expiring token for a script (needs medfed login first)")
+    issue.add_argument("--scope", action="append", required=True, choices=[a.value for a in Action])
+    issue.add_argument("--ttl-days", type=float, default=30.0)
+    issue.add_argument("--label", default="")
+    revoke = token.add_parser("revoke", help="revoke a token by id (yours, or anyone's as federation admin)")
+    revoke.add_argument("token_id")
+    login = sub.add_parser("login", help="password + TOTP login; writes a 12-hour token for the CLI")
+    login.add_argument("--user", required=True)
+    for p in (add, enrol, login):
+        p.add_argument("--password-stdin", action="store_true", help="line 1: password; line 2: TOTP code")
+    for p in (add, usub.choices["list"], enrol, issue, revoke, login):
+        p.add_argument("--users-db", type=Path, required=True, help="the user store (SQLite)")
+        p.set_defaults(people=_users)
+    login.set_defaults(people=_login)
+    _register_approvals(sub)
+    _register_alerts(sub)
+
+
+def _register_approvals(sub: Any) -> None:
+    approvals = sub.add_parser("approvals", help="a site's approval of job specs")
+    asub = approvals.add_subparsers(dest="action", required=True)
+    lst = asub.add_parser("list", help="specs seen at this site (default: pending)")
+    lst.add_argument("--state", choices=["pending", "approved", "rejected", "all"], default="pending")
+    show = asub.add_parser("show", help="a spec's text, decision and diff from the last approved one")
+    approve = asub.add_parser("approve", help="approve a spec by hash (a prefix of 8+ hex digits)")
+    approve.add_argument("--expires-days", type=float, help="the approval lapses after this many days")
+    reject = asub.add_parser("reject", help="reject a spec, or withdraw its approval")
+    for p in (show, approve, reject):
+        p.add_argument("spec_hash")
+    for p in (approve, reject):
+        p.add_argument("--reason", required=p is reject, default="")
+    for p in (lst, show, approve, reject):
+        p.add_argument("--approvals-db", type=Path, required=True, help="the node's approvals store (SQLite)")
+        p.add_argument("--site", required=True)
+        p.add_argument("--users-db", type=Path, required=True)
+        p.set_defaults(people=_approvals)
+
+
+def _register_alerts(sub: Any) -> None:
+    alerts = sub.add_parser("alerts", help="access-anomaly alerts")
+    lst = alerts.add_subparsers(dest="action", required=True).add_parser("list", help="detect over an access log")
+    lst.add_argument("--events", type=Path, required=True, help="access events as JSON lines")
+    lst.add_argument("--baseline-days", type=float, required=True, help="the first N days are the normal baseline")
+    lst.add_argument("--site", required=True, help="the site whose log this is (for authorisation)")
+    lst.add_argument("--seed", type=int, default=0)
+    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--users-db", type=Path, required=True)
+    lst.set_defaults(people=_alerts)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    handler = args.people
+    return int(handler(args))
+
+
+# --- shared --------------------------------------------------------------------------------
+
+
+def _store(path: Path) -> Any:
+    from medfed.security.users import UserStore
+
+    return UserStore(path, audit=_audit)
+
+
+def _secrets(args: argparse.Namespace, *, code: bool) -> tuple[str, str]:
+    if args.password_stdin:
+        lines = sys.stdin.read().splitlines()
+        if not lines:
+            raise ConfigError("--password-stdin: standard input is empty")
+        return lines[0], (lines[1].strip() if code and len(lines) > 1 else "")
+    password = getpass.getpass("password: ")
+    return password, (input("TOTP code (blank if none): ").strip() if code else "")
+
+
+def _token_file() -> Path:
+    return Path(os.environ.get("MEDFED_TOKEN_FILE", str(DEFAULT_TOKEN_FILE))).expanduser()
+
+
+def _principal(store: Any) -> Principal:
+    secret = os.environ.get("MEDFED_TOKEN", "")
+    if not secret:
+        path = _token_file()
+        if not path.is_file():
+            raise PermissionDenied(f"not logged in: no token in $MEDFED_TOKEN or {path} (run medfed login)")
+        secret = path.read_text().strip()
+    principal: Principal = store.authenticate_token(secret)
+    return principal
+
+
+def _write_token(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# --- users, login --------------------------------------------------------------------------
+
+
+def _users(args: argparse.Namespace) -> int:
+    store = _store(args.users_db)
+    if args.action == "add":
+        if store.users():
+            authorize(_principal(store), Action.USER_MANAGE, Resource.federation())
+        elif args.role != UserRole.FEDERATION_ADMIN:
+            raise PermissionDenied("the first user of a store must be a federation_admin")
+        password, _ = _secrets(args, code=False)
+        user = store.add_user(args.user_id, UserRole(args.role), password, site=args.site)
+        print(f"added {user.role.value} {user.user_id!r}" + (f" for site {user.site!r}" if user.site else ""))
+    elif args.action == "list":
+        authorize(_principal(store), Action.USER_MANAGE, Resource.federation())
+        for u in store.users():
+            state = "disabled" if u.disabled else "locked" if u.locked_until > time.time() else "active"
+            print(f"{u.user_id:<20} {u.role.value:<17} {u.site or '-':<12} totp={'yes' if u.totp_enabled else 'no':<4}"
+                  f" {state}")  # fmt: skip
+    elif args.action == "enrol-totp":
+        return _enrol(args, store)
+    elif args.token_action == "issue":  # noqa: S105 - a sub-command's name, not a secret
+        me = _principal(store)
+        scopes = frozenset(Action(s) for s in args.scope)
+        tok = store.issue_token(me, scopes=scopes, ttl_s=args.ttl_days * 86400, label=args.label)
+        print(f"token {tok.token_id} (scopes {sorted(scopes)}, expires {_when(tok.expires_at)}); shown once:")
+        print(tok.secret)
+    else:
+        store.revoke_token(args.token_id, by=_principal(store))
+        print(f"revoked token {args.token_id}")
+    return 0
+
+
+def _enrol(args: argparse.Namespace, store: Any) -> int:
+    from medfed.security.users import Credentials
+
+    if args.confirm:
+        store.confirm_totp(args.user_id, args.confirm)
+        print(f"TOTP enrolled for {args.user_id!r}")
+        return 0
+    password, code = _secrets(args, code=store.user(args.user_id).totp_enabled)
+    print(store.begin_totp(Credentials(user_id=args.user_id, password=password, code=code)))
+    print(f"add it to an authenticator app, then: medfed users enrol-totp {args.user_id} --confirm CODE")
+    return 0
+
+
+def _login(args: argparse.Namespace) -> int:
+    from medfed.security.users import Credentials
+
+    store = _store(args.users_db)
+    password, code = _secrets(args, code=True)
+    session = store.login(Credentials(user_id=args.user, password=password, code=code))
+    me = session.principal
+    store.logout(session.secret)  # the CLI keeps a token, not a session
+    tok = store.issue_token(me, scopes=role_actions(me.role), ttl_s=LOGIN_TOKEN_TTL_S, label="medfed login")
+    path = _token_file()
+    _write_token(path, tok.secret)
+    print(f"logged in as {me.role.value} {me.user_id!r}; token {tok.token_id} in {path} until {_when(tok.expires_at)}")
+    return 0
+
+
+# --- approvals -----------------------------------------------------------------------------
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    from medfed.security.approvals import ApprovalState, ApprovalStore
+
+    me = _principal(_store(args.users_db))
+    approvals = ApprovalStore(args.approvals_db, site=args.site, audit=_audit)
+    decision = authorize(me, Action.APPROVAL_READ, Resource.site(args.site))
+    if decision.emergency:
+        _audit("authz.emergency", {"user": me.user_id, "action": Action.APPROVAL_READ.value, "site": args.site})
+    if args.action == "list":
+        state = None if args.state == "all" else ApprovalState(args.state)
+        for a in approvals.approvals(state):
+            print(f"{a.spec_hash[:16]}  {a.state.value:<8} job {a.job_id} {a.name!r} by {a.researcher}, "
+                  f"task {a.task} on {a.dataset} for {a.purpose!r}, submitted {_when(a.submitted_at)}")  # fmt: skip
+        for r in approvals.rules() if args.state == "all" else []:
+            print(f"rule {r.rule_id}: {r.task} on {r.dataset} for {r.purpose!r} by {r.researcher}"
+                  f"{' (revoked)' if r.revoked else ''}, until {_when(r.expires_at)}")  # fmt: skip
+        return 0
+    a = approvals.find(args.spec_hash)
+    if args.action == "show":
+        print(
+            f"spec {a.spec_hash}\nstate {a.state.value}" + (f" by {a.decided_by}: {a.reason}" if a.decided_by else "")
+        )
+        print(f"job {a.job_id} {a.name!r} by {a.researcher}; purpose {a.purpose!r}; expires {_when(a.expires_at)}")
+        print("---\n" + approvals.spec_text(a.spec_hash).rstrip("\n") + "\n---")
+        diff = approvals.diff(a.spec_hash)
+        print(diff if diff else "(no earlier approved spec of this job to compare with)")
+    elif args.action == "approve":
+        expires = None if args.expires_days is None else time.time() + args.expires_days * 86400
+        a = approvals.approve(a.spec_hash, by=me, reason=args.reason, expires_at=expires)
+        print(f"approved {a.spec_hash[:16]} (job {a.name!r}) until {_when(a.expires_at)}")
+    else:
+        a = approvals.reject(a.spec_hash, by=me, reason=args.reason)
+        print(f"rejected {a.spec_hash[:16]} (job {a.name!r}): {a.reason}")
+    return 0
+
+
+# --- alerts --------------------------------------------------------------------------------
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    from medfed.security.access_anomaly import AccessAnomalyDetector, DetectorConfig, alert_fields, parse_access_events
+
+    me = _principal(_store(args.users_db))
+    if authorize(me, Action.ALERT_READ, Resource.site(args.site)).emergency:
+        _audit("authz.emergency", {"user": me.user_id, "action": Action.ALERT_READ.value, "site": args.site})
+    try:
+        with args.events.open(encoding="utf-8") as f:
+            events = parse_access_events(f, where=str(args.events))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.events}: {exc.strerror}") from None
+    if not events:
+        raise ConfigError(f"{args.events}: no access events")
+    cut = min(e.at for e in events) + args.baseline_days * 86400
+    baseline, recent = [e for e in events if e.at < cut], [e for e in events if e.at >= cut]
+    detector = AccessAnomalyDetector.fit(baseline, config=DetectorConfig(seed=args.seed))
+    alerts = detector.alerts(recent)
+    for alert in alerts:
+        _audit("security.access_alert", {"site": args.site, **alert_fields(alert)})
+        if args.json:
+            print(json.dumps(alert_fields(alert), sort_keys=True))
+        else:
+            print(f"{_when(alert.window_start)}  {alert.user:<16} {','.join(alert.kinds)}")
+            for reason in alert.reasons:
+                print(f"    {reason}")
+    if not args.json:
+        print(f"{len(alerts)} alerts in {len(recent)} events after a baseline of {len(baseline)}")
+    return 0
