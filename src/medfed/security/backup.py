@@ -101,24 +101,38 @@ def _sqlite_snapshot(path: Path) -> bytes:
         return copy.read_bytes()
 
 
-def _files(state_dir: Path) -> Iterator[tuple[str, bytes]]:
-    """(relative POSIX path, content) of every file to back up, in a stable order."""
+def _walk(state_dir: Path) -> list[Path]:
     everything = sorted(state_dir.rglob("*"))
     if links := [p for p in everything if p.is_symlink() or not (p.is_dir() or p.is_file())]:
         raise StoreError(f"{links[0]}: not a regular file; a state directory holds only files and directories")
-    paths = [p for p in everything if p.is_file()]
-    databases = {p for p in paths if _is_sqlite(p)}
+    return [p for p in everything if p.is_file()]
+
+
+def _read(path: Path, snapshot: Callable[[Path], bytes]) -> bytes | None:
+    try:
+        return snapshot(path)
+    except FileNotFoundError:
+        return None  # a temporary file that vanished while we walked
+    except (OSError, sqlite3.DatabaseError) as exc:
+        raise StoreError(f"{path}: cannot read for backup: {exc}") from None
+
+
+def _files(state_dir: Path) -> Iterator[tuple[str, bytes]]:
+    """(relative POSIX path, content) of every file to back up.
+
+    Databases are snapshotted first, then the directory is listed again: every file a database
+    snapshot refers to (a checkpoint is durable before its round is committed) is then on disk and
+    in the second listing. Files that appear later are extra, never missing.
+    """
+    databases = [p for p in _walk(state_dir) if _is_sqlite(p)]
+    snapshots = {p: _read(p, _sqlite_snapshot) for p in databases}
     side = {Path(str(db) + s) for db in databases for s in _SIDE_FILES}
-    for p in paths:
-        rel = p.relative_to(state_dir).as_posix()
-        if p in side:
-            continue
-        try:
-            yield rel, _sqlite_snapshot(p) if p in databases else p.read_bytes()
-        except FileNotFoundError:
-            continue  # a temporary file that vanished while we walked
-        except (OSError, sqlite3.DatabaseError) as exc:
-            raise StoreError(f"{p}: cannot read for backup: {exc}") from None
+    for p in databases:
+        if (data := snapshots[p]) is not None:
+            yield p.relative_to(state_dir).as_posix(), data
+    for p in _walk(state_dir):
+        if p not in snapshots and p not in side and (data := _read(p, Path.read_bytes)) is not None:
+            yield p.relative_to(state_dir).as_posix(), data
 
 
 class _SealedFile(io.RawIOBase):
