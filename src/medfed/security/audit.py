@@ -310,14 +310,16 @@ class AuditLog:
 
     def entries(self, *, since: int = 0) -> list[AuditEntry]:
         """Entries with ``seq > since``, in order."""
-        rows = self._db.execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq", (since,)).fetchall()
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq", (since,)).fetchall()
         return [
             AuditEntry(seq=r[0], at=r[1], action=r[2], actor=r[3], fields=json.loads(r[4]), prev=r[5], hash=r[6])
             for r in rows
         ]
 
     def checkpoints(self) -> list[Checkpoint]:
-        rows = self._db.execute("SELECT * FROM audit_checkpoints ORDER BY seq").fetchall()
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM audit_checkpoints ORDER BY seq").fetchall()
         return [Checkpoint(seq=r[0], hash=r[1], at=r[2], signer=r[3], signature=r[4]) for r in rows]
 
     def verify(self, public_pem: bytes | None) -> VerifyReport:
