@@ -7,9 +7,12 @@ browsing, 0.12 % of normal user-hour windows flagged).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from people_access_sim import DAY, KINDS, T0, Evaluation, evaluate, inject, simulate
 
 from medfed.core.errors import ConfigError, ValidationError
@@ -137,3 +140,19 @@ def test_parse_access_events_names_every_bad_line() -> None:
         parse_access_events(bad, where="events.jsonl")
     assert len(err.value.problems) == 6 and err.value.where == "events.jsonl"
     assert [p.split(":")[0] for p in err.value.problems] == [f"line {n}" for n in range(2, 8)]
+
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=40) | st.dictionaries(
+    st.sampled_from(["user", "role", "action", "resource", "at", "source", "outcome", "bytes", "department", "x"]),
+    json_scalars, max_size=9).map(json.dumps), max_size=5))  # fmt: skip
+def test_fuzzed_event_lines_parse_or_fail_clearly(lines: list[str]) -> None:
+    try:
+        events = parse_access_events(lines)
+    except ValidationError as err:
+        assert all(p.startswith("line ") for p in err.problems)
+        return
+    assert all(isinstance(e.at, float) and e.bytes >= 0 for e in events)

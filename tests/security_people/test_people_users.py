@@ -148,6 +148,32 @@ def test_totp_is_optional_for_researchers_but_enforced_once_enrolled(env: tuple[
     with pytest.raises(AuthenticationFailed):
         store.login(Credentials(user_id="rita", password=PW))
     store.login(Credentials(user_id="rita", password=PW, code=totp_code(secret, at=clock())))
+    with pytest.raises(AuthenticationFailed):  # re-enrolment needs the current code too
+        store.begin_totp(Credentials(user_id="rita", password=PW))
+
+
+def test_one_code_wins_a_race_of_concurrent_logins(env: tuple[UserStore, Clock, Audit]) -> None:
+    import threading
+
+    store, clock, _ = env
+    store.add_user("rita", UserRole.RESEARCHER, PW)
+    secret = enrol(store, clock, "rita")
+    creds = Credentials(user_id="rita", password=PW, code=totp_code(secret, at=clock()))
+    results: list[str] = []
+
+    def attempt() -> None:
+        try:
+            store.login(creds)
+            results.append("ok")
+        except AuthenticationFailed:
+            results.append("refused")
+
+    threads = [threading.Thread(target=attempt) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(results) == ["ok", "refused", "refused", "refused"]
 
 
 def test_lockout_after_failures_is_opaque_and_audited(env: tuple[UserStore, Clock, Audit]) -> None:

@@ -475,14 +475,23 @@ class UserStore:
                 f"{role} {creds.user_id!r} must enrol TOTP before logging in (medfed users enrol-totp)"
             )
         with self._tx() as db:
-            db.execute(
-                "UPDATE users SET failures=0, totp_last_step=MAX(totp_last_step, ?) WHERE user_id=?",
-                (step or -1, creds.user_id),
-            )
-            if self._hasher.check_needs_rehash(pw_hash):
+            if (
+                step is not None
+                and not db.execute(  # atomic: two logins racing with one code, one wins
+                    "UPDATE users SET totp_last_step=? WHERE user_id=? AND totp_last_step<?",
+                    (step, creds.user_id, step),
+                ).rowcount
+            ):
+                reused = True
+            else:
+                reused = False
+                db.execute("UPDATE users SET failures=0 WHERE user_id=?", (creds.user_id,))
+            if not reused and self._hasher.check_needs_rehash(pw_hash):
                 db.execute(
                     "UPDATE users SET pw_hash=? WHERE user_id=?", (self._hasher.hash(creds.password), creds.user_id)
                 )
+        if reused:
+            raise self._failed(creds, now, "reused code")
         return Principal(user_id=creds.user_id, role=UserRole(role), site=site)
 
     def _failed(self, creds: Credentials, now: float, why: str) -> AuthenticationFailed:
