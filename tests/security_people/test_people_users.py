@@ -311,3 +311,14 @@ def test_researcher_cannot_break_glass(env: tuple[UserStore, Clock, Audit]) -> N
     with pytest.raises(PermissionDenied, match="may not break glass"):
         store.break_glass(Credentials(user_id="rita", password=PW), reason="I want to see everything now")
     assert audit.names()[-1] == "auth.break_glass_refused"
+
+
+def test_bad_policy_and_unreadable_store_are_clear_errors(tmp_path: Path) -> None:
+    from medfed.core.errors import ConfigError, StoreError
+
+    with pytest.raises(ConfigError, match="lockout_s must be > 0"):
+        AuthPolicy(lockout_s=0)
+    junk = tmp_path / "users.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open the user store"):
+        UserStore(junk, audit=Audit(), policy=FAST)

@@ -433,20 +433,40 @@ class UserStore:
         return AuthenticationFailed()
 
     def _authenticate(self, creds: Credentials, *, enrolling: bool = False) -> Principal:
+        """Password, then TOTP when the user has it; admins without TOTP may only enrol."""
         now = self._clock()
+        role, site, pw_hash, totp_secret, last_step = self._admit(creds, now)
+        if not self._verify(pw_hash, creds.password):
+            raise self._failed(creds, now, "wrong password")
+        if totp_secret is not None:
+            step = totp_matches(bytes.fromhex(totp_secret), creds.code, at=now, last_step=last_step)
+            if step is None or not self._spend_step(creds.user_id, step):
+                raise self._failed(creds, now, "wrong or reused code")
+        elif UserRole(role) in ADMIN_ROLES and not enrolling:
+            self._audit("auth.failed", {"user": creds.user_id, "source": creds.source, "why": "totp not enrolled"})
+            raise PermissionDenied(
+                f"{role} {creds.user_id!r} must enrol TOTP before logging in (medfed users enrol-totp)"
+            )
+        with self._tx() as db:
+            db.execute("UPDATE users SET failures=0 WHERE user_id=?", (creds.user_id,))
+            if self._hasher.check_needs_rehash(pw_hash):  # the policy's Argon2 parameters went up
+                db.execute(
+                    "UPDATE users SET pw_hash=? WHERE user_id=?", (self._hasher.hash(creds.password), creds.user_id)
+                )
+        return Principal(user_id=creds.user_id, role=UserRole(role), site=site)
+
+    def _admit(self, creds: Credentials, now: float) -> tuple[str, str, str, str | None, int]:
+        """Count the attempt against the rate limits and load the user; refuse before any hashing."""
         since = now - self.policy.rate_window_s
         with self._tx() as db:
             db.execute("DELETE FROM attempts WHERE at < ?", (now - 2 * self.policy.rate_window_s,))
-            by_user = db.execute(
-                "SELECT COUNT(*) FROM attempts WHERE user_id=? AND at>=?", (creds.user_id, since)
-            ).fetchone()[0]
-            by_source = db.execute(
-                "SELECT COUNT(*) FROM attempts WHERE source=? AND at>=?", (creds.source, since)
-            ).fetchone()[0]
+            count = "SELECT COUNT(*) FROM attempts WHERE {}=? AND at>=?"
+            by_user = db.execute(count.format("user_id"), (creds.user_id, since)).fetchone()[0]
+            by_source = db.execute(count.format("source"), (creds.source, since)).fetchone()[0]
             db.execute("INSERT INTO attempts VALUES (?,?,?,0)", (now, creds.user_id, creds.source))
             row = db.execute(
-                "SELECT role, site, pw_hash, totp_secret, totp_last_step, locked_until, disabled"
-                " FROM users WHERE user_id=?",
+                "SELECT role, site, pw_hash, totp_secret, totp_last_step, locked_until, disabled FROM users"
+                " WHERE user_id=?",
                 (creds.user_id,),
             ).fetchone()
         from_source = bool(creds.source) and by_source >= self.policy.max_attempts_per_source
@@ -457,42 +477,19 @@ class UserStore:
             self._dummy_hash = self._dummy_hash or self._hasher.hash(secrets.token_hex(16))
             self._verify(self._dummy_hash, creds.password)
             raise self._refuse(creds, "unknown user")
-        role, site, pw_hash, totp_secret, last_step, locked_until, disabled = row
-        if disabled:
+        if row[6]:
             raise self._refuse(creds, "disabled")
-        if locked_until > now:
+        if row[5] > now:
             raise self._refuse(creds, "locked")
-        step = None
-        if not self._verify(pw_hash, creds.password):
-            raise self._failed(creds, now, "wrong password")
-        if totp_secret is not None:
-            step = totp_matches(bytes.fromhex(totp_secret), creds.code, at=now, last_step=last_step)
-            if step is None:
-                raise self._failed(creds, now, "wrong or reused code")
-        if totp_secret is None and UserRole(role) in ADMIN_ROLES and not enrolling:
-            self._audit("auth.failed", {"user": creds.user_id, "source": creds.source, "why": "totp not enrolled"})
-            raise PermissionDenied(
-                f"{role} {creds.user_id!r} must enrol TOTP before logging in (medfed users enrol-totp)"
-            )
+        return row[0], row[1], row[2], row[3], row[4]
+
+    def _spend_step(self, user_id: str, step: int) -> bool:
+        """Record ``step`` as used; false when another login already used it (one code, one login)."""
         with self._tx() as db:
-            if (
-                step is not None
-                and not db.execute(  # atomic: two logins racing with one code, one wins
-                    "UPDATE users SET totp_last_step=? WHERE user_id=? AND totp_last_step<?",
-                    (step, creds.user_id, step),
-                ).rowcount
-            ):
-                reused = True
-            else:
-                reused = False
-                db.execute("UPDATE users SET failures=0 WHERE user_id=?", (creds.user_id,))
-            if not reused and self._hasher.check_needs_rehash(pw_hash):
-                db.execute(
-                    "UPDATE users SET pw_hash=? WHERE user_id=?", (self._hasher.hash(creds.password), creds.user_id)
-                )
-        if reused:
-            raise self._failed(creds, now, "reused code")
-        return Principal(user_id=creds.user_id, role=UserRole(role), site=site)
+            spent = db.execute(
+                "UPDATE users SET totp_last_step=? WHERE user_id=? AND totp_last_step<?", (step, user_id, step)
+            ).rowcount
+        return bool(spent)
 
     def _failed(self, creds: Credentials, now: float, why: str) -> AuthenticationFailed:
         with self._tx() as db:
