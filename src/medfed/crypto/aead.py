@@ -228,7 +228,7 @@ class StreamSealer:
         self.header = _header(_STREAM_MAGIC, key.key_id, context) + self._prefix
         self._counter, self._pending, self._done = 0, bytearray(), False
 
-    def _frame(self, data: bytes, last: bool) -> bytes:
+    def _frame(self, data: bytes | memoryview, last: bool) -> bytes:
         sealed = self._aead.encrypt(_stream_nonce(self._prefix, self._counter, last), data, self.header)
         self._counter += 1
         if self._counter >= 2**32 - 1:
@@ -239,11 +239,13 @@ class StreamSealer:
         if self._done:
             raise ValidationError("stream already finished", where="encrypted stream")
         self._pending += data
-        out = bytearray()
-        while len(self._pending) > CHUNK_SIZE:  # keep at least one byte back for the final frame
-            out += self._frame(bytes(self._pending[:CHUNK_SIZE]), False)
-            del self._pending[:CHUNK_SIZE]
-        return bytes(out)
+        full = (len(self._pending) - 1) // CHUNK_SIZE  # keep at least one byte back for the final frame
+        if full == 0:
+            return b""
+        with memoryview(self._pending) as view:
+            out = [self._frame(view[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE], False) for i in range(full)]
+        del self._pending[: full * CHUNK_SIZE]
+        return b"".join(out)
 
     def finish(self) -> bytes:
         self._done = True
