@@ -43,7 +43,7 @@ def test_fhirpath_subset() -> None:
     assert compile_path("component.value.ofType(Quantity).unit.first()")([obs]) == ["mmHg"]
     assert compile_path("valueQuantity.exists()")([obs]) == [False]
     assert compile_path("subject.getReferenceKey()")([obs]) == [obs["subject"]["reference"].removeprefix("urn:uuid:")]
-    for bad in ("code..coding", "code.coding.count()", "where(a = b)", "code.where(system='x'"):
+    for bad in ("code..coding", "code.coding.count()", "where(a = b)", "code.where(system='x'", "code.first(1)"):
         with pytest.raises(ValidationError):
             compile_path(bad)
 

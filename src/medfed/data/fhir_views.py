@@ -150,7 +150,9 @@ def compile_path(path: str) -> Path:
             steps.append(_member(part))
         elif call.group(1) == "where":
             steps.append(_where(call.group(2)))
-        elif call.group(1).split("(")[0] in _FUNCTIONS:
+        elif call.group(1) in _FUNCTIONS:
+            if call.group(2).strip() and call.group(1) != "getReferenceKey":  # getReferenceKey(Patient) is allowed
+                raise ValidationError(f"{call.group(1)}() takes no argument in {path!r}")
             steps.append(_FUNCTIONS[call.group(1)])
         else:
             raise ValidationError(
