@@ -1,8 +1,9 @@
 """Access-anomaly detection on a simulated hospital, with injected incidents of six kinds.
 
-Seeds 1 and 2 were used while building the detector; seed 3 is held out and is what the
-assertions below are about (measured: precision 0.96, recall 1.0 for five kinds and 0.92 for
-browsing, 0.12 % of normal user-hour windows flagged).
+Seeds 1 and 2 were used while building the detector; seeds 3 and 4 are held out and are what the
+assertions below are about. Measured (``pytest -s -k held_out``): seed 3 precision 0.963, recall 1.0
+for five kinds and 0.917 for browsing, 0.12 % of normal user-hour windows flagged; seed 4 precision
+0.957, recall 1.0 for all six kinds, 0.16 % flagged.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from medfed.security.access_anomaly import (
     parse_access_events,
 )
 
-HELD_OUT_SEED = 3
+HELD_OUT_SEEDS = (3, 4)
 
 
 @dataclass
@@ -39,14 +40,15 @@ class Run:
     alerts: list
 
 
-@pytest.fixture(scope="module")
-def run() -> Run:
-    events = simulate(HELD_OUT_SEED, days=28)
+@pytest.fixture(scope="module", params=HELD_OUT_SEEDS, ids=lambda s: f"seed{s}")
+def run(request: pytest.FixtureRequest) -> Run:
+    seed: int = request.param
+    events = simulate(seed, days=28)
     baseline = [e for e in events if e.at < T0 + 21 * DAY]
     normal_test = [e for e in events if e.at >= T0 + 21 * DAY]
-    injected, incidents = inject(HELD_OUT_SEED, baseline, first_day=21, days=7, per_kind=12)
+    injected, incidents = inject(seed, baseline, first_day=21, days=7, per_kind=12)
     test = sorted(normal_test + injected, key=lambda e: e.at)
-    config = DetectorConfig(seed=HELD_OUT_SEED)
+    config = DetectorConfig(seed=seed)
     detector = AccessAnomalyDetector.fit(baseline, config=config)
     alerts = detector.alerts(test)
     forest = [a for a in alerts if AlertKind.ISOLATION in a.kinds]
@@ -82,7 +84,7 @@ def test_alerts_explain_themselves_without_phi(run: Run) -> None:
         assert "patient:" not in str(fields) and fields["user"] == a.user
 
 
-def test_fitting_is_deterministic_for_a_seed(run: Run) -> None:
+def test_fitting_is_deterministic_for_a_seed() -> None:
     baseline = simulate(5, days=10)
     one = AccessAnomalyDetector.fit(baseline, config=DetectorConfig(seed=7))
     two = AccessAnomalyDetector.fit(baseline, config=DetectorConfig(seed=7))
