@@ -17,6 +17,7 @@ from medfed.security.authz import (
     ResourceKind,
     UserRole,
     authorize,
+    matrix_markdown,
     role_actions,
 )
 
@@ -107,3 +108,11 @@ def test_break_glass_widens_reach_but_not_role() -> None:
     rita = principal(UserRole.RESEARCHER, emergency=True)
     with pytest.raises(PermissionDenied):  # researchers have no emergency powers even if flagged
         authorize(rita, Action.RESULT_READ, Resource.job("j2", owner="other"))
+
+
+def test_matrix_markdown_has_a_row_per_action_and_a_column_per_role() -> None:
+    table = matrix_markdown().splitlines()
+    assert len(table) == 2 + len(Action)
+    assert all(r.value in table[0] for r in UserRole)
+    row = next(line for line in table if line.startswith("| `approval.decide`"))
+    assert row.split("|")[2:6] == [" — ", " — ", " own site ", " — "]

@@ -30,6 +30,7 @@ __all__ = [
     "ResourceKind",
     "UserRole",
     "authorize",
+    "matrix_markdown",
     "role_actions",
 ]
 
@@ -216,3 +217,19 @@ def authorize(principal: Principal, action: Action, resource: Resource) -> Decis
         raise PermissionDenied(f"{who} may not {what}: the role has no {action.value} right")
     limit = "their own site" if reach is Reach.OWN_SITE else "their own jobs"
     raise PermissionDenied(f"{who} may not {what}: a {principal.role.value} may do this only on {limit}")
+
+
+def matrix_markdown() -> str:
+    """The matrix as a Markdown table (for ``docs/security.md``), generated so that it cannot drift."""
+    roles = list(UserRole)
+    lines = ["| action | " + " | ".join(r.value for r in roles) + " |", "|---" * (len(roles) + 1) + "|"]
+    for action in Action:
+        cells = []
+        for role in roles:
+            reach = MATRIX.get((role, action))
+            cell = "—" if reach is None else reach.value.replace("_", " ")
+            if action in EMERGENCY_EXTRA.get(role, frozenset()) and reach is not Reach.ANY:
+                cell = "break glass only" if reach is None else f"{cell}; any under break glass"
+            cells.append(cell)
+        lines.append(f"| `{action.value}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
