@@ -315,3 +315,19 @@ def test_log_without_signer_cannot_checkpoint(tmp_path: Path) -> None:
     log.close()
     with pytest.raises(StoreError):
         AuditLog(tmp_path / "a.sqlite" / "not-a-dir" / "x.sqlite")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE audit SET fields='not json' WHERE seq=4",
+        "UPDATE audit SET fields='[1, 2]' WHERE seq=4",
+        "UPDATE audit SET hash='zz' WHERE seq=4",
+        "UPDATE audit SET prev=x'00ff' WHERE seq=4",
+        "UPDATE audit SET at='yesterday' WHERE seq=4",
+    ],
+)
+def test_garbled_rows_are_reported_not_crashed_on(path: Path, statement: str) -> None:
+    _sql(path, statement)
+    bad = _first_bad(path)
+    assert bad is not None and bad[0] == 4

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 GENESIS = "0" * 64
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _CHECKPOINT_DOMAIN = "medfed-audit-checkpoint-v1"
 
 
@@ -123,7 +125,9 @@ def _chain_problems(entries: Iterable[AuditEntry]) -> tuple[list[tuple[int, str]
             problems.append((expected, f"missing: entries {expected}..{e.seq - 1} were deleted"))
         elif e.seq < expected:
             problems.append((e.seq, f"out of order or duplicated (found after entry {expected - 1})"))
-        if e.prev != prev:
+        if not (_HEX64.fullmatch(e.hash) and _HEX64.fullmatch(e.prev)):
+            problems.append((e.seq, "malformed hash fields: the entry was edited"))
+        elif e.prev != prev:
             problems.append(
                 (
                     e.seq,
@@ -145,10 +149,12 @@ def verify_chain(
 
     A checkpoint whose signature fails, or signed by another key, is itself a problem. A chain that
     was rewritten from entry k on (every hash recomputed) is caught at the next checkpoint at or
-    after k; the report then names the checkpoint's range, since the exact entry cannot be known.
+    after k; the report then names the checkpoint's range, since the exact entry cannot be known
+    (unless a visible chain problem in that range names an entry more precisely).
     """
     entry_list = list(entries)
-    problems, heads = _chain_problems(entry_list)
+    chain, heads = _chain_problems(entry_list)
+    problems = list(chain)
     last = entry_list[-1].seq if entry_list else 0
     anchored, previous = 0, 0
     signer = key_fingerprint(public_pem) if public_pem is not None else None
@@ -164,19 +170,39 @@ def verify_chain(
         if cp.seq > last:
             problems.append((last + 1, f"truncated: a signed checkpoint covers entry {cp.seq}, the log ends at {last}"))
         elif heads.get(cp.seq) != cp.hash:
-            problems.append(
-                (
-                    previous + 1,
-                    f"the chain up to entry {cp.seq} differs from its signed checkpoint: an "
-                    f"entry in {previous + 1}..{cp.seq} was altered and the chain recomputed",
+            # a visible chain problem inside the interval explains the mismatch more precisely
+            if not any(previous < seq <= cp.seq for seq, _ in chain):
+                problems.append(
+                    (
+                        previous + 1,
+                        f"the chain up to entry {cp.seq} differs from its signed checkpoint: "
+                        f"an entry in {previous + 1}..{cp.seq} was altered and the chain recomputed",
+                    )
                 )
-            )
         else:
             anchored = cp.seq
         previous = cp.seq
     first = min(problems, key=lambda p: p[0]) if problems else None
     return VerifyReport(
         entries=len(entry_list), checkpoints=len(checkpoints), unanchored=last - anchored, first_bad=first
+    )
+
+
+def _hex64(value: object) -> str:
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise ValueError("a hash must be 64 lowercase hex digits")
+    return value
+
+
+def _checkpoint_from_json(obj: Mapping[str, Any]) -> Checkpoint:
+    signature = str(obj["signature"])
+    bytes.fromhex(signature)
+    return Checkpoint(
+        seq=int(obj["seq"]),
+        hash=_hex64(obj["hash"]),
+        at=float(obj["at"]),
+        signer=str(obj["signer"]),
+        signature=signature,
     )
 
 
@@ -203,16 +229,25 @@ def read_jsonl(lines: Iterable[str], *, source: str = "audit export") -> tuple[l
             if obj["type"] == "entry":
                 entries.append(_entry_from_json(obj))
             elif obj["type"] == "checkpoint":
-                checkpoints.append(Checkpoint(**{k: obj[k] for k in ("seq", "hash", "at", "signer", "signature")}))
+                checkpoints.append(_checkpoint_from_json(obj))
             else:
                 raise ValueError(f"unknown type {obj['type']!r}")
-            bytes.fromhex(obj["hash"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ValidationError(f"malformed line: {exc!r}", where=f"{source}, line {n}") from None
     return entries, checkpoints
 
 
 # --- the log -------------------------------------------------------------------------------
+
+
+def _fields(text: str) -> dict[str, Any]:
+    """Stored fields; text that is not a JSON object (a tampered row) is kept so its hash fails."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        value = None
+    return value if isinstance(value, dict) else {"_unparseable": str(text)}
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL,
@@ -313,7 +348,7 @@ class AuditLog:
         with self._lock:
             rows = self._db.execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq", (since,)).fetchall()
         return [
-            AuditEntry(seq=r[0], at=r[1], action=r[2], actor=r[3], fields=json.loads(r[4]), prev=r[5], hash=r[6])
+            AuditEntry(seq=r[0], at=r[1], action=r[2], actor=r[3], fields=_fields(r[4]), prev=str(r[5]), hash=str(r[6]))
             for r in rows
         ]
 
