@@ -183,3 +183,13 @@ def test_column_contracts() -> None:
     col = Column(name="x", type=ColumnType.FLOAT, missing=MissingPolicy.ERROR)
     out = conform(pd.DataFrame({"x": ["1.5", "2"]}), Schema(name="s", columns=(col,)), where="w")
     np.testing.assert_array_equal(out.frame["x"].to_numpy(), [1.5, 2.0])
+
+
+def test_many_bad_cells_are_listed_up_to_a_limit_then_counted() -> None:
+    raw = heart_raw()
+    frame = pd.DataFrame({"age": ["old"] * 60 + raw["age"].astype(str).tolist()[:40]})
+    schema = Schema(name="s", columns=(Column(name="age", type=ColumnType.INTEGER),))
+    with pytest.raises(ValidationError) as info:
+        conform(frame, schema, where="big.csv")
+    assert len(info.value.problems) == 51
+    assert info.value.problems[-1] == "column 'age': ... and 10 more like this"

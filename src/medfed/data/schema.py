@@ -342,36 +342,22 @@ def conform(
     Row ``i`` of the frame is reported as ``<row_word> <first_row + i>`` (a CSV's data start on
     line 2). Every problem is collected; then one :class:`ValidationError` is raised.
     """
-    problems: list[str] = []
     missing_cols = [c for c in schema.names if c not in frame.columns]
     if missing_cols:
         raise ValidationError([f"missing columns {missing_cols}"], where=where)
+    problems: list[str] = []
     typed: dict[str, pd.Series[Any]] = {}
     drop = np.zeros(len(frame), dtype=bool)
     dropped: dict[str, int] = {}
     for col in schema.columns:
         raw = frame[col.name].reset_index(drop=True)
         values, bad = _coerce(raw, col)
-        bad_mask = bad.to_numpy(dtype=bool)
         absent = ~raw.map(_present).astype(bool).to_numpy()
-        if col.allowed:
-            numeric = col.type in (ColumnType.FLOAT, ColumnType.INTEGER)
-            allowed = [float(a) for a in col.allowed] if numeric else list(col.allowed)
-            bad_mask |= ~absent & ~(values if numeric else values.astype(str)).isin(allowed).to_numpy()
-        if col.type in (ColumnType.FLOAT, ColumnType.INTEGER):
-            v = values.to_numpy(dtype=np.float64)
-            with np.errstate(invalid="ignore"):
-                if col.minimum is not None:
-                    bad_mask |= v < col.minimum
-                if col.maximum is not None:
-                    bad_mask |= v > col.maximum
-        for i in np.nonzero(bad_mask)[0][:MAX_LISTED].tolist():
-            problems.append(f"{row_word} {first_row + i}, column {col.name!r}: {raw.iat[i]!r} {_why(col)}")
-        if bad_mask.sum() > MAX_LISTED:
-            problems.append(f"column {col.name!r}: ... and {int(bad_mask.sum()) - MAX_LISTED} more bad values")
+        bad_mask = _out_of_contract(col, values, absent) | bad.to_numpy(dtype=bool)
+        at = f"column {col.name!r}"
+        problems += _listed(bad_mask, raw, f"{at}: {{}} {_why(col)}", row_word, first_row)
         if col.missing is MissingPolicy.ERROR:
-            for i in np.nonzero(absent)[0][:MAX_LISTED].tolist():
-                problems.append(f"{row_word} {first_row + i}, column {col.name!r}: missing value not allowed")
+            problems += _listed(absent, raw, f"{at}: missing value not allowed", row_word, first_row)
         elif col.missing is MissingPolicy.DROP_ROW and absent.any():
             dropped[col.name] = int((absent & ~drop).sum())
             drop |= absent
@@ -380,6 +366,37 @@ def conform(
         raise ValidationError(problems, where=where)
     out = pd.DataFrame(typed).loc[~drop].reset_index(drop=True)
     return Conformed(frame=out, dropped=dropped)
+
+
+def _out_of_contract(col: Column, values: pd.Series[Any], absent: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Present values outside the column's allowed set or [min, max]."""
+    bad = np.zeros(len(values), dtype=bool)
+    numeric = col.type in (ColumnType.FLOAT, ColumnType.INTEGER)
+    if col.allowed:
+        allowed = [float(a) for a in col.allowed] if numeric else list(col.allowed)
+        bad |= ~absent & ~(values if numeric else values.astype(str)).isin(allowed).to_numpy()
+    if numeric:
+        v = values.to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            if col.minimum is not None:
+                bad |= v < col.minimum
+            if col.maximum is not None:
+                bad |= v > col.maximum
+    return bad
+
+
+def _listed(mask: npt.NDArray[np.bool_], raw: pd.Series[Any], message: str, row_word: str, first_row: int) -> list[str]:
+    """``<row_word> N, <message>`` per flagged cell (``{}`` in ``message``: the raw value), at most
+    :data:`MAX_LISTED`, then a count of the rest."""
+    rows = np.nonzero(mask)[0]
+    head, sep, tail = message.partition("{}")
+    out = [
+        f"{row_word} {first_row + i}, {head}{raw.iat[i]!r}{tail}" if sep else f"{row_word} {first_row + i}, {message}"
+        for i in rows[:MAX_LISTED].tolist()
+    ]
+    if len(rows) > MAX_LISTED:
+        out.append(f"{head.rstrip(': ')}: ... and {len(rows) - MAX_LISTED} more like this")
+    return out
 
 
 def _why(col: Column) -> str:
