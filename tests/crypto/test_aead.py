@@ -156,3 +156,12 @@ def test_stream_wrong_key_and_wrong_context(ring: Keyring) -> None:
         _open(Keyring.single(generate_key("k1")), blob)
     with pytest.raises(StoreError, match="bound to 'backup'"):
         b"".join(decrypt_stream(ring, [blob], context="other"))
+
+
+def test_stream_frame_length_cannot_be_inflated(ring: Keyring) -> None:
+    # found by fuzzing: a length field claiming more bytes than remain must not be read short
+    blob = bytearray(_sealed(ring, b"short stream"))
+    header = len(blob) - (4 + len(b"short stream") + 16)
+    blob[header] ^= 0x01  # the length's top byte: now it claims 16 MiB more
+    with pytest.raises(StoreError, match="decryption failed"):
+        _open(ring, bytes(blob))

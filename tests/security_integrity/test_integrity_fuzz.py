@@ -85,16 +85,43 @@ def test_env_keyring_parser(value: str) -> None:
         keyring_from_env({"MEDFED_DATA_KEY": value})
 
 
+def _valid_export() -> tuple[list[str], bytes]:
+    import io
+    import tempfile
+
+    from medfed.crypto.signing import generate_signing_key
+    from medfed.security.audit import AuditAction, AuditEvent, AuditLog
+
+    with tempfile.TemporaryDirectory() as tmp:
+        key = generate_signing_key()
+        log = AuditLog(Path(tmp) / "a.sqlite", signer=key, checkpoint_every=2)
+        for r in range(4):
+            log.append(AuditEvent(action=AuditAction.ROUND_COMPLETED, actor="coordinator", fields={"round": r}))
+        out = io.StringIO()
+        log.export_jsonl(out)
+        log.close()
+    return out.getvalue().splitlines(), key.public_pem
+
+
+EXPORT, EXPORT_KEY = _valid_export()
+export_values = st.one_of(json_values, st.integers(), st.text(max_size=70), st.sampled_from(["0" * 64, "f" * 128]))
+
+
 @FUZZ
 @given(
     lines=st.lists(st.text(max_size=60) | json_values.map(json.dumps), max_size=5),
-    objs=st.lists(json_values, max_size=3),
+    line=st.integers(0, len(EXPORT) - 1),
+    key=st.sampled_from(["type", "seq", "at", "action", "actor", "fields", "prev", "hash", "signer", "signature"]),
+    value=export_values,
 )
-def test_audit_export_parser(lines: list[str], objs: list[object]) -> None:
-    typed = [json.dumps({"type": "entry", **o}) if isinstance(o, dict) else json.dumps(o) for o in objs]
-    with contextlib.suppress(MedfedError):
-        entries, checkpoints = read_jsonl([*lines, *typed])
-        verify_chain(entries, checkpoints, None)
+def test_audit_export_parser(lines: list[str], line: int, key: str, value: object) -> None:
+    # a valid export with one value of one line replaced, plus junk lines
+    mutated = list(EXPORT)
+    mutated[line] = json.dumps({**json.loads(mutated[line]), key: value})
+    for candidate in (mutated, [*lines, *EXPORT]):
+        with contextlib.suppress(MedfedError):
+            entries, checkpoints = read_jsonl(candidate)
+            verify_chain(entries, checkpoints, EXPORT_KEY)  # no crash; detection has its own tests
 
 
 @FUZZ

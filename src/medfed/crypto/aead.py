@@ -305,7 +305,10 @@ def decrypt_stream(keyring: Keyring, source: Iterable[bytes], *, context: str) -
         size = reader.read(4)
         if len(size) != 4:
             raise StoreError(AUTH_FAILED)  # truncated: the final frame never came
-        sealed = reader.read(struct.unpack(">I", size)[0])
+        want = struct.unpack(">I", size)[0]
+        sealed = reader.read(want)
+        if len(sealed) != want:
+            raise StoreError(AUTH_FAILED)  # truncated mid-frame, or a length field altered
         last = _open_frame(aead, prefix, counter, sealed, header)
         yield last[1]
         if last[0]:
