@@ -72,7 +72,7 @@ toml_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.dictionaries(st.sampled_from([*GOOD, "require_approval", "other"]), toml_values, max_size=7))
 def test_fuzzed_tables_give_a_policy_or_a_config_error(table: dict[str, object]) -> None:
     try:

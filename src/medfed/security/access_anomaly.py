@@ -39,6 +39,7 @@ __all__ = [
     "Outcome",
     "alert_fields",
     "parse_access_events",
+    "rank_alerts",
 ]
 
 
@@ -292,6 +293,13 @@ class AccessAnomalyDetector:
             kinds=tuple(dict.fromkeys(k for k, _ in reasons)), reasons=tuple(r for _, r in reasons),
             score=score, events=len(w),
         )  # fmt: skip
+
+
+def rank_alerts(alerts: Sequence[Alert], *, budget: int | None = None) -> list[Alert]:
+    """Alerts in review order for a privacy officer with ``budget`` reviews: more independent
+    reasons first, then the lower (stranger) forest score."""
+    ranked = sorted(alerts, key=lambda a: (-len(a.kinds), a.score, a.window_start, a.user))
+    return ranked if budget is None else ranked[:budget]
 
 
 def alert_fields(alert: Alert) -> dict[str, str | int | float | bool]:
