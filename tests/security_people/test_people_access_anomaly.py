@@ -101,6 +101,7 @@ def test_fitting_is_deterministic_for_a_seed() -> None:
     two = AccessAnomalyDetector.fit(baseline, config=DetectorConfig(seed=7))
     assert one.threshold == two.threshold
     assert one.alerts(baseline[-500:]) == two.alerts(baseline[-500:])
+    assert AccessAnomalyDetector.fit(baseline, config=DetectorConfig(seed=8)).threshold != one.threshold
 
 
 def ev(user: str, at: float, **kw: object) -> AccessEvent:
