@@ -169,3 +169,11 @@ def test_restore_into_a_new_directory(made: tuple[Path, Path], ring: Keyring, tm
     archive, _ = made
     manifest = restore(archive, tmp_path / "fresh" / "state", ring)
     assert len(manifest.files) == 3 and (tmp_path / "fresh" / "state" / "models" / "j1.npz").read_bytes() == b"model"
+
+
+def test_archive_from_before_a_key_rotation_still_restores(made: tuple[Path, Path], ring: Keyring) -> None:
+    archive, live = made
+    rotated = ring.with_new_primary(generate_key("k2"))
+    restore(archive, live, rotated)  # sealed under k1, opened by the rotated keyring
+    with pytest.raises(StoreError, match="no key with id 'k1'"):
+        verify_backup(archive, rotated.without("k1"))

@@ -60,7 +60,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _key_arg(bk)
     bk.set_defaults(security_handler=_backup)
 
-    rs = sub.add_parser("restore", help="verify an archive, then replace a state directory with it")
+    rs = sub.add_parser(
+        "restore", help="verify an archive, then replace a state directory with it (stop the coordinator/node first)"
+    )
     rs.add_argument("archive", type=Path)
     rs.add_argument("--state", type=Path, required=True, help="the state directory to replace")
     rs.add_argument("--verify-only", action="store_true", help="check the archive, change nothing")
