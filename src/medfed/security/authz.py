@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from medfed.core.errors import PermissionDenied
 
 __all__ = [
+    "ACTION_RESOURCE",
     "EMERGENCY_EXTRA",
     "MATRIX",
     "Action",
