@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from datalayer_support import eunomia_path, heart_raw
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medfed.core.errors import ValidationError
 from medfed.data.catalog import CatalogEntry, catalog_entry, coarse_count, search
@@ -55,6 +58,25 @@ def test_a_streamed_profile_equals_the_whole_table_profile() -> None:
     assert dict(whole.column("sex").values) == frame["sex"].value_counts().to_dict()
     assert sum(n for _, _, n in whole.column("age").histogram) == len(frame)
     assert "chol" in whole.to_text()
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=303), max_size=8))
+def test_any_batching_gives_the_same_profile(cuts: list[int]) -> None:
+    frame = heart_frame("Cleveland")
+    edges = [0, *sorted(cuts), len(frame)]
+    batches = [frame.iloc[a:b] for a, b in itertools.pairwise(edges)]
+    whole, streamed = profile_frames("h", HEART, [frame]), profile_frames("h", HEART, batches)
+    for a, b in zip(whole.columns, streamed.columns, strict=True):
+        assert (a.missing, a.values, a.histogram, a.minimum, a.maximum) == (
+            b.missing,
+            b.values,
+            b.histogram,
+            b.minimum,
+            b.maximum,
+        )
+        if a.mean is not None:
+            assert b.mean == pytest.approx(a.mean) and b.std == pytest.approx(a.std)
 
 
 def test_coarse_counts_suppress_small_cells() -> None:

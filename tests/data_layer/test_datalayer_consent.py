@@ -11,7 +11,7 @@ import pytest
 from datalayer_support import write_bundles
 from fhir.resources.R4B.consent import Consent
 
-from medfed.core.errors import ValidationError
+from medfed.core.errors import PermissionDenied, ValidationError
 from medfed.data.consent import (
     ConsentRecord,
     ConsentRegistry,
@@ -19,9 +19,11 @@ from medfed.data.consent import (
     apply_consent,
     read_consent_csv,
     read_consent_fhir,
+    table_for_task,
 )
 from medfed.data.fhir import fhir_features
 from medfed.data.schema import parse_features
+from medfed.data.sources import parse_dataset, read_table
 
 DAY = dt.date(2026, 6, 1)
 FEATURES = parse_features({"glucose": {"code": "loinc|2345-7", "unit": "mmol/L"}}, where="t")
@@ -125,3 +127,35 @@ def test_a_bad_consent_csv_lists_every_bad_line(tmp_path: Path) -> None:
     ]
     path.write_text("patient_id,purpose,status,date\np1,HRESCH,opt-out,2025-01-01\n")
     assert read_consent_csv(path).decision("p1", "HRESCH", DAY) is ConsentStatus.DENY
+
+
+def test_a_task_gets_the_validated_table_without_opted_out_patients(tmp_path: Path) -> None:
+    write_bundles(tmp_path / "fhir", 30, 21)
+    decl = parse_dataset(
+        "labs",
+        {
+            "format": "fhir",
+            "path": "fhir",
+            "as_of": "2026-06-01",
+            "purposes": ["HRESCH"],
+            "columns": [
+                {"name": "patient_id", "type": "string", "missing": "error"},
+                {"name": "glucose", "type": "float", "unit": "mmol/L", "min": 0, "max": 50},
+            ],
+            "features": {"glucose": {"code": "loinc|2345-7", "unit": "mmol/L"}},
+        },
+        base=tmp_path,
+        where="site.toml",
+    )
+    everyone = read_table(decl).frame["patient_id"].tolist()
+    registry = ConsentRegistry(
+        records=tuple(
+            ConsentRecord(patient_id=p, purpose="*", status=ConsentStatus.DENY, date=dt.date(2025, 1, 1))
+            for p in everyone[:4]
+        )
+    )
+    got = table_for_task(decl, registry, purpose="HRESCH", on=DAY)
+    assert len(got.frame) == 26 and not set(everyone[:4]) & set(got.frame["patient_id"])
+    assert got.consent.patients_excluded == 4 and got.dropped_by_policy == {}
+    with pytest.raises(PermissionDenied, match="'marketing' not allowed"):
+        table_for_task(decl, registry, purpose="marketing", on=DAY)

@@ -5,7 +5,8 @@ permit or deny), read from a CSV or from FHIR ``Consent`` resources. For a purpo
 latest decision on or before that day counts; on the same day a deny outranks a permit. Patients
 with no decision get the registry's default (``permit`` for an opt-out regime, ``deny`` for
 opt-in). :func:`apply_consent` removes the rows of patients who may not be used and reports how
-many it removed, never who.
+many it removed, never who; :func:`table_for_task` is what a node hands a task: purpose limits
+checked, the table harmonised and validated, then consent-filtered.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from medfed.core.errors import DataError, ValidationError
+from medfed.core.errors import DataError, PermissionDenied, ValidationError
 from medfed.data.fhir import iter_resources
 from medfed.data.fhir_views import ViewDefinition, evaluate
+from medfed.data.sources import DatasetDecl, read_table
 
 ANY_PURPOSE = "*"
 
@@ -189,3 +191,35 @@ def apply_consent(
         patients_excluded=sum(1 for ok in verdict.values() if not ok),
     )
     return frame.loc[keep].reset_index(drop=True), report
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskTable:
+    """What a task receives: the harmonised, consent-filtered table, and what was left out (counts)."""
+
+    frame: pd.DataFrame
+    dropped_by_policy: Mapping[str, int]
+    consent: ConsentReport
+
+
+def table_for_task(
+    decl: DatasetDecl, registry: ConsentRegistry, *, purpose: str, on: dt.date, as_of: pd.Timestamp | None = None
+) -> TaskTable:
+    """The dataset as a task may see it for ``purpose`` on day ``on``: harmonised, validated, and
+    without the rows of patients who opted out.
+
+    Raises
+    ------
+    PermissionDenied
+        ``purpose`` is not among the dataset's declared purposes (when it declares any).
+    DataError, ValidationError
+        The dataset fails validation (then it is not offered at all), or declares no patient id.
+    """
+    if decl.purposes and purpose not in decl.purposes:
+        raise PermissionDenied(f"dataset {decl.name}: purpose {purpose!r} not allowed (allowed: {list(decl.purposes)})")
+    id_column = decl.patient_id or ("patient_id" if "patient_id" in decl.schema.names else "")
+    if not id_column:
+        raise DataError(f"dataset {decl.name}: declares no patient_id column, so consent cannot be applied")
+    table = read_table(decl, as_of=as_of)
+    frame, report = apply_consent(table.frame, registry, purpose=purpose, id_column=id_column, on=on)
+    return TaskTable(frame=frame, dropped_by_policy=table.dropped, consent=report)
