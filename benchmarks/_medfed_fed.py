@@ -323,3 +323,35 @@ def provisioned_port(root: Path) -> int:
 
     site = tomllib.loads((root / "federation" / "sites" / site_name(0) / "site.toml").read_text())["site"]
     return int(str(site["coordinator"]).rsplit(":", 1)[1])
+
+
+def run_variants(
+    root: Path, port: int, spec: CellSpec, launcher: list[str], extras: dict[str, str]
+) -> dict[str, tuple[str, str, list[float], list[dict[str, float]]]]:
+    """On one coordinator and ``spec.n_nodes`` node processes, run one identity job per variant
+    (``extras``: name → TOML appended to the job), alternately; return per variant
+    (state, error, fit-round durations and aggregated metrics of rounds 2..R)."""
+    state_dir = root / f"state-{spec.n_nodes}x{spec.n_params}-{time.time_ns()}"
+    out: dict[str, tuple[str, str, list[float], list[dict[str, float]]]] = {}
+    with _children(root, state_dir, spec, port, launcher) as procs:
+        client = _client(root)
+        try:
+            _wait_online(client, procs, spec.n_nodes, timeout_s=min(180.0, spec.timeout_s))
+            for name, extra in extras.items():
+                toml = job_toml(n_nodes=spec.n_nodes, n_params=spec.n_params, n_tensors=spec.n_tensors,
+                                rounds=spec.rounds, deadline_s=spec.timeout_s) + extra  # fmt: skip
+                job_id = client.submit_job(toml, f"{name}.toml")["job_id"]
+                view = _wait_job(client, job_id, spec.timeout_s)
+                fit = sorted(
+                    (r["round"], r["duration_s"], r["aggregated"]) for r in view["round_metrics"] if r["kind"] == "fit"
+                )
+                later = [(d, a) for r, d, a in fit if r >= 2]
+                out[name] = (
+                    str(view["state"]),
+                    str(view.get("error") or ""),
+                    [d for d, _ in later],
+                    [a for _, a in later],
+                )
+        finally:
+            client.close()
+    return out

@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_VENV = Path("/tmp/flwr-venv")
@@ -82,6 +83,7 @@ class FlowerResult:
     sampled_peak_total_mib: float = 0.0
     startup_s: float = 0.0
     job_s: float = 0.0
+    raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def median_s(self) -> float:
@@ -126,15 +128,26 @@ def _tree_rss_sampler(pids: list[int], stop: threading.Event, out: list[float]) 
         out[0] = max(out[0], total / 2**20)
 
 
-def _write_app(root: Path, *, nodes: int, rounds: int, params: int, tensors: int, timeout_s: float) -> Path:
+def _write_app(
+    root: Path,
+    *,
+    nodes: int,
+    rounds: int,
+    params: int,
+    tensors: int,
+    timeout_s: float,
+    module: str = "identity_app",
+    extra_config: str = "",
+) -> Path:
     app = root / "app"
     (app / "flower_identity").mkdir(parents=True)
-    shutil.copy(HERE / "flower_app" / "identity_app.py", app / "flower_identity" / "identity_app.py")
+    shutil.copy(HERE / "flower_app" / f"{module}.py", app / "flower_identity" / f"{module}.py")
     (app / "flower_identity" / "__init__.py").write_text("")
     out = root / "result.json"
-    (app / "pyproject.toml").write_text(
-        _PYPROJECT.format(nodes=nodes, rounds=rounds, params=params, tensors=tensors, timeout=float(timeout_s), out=out)
+    text = _PYPROJECT.format(
+        nodes=nodes, rounds=rounds, params=params, tensors=tensors, timeout=float(timeout_s), out=out
     )
+    (app / "pyproject.toml").write_text(text.replace("identity_app", module) + extra_config)
     return app
 
 
@@ -192,8 +205,24 @@ def _wait_port(port: int, procs: list[subprocess.Popen[bytes]], timeout_s: float
     raise TimeoutError(f"flower-superlink did not listen on {port} within {timeout_s:.0f}s")
 
 
+def run_secagg(venv: Path, *, n_nodes: int, n_params: int, rounds: int, num_shares: int, tensors: int = 4,
+               timeout_s: float = 900.0) -> dict[str, object]:  # fmt: skip
+    """Flower's SecAgg+ vs its plain fit round on the identity workload (``flower_app/secagg_app.py``):
+    medians of rounds 2.. of each mode, and their ratio; ``{"error": ...}`` when it could not run."""
+    result = run_flower(
+        n_nodes, n_params, rounds=rounds, tensors=tensors, venv=venv, timeout_s=timeout_s,
+        module="secagg_app", extra_config=f"num-shares = {num_shares}\n", raw=True,
+    )  # fmt: skip
+    if not result.ok or not result.raw:
+        return {"error": result.error or "no timings"}
+    plain = statistics.median(result.raw["plain"][1:])
+    secure = statistics.median(result.raw["secagg"][1:])
+    return {"plain_round_s": plain, "secure_round_s": secure, "ratio": secure / plain, "raw": result.raw}
+
+
 def run_flower(nodes: int, params: int, *, rounds: int = 5, tensors: int = 4, venv: Path = DEFAULT_VENV,
-               timeout_s: float = 600.0, keep: Path | None = None) -> FlowerResult:  # fmt: skip
+               timeout_s: float = 600.0, keep: Path | None = None, module: str = "identity_app",
+               extra_config: str = "", raw: bool = False) -> FlowerResult:  # fmt: skip
     """Run the identity workload on a local Flower deployment; every wait is bounded."""
     if not (venv / "bin" / "flower-superlink").exists():
         return FlowerResult(ok=False, error=f"no Flower installation in {venv} (flower-superlink missing)")
@@ -204,7 +233,8 @@ def run_flower(nodes: int, params: int, *, rounds: int = 5, tensors: int = 4, ve
         (root / "home" / "config.toml").write_text(
             f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
         )
-        app = _write_app(root, nodes=nodes, rounds=rounds, params=params, tensors=tensors, timeout_s=timeout_s)
+        app = _write_app(root, nodes=nodes, rounds=rounds, params=params, tensors=tensors, timeout_s=timeout_s,
+                         module=module, extra_config=extra_config)  # fmt: skip
         t0 = time.monotonic()
         procs = stack.enter_context(_flower_processes(root, venv, nodes, port))
         _wait_port(port, procs, timeout_s=60)
@@ -242,6 +272,8 @@ def run_flower(nodes: int, params: int, *, rounds: int = 5, tensors: int = 4, ve
             )
         time.sleep(0.2)  # the ServerApp writes the file in one call; let it close
         data = json.loads(out.read_text())
+    if raw:
+        return FlowerResult(ok=True, raw=data, startup_s=startup, job_s=job_s)
     return FlowerResult(
         ok=all(n == nodes for n in data["replies_ok"]),
         durations_s=list(data["round_durations_s"]),

@@ -155,6 +155,7 @@ class SecureRound:
 
         # stage 0: keys
         r0 = self._stage(rnd, attempt, TaskKind.SECAGG_KEYS, sites, {s: encode_keys_stage(sa, ids[s]) for s in sites})
+        t_keys = time.monotonic()
         adverts = {}
         for site, msg in self._ok(r0, ids, need, "key advertisement").items():
             advert = self._decoded(decode_advert, msg, site)
@@ -168,6 +169,7 @@ class SecureRound:
         alive = sorted(adverts)
         payloads = {s: encode_shares_stage(session, ids[s], roster.view_for(ids[s])) for s in alive}
         r1 = self._stage(rnd, attempt, TaskKind.SECAGG_SHARES, alive, payloads)
+        t_shares = time.monotonic()
         bundles = [self._decoded(decode_bundle, m, s) for s, m in self._ok(r1, ids, need, "key sharing").items()]
         bundles = [b for b in bundles if b.sender in roster.adverts]
         routing = self._secagg(lambda: route_shares(roster, bundles))
@@ -194,6 +196,7 @@ class SecureRound:
             vector = self._masked_vector(msg, site, template.size)
             if vector is not None:
                 masked.append(MaskedInput(node=ids[site], vector=vector))
+        t_fit = time.monotonic()
         total = self._secagg(lambda: sum_masked(routing, masked))
         request = unmask_request(total)
 
@@ -204,13 +207,18 @@ class SecureRound:
         revealed = [self._decoded(decode_revealed, m, s) for s, m in self._ok(r3, ids, threshold, "unmasking").items()]
         vector = self._secagg(lambda: unmask(total, revealed))
         summed = dequantize_parameters(vector, quant, like=template, count=len(request.survivors))
+        t_end = time.monotonic()
         fit.notes |= {
+            "secagg_keys_s": t_keys - started,
+            "secagg_shares_s": t_shares - t_keys,
+            "secagg_fit_s": t_fit - t_shares,
+            "secagg_unmask_s": t_end - t_fit,
             "secagg_sites": float(n),
             "secagg_survivors": float(len(request.survivors)),
             "secagg_dropped": float(len(request.dropped)),
             "secagg_threshold": float(threshold),
         }
-        fit.duration_s = time.monotonic() - started
+        fit.duration_s = t_end - started
         return fit, summed
 
     # --- checks -----------------------------------------------------------------------------
