@@ -157,6 +157,24 @@ def test_audit_participation(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "round 4: the coordinator records a result this site never sent" in capsys.readouterr().out
 
 
-def test_missing_log_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no such file"):
+def test_missing_or_foreign_log_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no such file"):
         run("audit", "verify", "--log", tmp_path / "none.sqlite")
+    (tmp_path / "other.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="not an audit log"):
+        run("audit", "verify", "--log", tmp_path / "other.sqlite")
+
+
+def test_verify_does_not_alter_the_evidence(tmp_path: Path) -> None:
+    key = _signing(tmp_path)
+    log = tmp_path / "audit.sqlite"
+    _fill(log, key, AuditAction.RESULT_RECEIVED, range(1, 4))
+    db = sqlite3.connect(log)
+    db.execute("DROP TRIGGER audit_no_update")  # what an intruder left behind
+    db.commit()
+    db.close()
+    before = log.read_bytes()
+
+    run("audit", "verify", "--log", log, "--public-key", tmp_path / "audit.key.pub")
+
+    assert log.read_bytes() == before

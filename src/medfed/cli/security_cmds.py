@@ -113,22 +113,16 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from medfed.security.audit import AuditLog, read_jsonl, verify_chain
+    from medfed.security.audit import read_jsonl, read_log, verify_chain
 
     public = _read(args.public_key, "public key") if args.public_key else None
     if args.jsonl is not None:
         entries, checkpoints = read_jsonl(
             _read(args.jsonl, "audit export").decode().splitlines(), source=str(args.jsonl)
         )
-        report = verify_chain(entries, checkpoints, public)
     else:
-        if not args.log.is_file():
-            raise ConfigError(f"audit log {args.log}: no such file")
-        log = AuditLog(args.log)
-        try:
-            report = log.verify(public)
-        finally:
-            log.close()
+        entries, checkpoints = read_log(args.log)  # read-only: verification never alters the evidence
+    report = verify_chain(entries, checkpoints, public)
     if report.first_bad is not None:
         seq, why = report.first_bad
         print(f"audit log FAILED verification: first bad entry {seq}: {why}", file=sys.stderr)
@@ -136,32 +130,28 @@ def _audit_verify(args: argparse.Namespace) -> int:
     anchor = (
         "no signing key given: checkpoints not checked"
         if public is None
-        else (f"{report.checkpoints} signed checkpoint(s) valid; {report.unanchored} entr(y/ies) after the last one")
+        else f"{report.checkpoints} signed checkpoint(s) valid; {report.unanchored} entr(y/ies) after the last one"
     )
     print(f"audit log ok: {report.entries} entries, hash chain intact; {anchor}")
     return 0
 
 
 def _audit_export(args: argparse.Namespace) -> int:
-    from medfed.security.audit import AuditLog
+    from medfed.security.audit import read_log, write_jsonl
 
-    if not args.log.is_file():
-        raise ConfigError(f"audit log {args.log}: no such file")
-    log = AuditLog(args.log)
-    try:
-        if args.out is None:
-            n = log.export_jsonl(sys.stdout, since=args.since)
-        else:
-            with args.out.open("w", encoding="utf-8") as fh:
-                n = log.export_jsonl(fh, since=args.since)
-            print(f"{n} line(s) written to {args.out}", file=sys.stderr)
-    finally:
-        log.close()
+    entries, checkpoints = read_log(args.log, since=args.since)
+    later = [c for c in checkpoints if c.seq > args.since]
+    if args.out is None:
+        write_jsonl(entries, later, sys.stdout)
+    else:
+        with args.out.open("w", encoding="utf-8") as fh:
+            n = write_jsonl(entries, later, fh)
+        print(f"{n} line(s) written to {args.out}", file=sys.stderr)
     return 0
 
 
 def _audit_participation(args: argparse.Namespace) -> int:
-    from medfed.security.audit import AuditLog, compare_participation, read_jsonl, verify_chain
+    from medfed.security.audit import compare_participation, read_jsonl, read_log, verify_chain
 
     lines = _read(args.coordinator_export, "coordinator export").decode().splitlines()
     entries, checkpoints = read_jsonl(lines, source=str(args.coordinator_export))
@@ -169,11 +159,8 @@ def _audit_participation(args: argparse.Namespace) -> int:
     if report.first_bad is not None:
         print(f"coordinator export FAILED verification at entry {report.first_bad[0]}: {report.first_bad[1]}")
         return 1
-    log = AuditLog(args.log)
-    try:
-        result = compare_participation(entries, log.entries(), site=args.site)
-    finally:
-        log.close()
+    local, _ = read_log(args.log)
+    result = compare_participation(entries, local, site=args.site)
     for problem in result.problems:
         print(problem)
     print(f"site {args.site}: {result.matched} result(s) agree; {len(result.problems)} discrepanc(y/ies)")
