@@ -177,3 +177,12 @@ def test_archive_from_before_a_key_rotation_still_restores(made: tuple[Path, Pat
     restore(archive, live, rotated)  # sealed under k1, opened by the rotated keyring
     with pytest.raises(StoreError, match="no key with id 'k1'"):
         verify_backup(archive, rotated.without("k1"))
+
+
+def test_unwritable_destination_is_a_store_error(made: tuple[Path, Path], ring: Keyring, tmp_path: Path) -> None:
+    archive, live = made
+    with pytest.raises(StoreError, match="cannot write the archive there"):
+        backup(live, tmp_path / "missing-dir" / "b.mfbk", ring)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StoreError, match="cannot stage a restore"):
+        restore(archive, tmp_path / "afile" / "state", ring)

@@ -175,7 +175,10 @@ def backup(
     if out_path.resolve().is_relative_to(state_dir.resolve()):
         raise StoreError(f"{out_path}: the archive must not be written inside the state directory it backs up")
     now = float(clock())
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise StoreError(f"{out_path}: cannot write the archive there: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as out:
             sealed = _SealedFile(out, StreamSealer(keyring, context=CONTEXT))
@@ -191,9 +194,11 @@ def backup(
             os.fsync(out.fileno())
         os.chmod(tmp, PRIVATE)
         os.replace(tmp, out_path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise StoreError(f"{out_path}: cannot write the archive: {exc.strerror or exc}") from None
         raise
     return manifest
 
@@ -307,21 +312,24 @@ def restore(archive: Path, state_dir: Path, keyring: Keyring) -> BackupManifest:
     The new directory is renamed into place after the old one is renamed aside (two renames on
     one file system); if the second rename fails, the old directory is put back.
     """
-    staging = _staging(state_dir)
+    try:
+        staging = _staging(state_dir)
+    except OSError as exc:
+        raise StoreError(f"{state_dir}: cannot stage a restore next to it: {exc.strerror or exc}") from None
     try:
         manifest = _unpack(archive, keyring, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     old = None
-    if state_dir.exists():
-        old = Path(tempfile.mkdtemp(dir=state_dir.parent, prefix=f".{state_dir.name}.old-"))
-        os.rmdir(old)
-        os.rename(state_dir, old)
     try:
+        if state_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=state_dir.parent, prefix=f".{state_dir.name}.old-"))
+            os.rmdir(old)
+            os.rename(state_dir, old)
         os.rename(staging, state_dir)
     except OSError as exc:
-        if old is not None:
+        if old is not None and old.exists() and not state_dir.exists():
             os.rename(old, state_dir)
         shutil.rmtree(staging, ignore_errors=True)
         raise StoreError(f"{state_dir}: cannot move the restored state into place: {exc.strerror or exc}") from None
