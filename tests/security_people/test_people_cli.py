@@ -17,7 +17,8 @@ from people_access_sim import simulate
 
 from medfed.cli.people_cmds import dispatch, register
 from medfed.core.config import parse_job_spec
-from medfed.core.errors import PermissionDenied, ValidationError
+from medfed.core.errors import ConfigError, PermissionDenied, ValidationError
+from medfed.crypto.aead import generate_key
 from medfed.security.approvals import ApprovalStore
 from medfed.security.node_policy import JobFacts
 from medfed.security.users import totp_code
@@ -32,6 +33,8 @@ class Cli:
         self.token_file = tmp / "home" / "token"
         monkeypatch.setenv("MEDFED_TOKEN_FILE", str(self.token_file))
         monkeypatch.delenv("MEDFED_TOKEN", raising=False)
+        key = generate_key("k1")
+        monkeypatch.setenv("MEDFED_DATA_KEY", f"k1:{base64.b64encode(key.secret).decode()}")
         parser = argparse.ArgumentParser(prog="medfed")
         register(parser.add_subparsers(dest="command", required=True))
         self.parser = parser
@@ -123,3 +126,12 @@ def test_wrong_password_on_login_is_refused(
     with pytest.raises(PermissionDenied, match="authentication failed"):
         cli("login", "--user", "root", "--users-db", db, "--password-stdin", stdin="wrong\n123456\n")
     assert not cli.token_file.exists()
+
+
+def test_the_user_store_needs_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli = Cli(tmp_path, monkeypatch, capsys)
+    monkeypatch.delenv("MEDFED_DATA_KEY")
+    with pytest.raises(ConfigError, match="no data key"):
+        cli("users", "list", "--users-db", str(tmp_path / "users.db"))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from medfed.core.errors import PermissionDenied, ValidationError
+from medfed.core.errors import PermissionDenied, StoreError, ValidationError
+from medfed.crypto.aead import Keyring, generate_key
 from medfed.security.authz import Action, UserRole
 from medfed.security.users import (
     AuthenticationFailed,
@@ -22,6 +23,7 @@ from medfed.security.users import (
 # Cheap Argon2id parameters keep the tests fast; the algorithm is the same.
 FAST = AuthPolicy(argon2_time_cost=1, argon2_memory_kib=1024, argon2_parallelism=1, max_failures=3)
 PW = "correct horse battery"
+KEYRING = Keyring.single(generate_key("k1"))
 
 # RFC 6238 Appendix B: (time, SHA1, SHA256, SHA512), 8 digits.
 RFC6238 = [
@@ -61,7 +63,7 @@ class Audit:
 @pytest.fixture
 def env(tmp_path: Path) -> tuple[UserStore, Clock, Audit]:
     clock, audit = Clock(), Audit()
-    return UserStore(tmp_path / "users.db", audit=audit, policy=FAST, clock=clock), clock, audit
+    return UserStore(tmp_path / "users.db", audit=audit, keyring=KEYRING, policy=FAST, clock=clock), clock, audit
 
 
 def secret_of(uri: str) -> bytes:
@@ -195,7 +197,7 @@ def test_rate_limit_per_user_and_per_source(tmp_path: Path) -> None:
     clock, audit = Clock(), Audit()
     policy = AuthPolicy(argon2_time_cost=1, argon2_memory_kib=1024, argon2_parallelism=1, max_failures=100,
                         max_attempts_per_user=4, max_attempts_per_source=6, rate_window_s=60)  # fmt: skip
-    store = UserStore(tmp_path / "u.db", audit=audit, policy=policy, clock=clock)
+    store = UserStore(tmp_path / "u.db", audit=audit, keyring=KEYRING, policy=policy, clock=clock)
     for name in ("ann", "ben"):
         store.add_user(name, UserRole.RESEARCHER, PW)
     for _ in range(4):
@@ -297,6 +299,7 @@ def test_break_glass_is_time_limited_needs_reason_and_is_loud(env: tuple[UserSto
     assert s.principal.emergency and s.expires_at == clock() + FAST.break_glass_s
     name, fields = audit.events[-1]
     assert name == "auth.break_glass" and fields["severity"] == "critical" and reason not in str(fields)
+    assert store.break_glass_reasons("sam") == [(clock(), reason)]
     assert store.session(s.secret).emergency
     with pytest.raises(ValidationError, match="break-glass"):
         store.issue_token(s.principal, scopes=frozenset({Action.JOB_CANCEL}), ttl_s=60)
@@ -321,4 +324,21 @@ def test_bad_policy_and_unreadable_store_are_clear_errors(tmp_path: Path) -> Non
     junk = tmp_path / "users.db"
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot open the user store"):
-        UserStore(junk, audit=Audit(), policy=FAST)
+        UserStore(junk, audit=Audit(), keyring=KEYRING, policy=FAST)
+
+
+def test_totp_secrets_are_sealed_and_bound_to_their_user(env: tuple[UserStore, Clock, Audit], tmp_path: Path) -> None:
+    store, clock, _ = env
+    for name in ("alice", "mallory"):
+        store.add_user(name, UserRole.RESEARCHER, PW)
+    secret = enrol(store, clock, "alice")
+    enrol(store, clock, "mallory")
+    db = sqlite3.connect(tmp_path / "users.db", isolation_level=None)
+    sealed = db.execute("SELECT totp_secret FROM users WHERE user_id='alice'").fetchone()[0]
+    assert secret.hex() not in sealed and secret not in bytes.fromhex(sealed)
+    other = UserStore(tmp_path / "users.db", audit=Audit(), keyring=Keyring.single(generate_key("k2")), policy=FAST)
+    with pytest.raises(StoreError):  # the database without its key
+        other.login(Credentials(user_id="alice", password=PW, code=totp_code(secret, at=clock())))
+    db.execute("UPDATE users SET totp_secret=? WHERE user_id='mallory'", (sealed,))  # copy alice's secret
+    with pytest.raises(StoreError):
+        store.login(Credentials(user_id="mallory", password=PW, code=totp_code(secret, at=clock())))

@@ -68,6 +68,7 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private; type
         p.add_argument("--password-stdin", action="store_true", help="line 1: password; line 2: TOTP code")
     for p in (add, usub.choices["list"], enrol, issue, revoke, login):
         p.add_argument("--users-db", type=Path, required=True, help="the user store (SQLite)")
+        p.add_argument("--key-file", type=Path, help="keyring sealing TOTP secrets (default: $MEDFED_DATA_KEY)")
         p.set_defaults(people=_users)
     login.set_defaults(people=_login)
     _register_approvals(sub)
@@ -91,6 +92,7 @@ def _register_approvals(sub: Any) -> None:
         p.add_argument("--approvals-db", type=Path, required=True, help="the node's approvals store (SQLite)")
         p.add_argument("--site", required=True)
         p.add_argument("--users-db", type=Path, required=True)
+        p.add_argument("--key-file", type=Path, help="keyring of the user store (default: $MEDFED_DATA_KEY)")
         p.set_defaults(people=_approvals)
 
 
@@ -103,6 +105,7 @@ def _register_alerts(sub: Any) -> None:
     lst.add_argument("--seed", type=int, default=0)
     lst.add_argument("--json", action="store_true")
     lst.add_argument("--users-db", type=Path, required=True)
+    lst.add_argument("--key-file", type=Path, help="keyring of the user store (default: $MEDFED_DATA_KEY)")
     lst.set_defaults(people=_alerts)
 
 
@@ -114,10 +117,13 @@ def dispatch(args: argparse.Namespace) -> int:
 # --- shared --------------------------------------------------------------------------------
 
 
-def _store(path: Path) -> Any:
+def _store(args: argparse.Namespace) -> Any:
+    from medfed.security.keys import load_keyring
     from medfed.security.users import UserStore
 
-    return UserStore(path, audit=_audit)
+    path: Path = args.users_db
+    keyring = load_keyring(args.key_file, os.environ, data_dirs=(path.resolve().parent,))
+    return UserStore(path, audit=_audit, keyring=keyring)
 
 
 def _secrets(args: argparse.Namespace, *, code: bool) -> tuple[str, str]:
@@ -160,7 +166,7 @@ def _when(t: float | None) -> str:
 
 
 def _users(args: argparse.Namespace) -> int:
-    store = _store(args.users_db)
+    store = _store(args)
     if args.action == "add":
         if store.users():
             authorize(_principal(store), Action.USER_MANAGE, Resource.federation())
@@ -205,7 +211,7 @@ def _enrol(args: argparse.Namespace, store: Any) -> int:
 def _login(args: argparse.Namespace) -> int:
     from medfed.security.users import Credentials
 
-    store = _store(args.users_db)
+    store = _store(args)
     password, code = _secrets(args, code=True)
     session = store.login(Credentials(user_id=args.user, password=password, code=code))
     me = session.principal
@@ -223,7 +229,7 @@ def _login(args: argparse.Namespace) -> int:
 def _approvals(args: argparse.Namespace) -> int:
     from medfed.security.approvals import ApprovalState, ApprovalStore
 
-    me = _principal(_store(args.users_db))
+    me = _principal(_store(args))
     approvals = ApprovalStore(args.approvals_db, site=args.site, audit=_audit)
     decision = authorize(me, Action.APPROVAL_READ, Resource.site(args.site))
     if decision.emergency:
@@ -262,7 +268,7 @@ def _approvals(args: argparse.Namespace) -> int:
 def _alerts(args: argparse.Namespace) -> int:
     from medfed.security.access_anomaly import AccessAnomalyDetector, DetectorConfig, alert_fields, parse_access_events
 
-    me = _principal(_store(args.users_db))
+    me = _principal(_store(args))
     if authorize(me, Action.ALERT_READ, Resource.site(args.site)).emergency:
         _audit("authz.emergency", {"user": me.user_id, "action": Action.ALERT_READ.value, "site": args.site})
     try:

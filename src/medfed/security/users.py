@@ -1,12 +1,15 @@
 """People: unique user ids, roles, passwords, TOTP, API tokens, sessions, lockout and break glass.
 
 One SQLite file (WAL) holds it all; only hashes of secrets are stored (Argon2id for passwords,
-SHA-256 for 256-bit random tokens and session ids). The clock is injected so that idle timeouts,
-lockouts and token expiry are tested without sleeping. HIPAA 45 CFR 164.312 mapping:
+SHA-256 for 256-bit random tokens and session ids); TOTP secrets and break-glass reasons, which
+must be readable, are sealed with AES-256-GCM under a keyring kept outside the data directory.
+The clock is injected so that idle timeouts, lockouts and token expiry are tested without sleeping.
+HIPAA 45 CFR 164.312 mapping:
 
 * (a)(2)(i) unique user identification: ``users.user_id`` is the primary key;
 * (a)(2)(ii) emergency access: :meth:`UserStore.break_glass`, time-limited and loudly audited;
 * (a)(2)(iii) automatic logoff: sessions end after ``session_idle_s`` idle or ``session_max_s``;
+* (a)(2)(iv) encryption: TOTP secrets and break-glass reasons sealed at rest;
 * (d) person authentication: Argon2id password plus TOTP (RFC 6238), required for admin roles.
 
 Every authentication failure is one opaque :class:`AuthenticationFailed` to the caller; the
@@ -35,6 +38,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from medfed.core.errors import ConfigError, PermissionDenied, StoreError, ValidationError
+from medfed.crypto.aead import Keyring, decrypt, encrypt
 from medfed.security.authz import Action, Principal, UserRole, role_actions
 
 __all__ = [
@@ -233,9 +237,16 @@ class UserStore:
     """The people of one federation (or one site) in a SQLite file."""
 
     def __init__(
-        self, path: Path, *, audit: AuditFn, policy: AuthPolicy | None = None, clock: Callable[[], float] = time.time
+        self,
+        path: Path,
+        *,
+        audit: AuditFn,
+        keyring: Keyring,
+        policy: AuthPolicy | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
+        self._keyring = keyring  # seals TOTP secrets and break-glass reasons (AES-256-GCM, crypto.aead)
         self.policy = policy or AuthPolicy()
         self._audit = audit
         self._clock = clock
@@ -335,7 +346,10 @@ class UserStore:
         principal = self._authenticate(creds, enrolling=True)
         secret = secrets.token_bytes(20)  # RFC 4226 §4 R6: at least 128 bits, 160 recommended
         with self._tx() as db:
-            db.execute("UPDATE users SET totp_pending=? WHERE user_id=?", (secret.hex(), principal.user_id))
+            db.execute(
+                "UPDATE users SET totp_pending=? WHERE user_id=?",
+                (self._seal_totp(principal.user_id, secret), principal.user_id),
+            )
         self._audit("user.totp_enrolment_started", {"user": principal.user_id})
         return otpauth_uri(secret, account=principal.user_id, issuer=issuer)
 
@@ -345,7 +359,7 @@ class UserStore:
             row = self._db.execute("SELECT totp_pending FROM users WHERE user_id=?", (user_id,)).fetchone()
         if row is None or row[0] is None:
             raise ValidationError(f"user {user_id!r} has no TOTP enrolment in progress")
-        step = totp_matches(bytes.fromhex(row[0]), code, at=self._clock(), last_step=-1)
+        step = totp_matches(self._open_totp(user_id, row[0]), code, at=self._clock(), last_step=-1)
         if step is None:
             self._audit("user.totp_enrolment_failed", {"user": user_id})
             raise ValidationError(f"user {user_id!r}: the code does not match the new TOTP secret")
@@ -355,6 +369,27 @@ class UserStore:
                 (step, user_id),
             )
         self._audit("user.totp_enrolled", {"user": user_id})
+
+    # TOTP secrets are sealed at rest, bound to their user: a secret copied into another user's
+    # row, or a database read without the key, yields nothing (45 CFR 164.312(a)(2)(iv)).
+
+    def _seal_totp(self, user_id: str, secret: bytes) -> str:
+        return encrypt(self._keyring, secret, context=f"totp:{user_id}").hex()
+
+    def _open_totp(self, user_id: str, sealed: str) -> bytes:
+        return decrypt(self._keyring, bytes.fromhex(sealed), context=f"totp:{user_id}")
+
+    def _seal_reason(self, user_id: str, reason: str) -> str:
+        return encrypt(self._keyring, reason.encode(), context=f"break-glass:{user_id}").hex()
+
+    def break_glass_reasons(self, user_id: str) -> list[tuple[float, str]]:
+        """When ``user_id`` broke glass and why (for the security officer's review)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, reason FROM break_glass WHERE user_id=? ORDER BY at", (user_id,)
+            ).fetchall()
+        context = f"break-glass:{user_id}"
+        return [(float(at), decrypt(self._keyring, bytes.fromhex(r), context=context).decode()) for at, r in rows]
 
     # --- login, sessions ------------------------------------------------------------------
 
@@ -380,7 +415,13 @@ class UserStore:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO break_glass VALUES (?,?,?,?,?)",
-                (self._clock(), principal.user_id, reason, _sha256(session.secret), session.expires_at),
+                (
+                    self._clock(),
+                    principal.user_id,
+                    self._seal_reason(principal.user_id, reason),
+                    _sha256(session.secret),
+                    session.expires_at,
+                ),
             )
         self._audit(
             "auth.break_glass",
@@ -439,7 +480,7 @@ class UserStore:
         if not self._verify(pw_hash, creds.password):
             raise self._failed(creds, now, "wrong password")
         if totp_secret is not None:
-            step = totp_matches(bytes.fromhex(totp_secret), creds.code, at=now, last_step=last_step)
+            step = totp_matches(self._open_totp(creds.user_id, totp_secret), creds.code, at=now, last_step=last_step)
             if step is None or not self._spend_step(creds.user_id, step):
                 raise self._failed(creds, now, "wrong or reused code")
         elif UserRole(role) in ADMIN_ROLES and not enrolling:
