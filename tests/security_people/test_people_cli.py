@@ -92,6 +92,17 @@ def test_people_cli_end_to_end(
     cli("approvals", "reject", facts.spec_hash[:12], "--reason", "withdrawn", *common)
     with pytest.raises(PermissionDenied, match="withdrawn"):
         node.check(facts)
+    rule = ["--task", "logistic_regression", "--dataset", "heart", "--purpose", "cardiology", "--researcher", "rita"]
+    out = cli("approvals", "rule", "add", *rule, "--reason", "programme grant", "--expires-days", "90", *common)
+    rule_id = out.split()[2].rstrip(":")
+    changed = JobFacts.from_spec(
+        parse_job_spec(SPEC.replace("5", "9")), job_id="j2", researcher="rita", purpose="cardiology"
+    )
+    assert node.check(changed).rule_id == rule_id
+    assert f"rule {rule_id}" in cli("approvals", "list", "--state", "all", *common)
+    cli("approvals", "rule", "revoke", rule_id, *common)
+    with pytest.raises(PermissionDenied, match="awaits"):
+        node.check(changed)
 
     events = tmp_path / "events.jsonl"
     with events.open("w") as f:

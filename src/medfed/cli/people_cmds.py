@@ -88,7 +88,15 @@ def _register_approvals(sub: Any) -> None:
         p.add_argument("spec_hash")
     for p in (approve, reject):
         p.add_argument("--reason", required=p is reject, default="")
-    for p in (lst, show, approve, reject):
+    rule = asub.add_parser("rule", help="standing rules: advance approval of every matching spec")
+    rsub = rule.add_subparsers(dest="rule_action", required=True)
+    radd = rsub.add_parser("add", help="cover task X on dataset Y for purpose Z by researcher R ('*' for any)")
+    for key in ("task", "dataset", "purpose", "researcher", "reason"):
+        radd.add_argument(f"--{key}", required=True)
+    radd.add_argument("--expires-days", type=float)
+    rrevoke = rsub.add_parser("revoke", help="revoke a standing rule by id")
+    rrevoke.add_argument("rule_id")
+    for p in (lst, show, approve, reject, radd, rrevoke):
         p.add_argument("--approvals-db", type=Path, required=True, help="the node's approvals store (SQLite)")
         p.add_argument("--site", required=True)
         p.add_argument("--users-db", type=Path, required=True)
@@ -234,6 +242,8 @@ def _approvals(args: argparse.Namespace) -> int:
     decision = authorize(me, Action.APPROVAL_READ, Resource.site(args.site))
     if decision.emergency:
         _audit("authz.emergency", {"user": me.user_id, "action": Action.APPROVAL_READ.value, "site": args.site})
+    if args.action == "rule":
+        return _rule(args, approvals, me)
     if args.action == "list":
         state = None if args.state == "all" else ApprovalState(args.state)
         for a in approvals.approvals(state):
@@ -259,6 +269,23 @@ def _approvals(args: argparse.Namespace) -> int:
     else:
         a = approvals.reject(a.spec_hash, by=me, reason=args.reason)
         print(f"rejected {a.spec_hash[:16]} (job {a.name!r}): {a.reason}")
+    return 0
+
+
+def _rule(args: argparse.Namespace, approvals: Any, me: Principal) -> int:
+    from medfed.security.approvals import StandingRule
+
+    if args.rule_action == "revoke":
+        approvals.revoke_rule(args.rule_id, by=me)
+        print(f"revoked standing rule {args.rule_id}")
+        return 0
+    expires = None if args.expires_days is None else time.time() + args.expires_days * 86400
+    draft = StandingRule(
+        rule_id="", task=args.task, dataset=args.dataset, purpose=args.purpose, researcher=args.researcher,
+        created_by="", created_at=0.0, expires_at=expires, reason=args.reason,
+    )  # fmt: skip
+    added = approvals.add_rule(draft, by=me)
+    print(f"standing rule {added.rule_id}: {added.task} on {added.dataset} for {added.purpose!r} by {added.researcher}")
     return 0
 
 
