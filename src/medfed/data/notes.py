@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import itertools
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -89,7 +90,9 @@ _STREET = (
     r"(?:Street|St|Road|Rd|Avenue|Ave|Boulevard|Blvd|Drive|Dr|Lane|Ln|Way|Court|Ct|Place|Pl|Terrace|Ter|"
     r"Circle|Cir|Highway|Hwy|Parkway|Pkwy|Square|Sq|Trail|Trl)\b\.?"
 )
-_CAP = r"[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?"
+# Capitalised words, Latin-1 letters included ("Benjamín", "María").
+_UP, _LOW = "A-ZÀ-ÖØ-Þ", "a-zß-öø-ÿ"
+_CAP = rf"[{_UP}][{_LOW}]+(?:[-'][{_UP}][{_LOW}]+)?"
 _I = re.IGNORECASE
 
 # (kind, pattern, group to mark): order does not matter, overlaps are resolved by _resolve().
@@ -117,7 +120,7 @@ _PATTERNS: tuple[tuple[PhiType, re.Pattern[str], int], ...] = (
     ),
     (PhiType.ID, re.compile(r"\b(?=[A-Z0-9-]*\d)(?=[A-Z0-9-]*[A-Z])[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)+\b"), 0),
     (PhiType.ID, re.compile(r"\b(?=[A-HJ-NPR-Z0-9]*\d)(?=[A-HJ-NPR-Z0-9]*[A-Z])[A-HJ-NPR-Z0-9]{17}\b"), 0),
-    (PhiType.ID, re.compile(r"\b\d{5,}\b"), 0),
+    (PhiType.ID, re.compile(r"(?<![\w.,])\d{5,}(?!\w|[.,]\d)"), 0),  # not the decimals of 0.00146
     (PhiType.ID, re.compile(r"\b[\w-]+\.(?:jpe?g|png|gif|tiff?|bmp|dcm|heic)\b", _I), 0),
     (PhiType.DATE, re.compile(r"\b(?:\d{1,2}[/-]\d{1,2}[/-](?:\d{4}|\d{2})|\d{4}-\d{2}-\d{2}|\d{4}/\d{2}/\d{2})\b"), 0),
     (PhiType.DATE, re.compile(rf"\b{_MONTH}\s+{_DAY}(?:,?\s+\d{{4}})?\b"), 0),
@@ -139,14 +142,23 @@ _PATTERNS: tuple[tuple[PhiType, re.Pattern[str], int], ...] = (
     (PhiType.LOCATION, re.compile(rf"\b(?:lives|living|resides|residing|born) in\s+({_CAP}(?:\s{_CAP})?)"), 1),
 )
 _FAX_CUE = re.compile(r"\bfax(?:ed)?\b", _I)
-_TITLE = re.compile(rf"\b(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Doctor|Nurse)\.?\s+((?:{_CAP}\s?){{1,3}})")
+_TITLE = re.compile(rf"\b(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Doctor|Nurse)\.?\s+((?:{_CAP} ?){{1,3}})")
 _CUED = re.compile(
     rf"\b(?:patient|pt|name|named|called|charted as|son|daughter|wife|husband|mother|father|"
     rf"spouse|contact|signed by|seen by)\s*:?\s*['\"]?({_CAP}(?:[ -]{_CAP})?)['\"]?",
 )
 _BEFORE_CUE = re.compile(rf"\b({_CAP}(?:[ -]{_CAP}){{1,2}})\s*[(,]\s*(?:MRN|DOB|date of birth|age[ds]?\b|born)")
+# "May is a 72 year-old ...": the subject of an age statement is the patient, whatever the word.
+_AGE_SUBJECT = re.compile(
+    rf"\b({_CAP}(?: {_CAP}){{0,2}}) (?:is|was) an? "
+    r"(?:\d+[- ](?:years?|months?|weeks?|days?)[- ]old|newborn|neonate|infant)\b"
+)
+_SUBJECT_WORDS = (
+    "Patient Pt He She They This That It Who Client Resident Child Infant Baby Boy Girl Man Woman Person The"
+)
+_SUBJECTS = frozenset(_SUBJECT_WORDS.split())
 _VERB_AFTER = (" is ", " was ", " has ", " had ", " presents", " reports", " denies", " states")
-_WORD = re.compile(r"[A-Z][a-z]+(?:[-'][A-Z][a-z]+)*")
+_WORD = re.compile(rf"[{_UP}][{_LOW}]+(?:[-'][{_UP}][{_LOW}]+)*")
 # Capitalised words that the census lists hold but that open sentences or name things in notes.
 _NOT_NAME_WORDS = """Patient Pt The This That These Those He She His Her They Their Was Were Is Are Has Had No Not
     And Or But If On In At By For From With Without Per Plan History Chief Complaint Assessment Allergies
@@ -184,6 +196,11 @@ def _name_lists() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(first - _NOT_NAMES), frozenset(last - _NOT_NAMES)
 
 
+def _fold(word: str) -> str:
+    """A word without accents, for the ASCII census lists ("Benjamín" -> "Benjamin")."""
+    return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+
+
 def _pattern_spans(text: str) -> list[PhiSpan]:
     spans = []
     for kind, pattern, group in _PATTERNS:
@@ -200,7 +217,12 @@ def _pattern_spans(text: str) -> list[PhiSpan]:
 def _name_spans(text: str) -> list[PhiSpan]:
     """Names by title, by cue word, and by dictionary (a known first name followed by a capitalised word)."""
     first, last = _name_lists()
-    spans = []
+    spans = [
+        PhiSpan(start=match.start(1) + w.start(), end=match.start(1) + w.end(), kind=PhiType.NAME)
+        for match in _AGE_SUBJECT.finditer(text)
+        for w in _WORD.finditer(match.group(1))
+        if w.group() not in _SUBJECTS
+    ]
     for pattern in (_TITLE, _CUED, _BEFORE_CUE):
         for match in pattern.finditer(text):
             words = [w for w in _WORD.finditer(match.group(1)) if w.group() not in _NOT_NAMES]
@@ -211,10 +233,11 @@ def _name_spans(text: str) -> list[PhiSpan]:
     words = list(_WORD.finditer(text))
     for here, following in itertools.pairwise(words):
         adjacent = text[here.end() : following.start()] in (" ", "-")
-        if adjacent and here.group() in first and (following.group() in last or following.group() in first):
+        given, family = _fold(here.group()), _fold(following.group())
+        if adjacent and given in first and (family in last or family in first):
             spans.append(PhiSpan(start=here.start(), end=following.end(), kind=PhiType.NAME))
     for word in words:  # "Della is a 94 year-old ...": a known first name as the subject of a sentence
-        if word.group() in first and text.startswith(_VERB_AFTER, word.end()):
+        if _fold(word.group()) in first and text.startswith(_VERB_AFTER, word.end()):
             spans.append(PhiSpan(start=word.start(), end=word.end(), kind=PhiType.NAME))
     return spans
 
@@ -224,7 +247,7 @@ def _propagate(text: str, spans: list[PhiSpan]) -> list[PhiSpan]:
     tokens = {w for s in spans if s.kind is PhiType.NAME for w in _WORD.findall(text[s.start : s.end])}
     more = [
         PhiSpan(start=m.start(), end=m.end(), kind=PhiType.NAME)
-        for token in tokens - _NOT_NAMES
+        for token in tokens - _SUBJECTS
         for m in re.finditer(rf"\b{re.escape(token)}\b", text)
     ]
     return spans + more
