@@ -116,7 +116,7 @@ class Profiler:
                     self.bins[col.name] = self.bins.get(col.name, np.zeros(BINS, dtype=np.int64)) + hist
             elif col.type in (ColumnType.CATEGORY, ColumnType.STRING):
                 counts = self.values.setdefault(col.name, Counter())
-                counts.update(present.astype(str).tolist())
+                counts.update({str(k): int(v) for k, v in present.astype(str).value_counts().items()})
                 if len(counts) > 10 * MAX_VALUES:  # bound memory on free text or identifiers
                     self.values[col.name] = Counter(dict(counts.most_common(MAX_VALUES + 1)))
 

@@ -214,7 +214,7 @@ def _csv_batches(decl: DatasetDecl) -> Iterator[Batch]:
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
             after = line + len(pending) - 1
             raise DataError(f"{decl.path}: after line {after}: unreadable ({decl.encoding}): {exc}") from None
-        fresh = record_batch.to_pandas()
+        fresh = record_batch.to_pandas(types_mapper=pd.ArrowDtype)  # strings stay Arrow strings: vectorised checks
         pending = pd.concat([pending, fresh], ignore_index=True) if len(pending) else fresh
         while len(pending) >= decl.batch_rows:  # pyarrow blocks are bytes; batches are rows
             yield Batch(frame=pending.iloc[: decl.batch_rows].reset_index(drop=True), first_row=line, row_word="line")
