@@ -17,9 +17,9 @@ import pandas as pd
 
 from medfed.cli.config import read_toml
 from medfed.core.errors import ConfigError, DataError, ValidationError
-from medfed.data.catalog import CatalogEntry, catalog_entry, search
-from medfed.data.profile import DatasetProfile, profile_frames
-from medfed.data.sources import DatasetDecl, SourceFormat, fingerprint, iter_harmonised, parse_dataset
+from medfed.data.catalog import CatalogEntry, entry_for, search
+from medfed.data.profile import profile_dataset
+from medfed.data.sources import DatasetDecl, fingerprint, parse_dataset
 
 
 def register(subparsers: Any) -> None:
@@ -82,28 +82,17 @@ def _as_of(text: str) -> pd.Timestamp | None:
         raise ConfigError(f"--as-of {text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def _profile(decl: DatasetDecl, as_of: pd.Timestamp | None) -> tuple[DatasetProfile, int]:
-    dropped = 0
-
-    def frames() -> Any:
-        nonlocal dropped
-        for part in iter_harmonised(decl, as_of=as_of):
-            dropped += part.n_dropped
-            yield part.frame
-
-    return profile_frames(decl.name, decl.schema, frames()), dropped
-
-
 def _check(site: SiteDatasets, as_of: pd.Timestamp | None) -> int:
     failed = 0
     for name, decl in site.datasets.items():
         try:
-            profile, dropped = _profile(decl, as_of)
+            profile = profile_dataset(decl, as_of=as_of)
         except (DataError, ValidationError) as exc:
             failed += 1
             print(f"FAIL {name} ({decl.format.value}, {decl.path}): {exc}")
             continue
-        print(f"ok   {name} ({decl.format.value}): {profile.rows} rows, {dropped} excluded by missing-value policy")
+        excluded = f"{profile.excluded} excluded by missing-value policy"
+        print(f"ok   {name} ({decl.format.value}): {profile.rows} rows, {excluded}")
     if not site.datasets:
         print("no datasets with declared columns in this site.toml")
     return 1 if failed else 0
@@ -112,14 +101,8 @@ def _check(site: SiteDatasets, as_of: pd.Timestamp | None) -> int:
 def _entries(site: SiteDatasets, as_of: pd.Timestamp | None) -> list[CatalogEntry]:
     entries = []
     for decl in site.datasets.values():
-        profile, _ = _profile(decl, as_of)
-        digest = fingerprint(decl.path) if decl.format is not SourceFormat.OMOP or not decl.dsn else ""
-        codes = {f.name: f.codes for f in decl.features}
-        entries.append(
-            catalog_entry(
-                site=site.site, profile=profile, tags=decl.tags, codes=codes, purposes=decl.purposes, fingerprint=digest
-            )
-        )
+        digest = "" if decl.dsn else fingerprint(decl.path)
+        entries.append(entry_for(site.site, decl, profile_dataset(decl, as_of=as_of), fingerprint=digest))
     return entries
 
 
@@ -131,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         return _check(site, as_of)
     if args.command == "data":
         for decl in site.datasets.values():
-            print(_profile(decl, as_of)[0].to_text(), end="\n\n")
+            print(profile_dataset(decl, as_of=as_of).to_text(), end="\n\n")
         return 0
     entries = _entries(site, as_of)
     hits = search(entries, args.query)

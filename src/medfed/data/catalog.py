@@ -18,6 +18,7 @@ from typing import Any
 
 from medfed.core.errors import ValidationError
 from medfed.data.profile import DatasetProfile
+from medfed.data.sources import DatasetDecl
 
 #: Counts below this are never shown exactly.
 SMALL_CELL = 5
@@ -133,6 +134,14 @@ def catalog_entry(
         codes=tuple(sorted({code for cs in codes.values() for code in cs})),
         purposes=purposes,
         fingerprint=fingerprint,
+    )
+
+
+def entry_for(site: str, decl: DatasetDecl, profile: DatasetProfile, *, fingerprint: str) -> CatalogEntry:
+    """The catalog entry of a declared dataset, from its local profile."""
+    codes = {f.name: f.codes for f in decl.features}
+    return catalog_entry(
+        site=site, profile=profile, tags=decl.tags, codes=codes, purposes=decl.purposes, fingerprint=fingerprint
     )
 
 

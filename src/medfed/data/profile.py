@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from medfed.data.schema import ColumnType, Schema
+from medfed.data.sources import DatasetDecl, iter_harmonised
 
 #: Distinct values kept per categorical column.
 MAX_VALUES = 50
@@ -51,13 +52,16 @@ class DatasetProfile:
     dataset: str
     rows: int
     columns: tuple[ColumnProfile, ...]
+    #: rows a ``drop_row`` missing-value policy excluded (counted, not profiled)
+    excluded: int = 0
 
     def column(self, name: str) -> ColumnProfile:
         return next(c for c in self.columns if c.name == name)
 
     def to_text(self) -> str:
         """A fixed-width table for a terminal."""
-        lines = [f"dataset {self.dataset}: {self.rows} rows", f"{'column':<24}{'type':<10}{'missing':>9}  summary"]
+        head = f"dataset {self.dataset}: {self.rows} rows ({self.excluded} excluded by missing-value policy)"
+        lines = [head, f"{'column':<24}{'type':<10}{'missing':>9}  summary"]
         for c in self.columns:
             if c.mean is not None:
                 summary = f"min {c.minimum:.4g}  max {c.maximum:.4g}  mean {c.mean:.4g}  sd {c.std:.4g} {c.unit}"
@@ -157,3 +161,20 @@ def _histogram(lo: float | None, hi: float | None, counts: np.ndarray | None) ->
         return ()
     edges = np.linspace(lo, hi, BINS + 1)
     return tuple((float(edges[i]), float(edges[i + 1]), int(counts[i])) for i in range(BINS))
+
+
+def profile_dataset(decl: DatasetDecl, *, as_of: pd.Timestamp | None = None) -> DatasetProfile:
+    """Harmonise, validate and profile a declared dataset in one streaming pass.
+
+    Raises
+    ------
+    DataError, ValidationError
+        The dataset cannot be read or fails its schema (every problem listed).
+    """
+    profiler = Profiler(decl.schema)
+    excluded = 0
+    for part in iter_harmonised(decl, as_of=as_of):
+        profiler.add(part.frame)
+        excluded += part.n_dropped
+    result = profiler.result(decl.name)
+    return DatasetProfile(dataset=result.dataset, rows=result.rows, columns=result.columns, excluded=excluded)
