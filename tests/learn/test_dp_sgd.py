@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from medfed.core.errors import ValidationError
+from medfed.core.errors import ConfigError, ValidationError
 from medfed.core.params import Parameters
 from medfed.learn.base import TabularData
 from medfed.learn.tasks import LogisticRegressionTask, MLPTask
@@ -49,3 +49,24 @@ def test_fedprox_with_dp_sgd_is_refused() -> None:
     opts = {"input_dim": 5, "dp_noise_multiplier": 1.0, "proximal_mu": 0.1}
     with pytest.raises(ValidationError, match="proximal term cannot be combined with DP-SGD"):
         task.fit(task.init_parameters(opts, seed=0), _data(), opts, seed=0)
+
+
+@pytest.mark.parametrize("task", [LogisticRegressionTask(), MLPTask()], ids=["logreg", "mlp"])
+def test_ghost_clipping_trains_the_same_model_as_per_example_hooks(task: LogisticRegressionTask) -> None:
+    """Ghost clipping (the default) and Opacus's hooks clip the same per-example norms and draw the
+    same noise from the same seed: the models agree; only how the norms are computed differs."""
+    data = _data()
+    opts = {"input_dim": 5, "local_steps": 10, "batch_size": 8, "lr": 0.1, "dp_noise_multiplier": 0.5,
+            "dp_clip_norm": 0.01}  # fmt: skip
+    start = task.init_parameters(opts, seed=1)
+    ghost = task.fit(start, data, opts | {"dp_clipping": "ghost"}, seed=5)
+    hooks = task.fit(start, data, opts | {"dp_clipping": "hooks"}, seed=5)
+    assert ghost.parameters.allclose(hooks.parameters, atol=1e-6, rtol=1e-5)
+    assert not ghost.parameters.allclose(start)
+
+
+def test_an_unknown_clipping_mode_is_refused() -> None:
+    task = LogisticRegressionTask()
+    opts = {"input_dim": 5, "dp_noise_multiplier": 1.0, "dp_clipping": "fast"}
+    with pytest.raises(ConfigError, match="dp_clipping must be one of \\['ghost', 'hooks'\\], got 'fast'"):
+        task.fit(task.init_parameters({"input_dim": 5}, seed=0), _data(), opts, seed=0)

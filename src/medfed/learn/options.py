@@ -15,6 +15,15 @@ from medfed.core.errors import ConfigError
 from medfed.core.records import Scalar
 
 
+class DPClipping(enum.StrEnum):
+    """How DP-SGD bounds each example's gradient (Opacus): ghost clipping computes per-example
+    gradient norms without materialising per-example gradients (Li et al. 2022; Bu et al. 2023);
+    hooks store every per-example gradient. Both clip to the same norm: the privacy is the same."""
+
+    GHOST = "ghost"
+    HOOKS = "hooks"
+
+
 class OptimizerName(enum.StrEnum):
     """Local optimisers a task may use."""
 
@@ -89,6 +98,7 @@ TRAIN_SPEC: dict[str, OptionSpec] = {
     # set by the node's privacy middleware from the job's [privacy] table, not by researchers
     "dp_noise_multiplier": OptionSpec(float, 0.0, _non_negative, ">= 0"),
     "dp_clip_norm": OptionSpec(float, 1.0, _positive, "> 0"),
+    "dp_clipping": OptionSpec(str, "ghost", lambda x: x in set(DPClipping), f"one of {[c.value for c in DPClipping]}"),
 }
 
 
@@ -105,6 +115,7 @@ class TrainOptions:
     hidden: int
     dp_noise_multiplier: float = 0.0
     dp_clip_norm: float = 1.0
+    dp_clipping: DPClipping = DPClipping.GHOST
 
     @classmethod
     def parse(cls, config: Mapping[str, Scalar], *, with_hidden: bool, where: str) -> TrainOptions:
@@ -121,6 +132,7 @@ class TrainOptions:
             hidden=int(v.get("hidden") or TRAIN_SPEC["hidden"].default),  # type: ignore[arg-type]  # idem
             dp_noise_multiplier=float(v["dp_noise_multiplier"]),  # type: ignore[arg-type]  # idem
             dp_clip_norm=float(v["dp_clip_norm"]),  # type: ignore[arg-type]  # idem
+            dp_clipping=DPClipping(str(v["dp_clipping"])),
         )
 
 

@@ -8,7 +8,7 @@ and are loaded into a module through its ``state_dict`` (no pickle).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from medfed.core.records import Scalar
 from medfed.learn.base import FitOutput, TabularData
 from medfed.learn.identity import IdentityTask
 from medfed.learn.metrics import accuracy, log_loss, roc_auc
-from medfed.learn.options import OptimizerName, TrainOptions
+from medfed.learn.options import DPClipping, OptimizerName, TrainOptions
 
 __all__ = [
     "IdentityTask",  # torch-free, in its own module; re-exported for the ``identity`` entry point
@@ -150,41 +150,25 @@ class _TorchBinaryTask:
         """
         if opts.proximal_mu > 0:
             raise ValidationError("FedProx's proximal term cannot be combined with DP-SGD", where=self._name)
-        from opacus import GradSampleModule
-        from opacus.optimizers import DPOptimizer
-
         gen = torch.Generator().manual_seed(seed)
-        gsm = GradSampleModule(module, loss_reduction="sum")
-        optim_cls = torch.optim.Adam if opts.optimizer is OptimizerName.ADAM else torch.optim.SGD
-        optimizer = DPOptimizer(
-            optim_cls(gsm.parameters(), lr=opts.lr),
-            noise_multiplier=opts.dp_noise_multiplier,
-            max_grad_norm=opts.dp_clip_norm,
-            expected_batch_size=opts.batch_size,
-            loss_reduction="sum",
-            generator=gen,
-        )
         x, y = _tensor(data.x_train), _tensor(data.y_train)
         rate = min(1.0, opts.batch_size / len(y))
+        optim_cls = torch.optim.Adam if opts.optimizer is OptimizerName.ADAM else torch.optim.SGD
+        if opts.dp_clipping is DPClipping.GHOST:
+            step, gsm = _ghost_dp_step(module, optim_cls, opts, gen)
+        else:
+            step, gsm = _hooks_dp_step(module, optim_cls, opts, gen)
         losses = []
         for _ in range(opts.local_steps):
             idx = (torch.rand(len(y), generator=gen) < rate).nonzero().squeeze(1)
-            optimizer.zero_grad(set_to_none=True)
-            if len(idx) == 0:  # an empty Poisson batch is still a step: noise only
-                for p in gsm.parameters():
-                    p.grad_sample = torch.zeros((0, *p.shape))
-            else:
-                # the input asks for a gradient so that Opacus's full backward hooks see one: without
-                # it torch warns on every step ("Full backward hook is firing…"), and warning filters
-                # are process-global, not something a task may change while other threads run
-                batch = x[idx].requires_grad_(True)
-                logits = gsm(batch).squeeze(-1)
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, y[idx], reduction="sum")
-                losses.append(float(loss.detach()) / len(idx))
-                torch.autograd.backward(loss)
-            optimizer.step()
+            # the input asks for a gradient so that Opacus's full backward hooks see one: without
+            # it torch warns on every step ("Full backward hook is firing…"), and warning filters
+            # are process-global, not something a task may change while other threads run
+            loss = step(x[idx].requires_grad_(True), y[idx])  # an empty Poisson batch: noise only
+            if loss is not None:
+                losses.append(loss / len(idx))
         metrics = {"train_loss": float(np.mean(losses))} if losses else {}
-        fitted = parameters_from_module(gsm._module)
+        fitted = parameters_from_module(gsm)
         return FitOutput(parameters=fitted, num_examples=len(y), metrics=metrics)
 
     def predict_logits(self, params: Parameters, data: TabularData, config: dict[str, Scalar]) -> np.ndarray:
@@ -229,3 +213,84 @@ class MLPTask(_TorchBinaryTask):
             out=_linear(opts.hidden, 1),
         )
         return nn.Sequential(layers)
+
+
+#: One DP-SGD step on a (possibly empty) Poisson batch; returns the summed loss, or None if empty.
+_DPStep = Callable[[torch.Tensor, torch.Tensor], float | None]
+
+
+def _hooks_dp_step(
+    module: nn.Module,
+    optim_cls: type[torch.optim.SGD] | type[torch.optim.Adam],
+    opts: TrainOptions,
+    gen: torch.Generator,
+) -> tuple[_DPStep, nn.Module]:
+    """DP-SGD with Opacus's per-example gradients from hooks (every one materialised)."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    gsm = GradSampleModule(module, loss_reduction="sum")
+    optimizer = DPOptimizer(
+        optim_cls(gsm.parameters(), lr=opts.lr),
+        noise_multiplier=opts.dp_noise_multiplier,
+        max_grad_norm=opts.dp_clip_norm,
+        expected_batch_size=opts.batch_size,
+        loss_reduction="sum",
+        generator=gen,
+    )
+
+    def step(batch: torch.Tensor, labels: torch.Tensor) -> float | None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = None
+        if len(batch) == 0:
+            for p in gsm.parameters():
+                p.grad_sample = torch.zeros((0, *p.shape))
+        else:
+            out = nn.functional.binary_cross_entropy_with_logits(gsm(batch).squeeze(-1), labels, reduction="sum")
+            loss = float(out.detach())
+            torch.autograd.backward(out)
+        optimizer.step()
+        return loss
+
+    return step, gsm._module
+
+
+def _ghost_dp_step(
+    module: nn.Module,
+    optim_cls: type[torch.optim.SGD] | type[torch.optim.Adam],
+    opts: TrainOptions,
+    gen: torch.Generator,
+) -> tuple[_DPStep, nn.Module]:
+    """DP-SGD with Opacus's ghost clipping: per-example gradient norms from activations and
+    output gradients, a second backward pass on the clipped loss, no per-example gradients stored."""
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+    gsm = GradSampleModuleFastGradientClipping(
+        module, max_grad_norm=opts.dp_clip_norm, use_ghost_clipping=True, loss_reduction="sum"
+    )
+    optimizer = DPOptimizerFastGradientClipping(
+        optim_cls(gsm.parameters(), lr=opts.lr),
+        noise_multiplier=opts.dp_noise_multiplier,
+        max_grad_norm=opts.dp_clip_norm,
+        expected_batch_size=opts.batch_size,
+        loss_reduction="sum",
+        generator=gen,
+    )
+    criterion = DPLossFastGradientClipping(gsm, optimizer, nn.BCEWithLogitsLoss(reduction="sum"), loss_reduction="sum")
+
+    def step(batch: torch.Tensor, labels: torch.Tensor) -> float | None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = None
+        if len(batch) == 0:
+            for p in gsm.parameters():
+                p.grad = torch.zeros_like(p)
+        else:
+            out = criterion(gsm(batch).squeeze(-1), labels)
+            loss = float(out.detach().sum()) if isinstance(out, torch.Tensor) else float(out.item())
+            out.backward()
+        optimizer.step()
+        return loss
+
+    return step, gsm._module
