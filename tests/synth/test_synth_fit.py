@@ -68,3 +68,14 @@ def test_bad_config_and_bad_input_are_refused(table: pd.DataFrame) -> None:
     assert "epsilon" in str(info.value) and "delta" in str(info.value) and "bins" in str(info.value)
     with pytest.raises(ValidationError, match="'sex' is missing"):
         fit(table.drop(columns=["sex"]), infer_schema(table), SynthConfig(), np.random.default_rng(0))
+
+
+def test_a_star_around_the_target_links_every_column_to_it(table: pd.DataFrame) -> None:
+    config = SynthConfig(method=Method.MST, epsilon=1.0, target="label")
+    fitted = fit(table, infer_schema(table), config, np.random.default_rng(0))
+    assert sorted(fitted.edges) == sorted(("label", c) for c in table.columns if c != "label")
+    assert fitted.cost.epsilon == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(ConfigError, match="only method 'mst'"):
+        SynthConfig(method=Method.AIM, target="label")
+    with pytest.raises(ConfigError, match="not a column"):
+        fit(table, infer_schema(table), SynthConfig(method=Method.MST, target="outcome"), np.random.default_rng(0))

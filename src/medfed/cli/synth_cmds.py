@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     f.add_argument("--epsilon", type=float, required=True)
     f.add_argument("--delta", type=float, default=1e-6)
     f.add_argument("--bins", type=int, default=8, help="bins per numeric or date column")
+    f.add_argument("--target", default="", help="mst only: fix the tree as the star around this column")
     f.add_argument("--schema", type=Path, help="public schema (JSON list of columns); default: inferred")
     f.add_argument("--dates", default="", help="comma-separated date columns to parse")
     f.add_argument("--seed", type=int, help="seed the noise (tests and simulations only: known noise is no privacy)")
@@ -117,7 +118,7 @@ def _fit(args: argparse.Namespace) -> int:
     else:
         schema = infer_schema(df)
         print("schema inferred from the data: its bounds and categories are hereby declared public", file=sys.stderr)
-    config = SynthConfig(method=method, epsilon=args.epsilon, delta=args.delta, bins=args.bins)
+    config = SynthConfig(method=method, epsilon=args.epsilon, delta=args.delta, bins=args.bins, target=args.target)
     fitted = fit(df, schema, config, _rng(args.seed))
     fitted.save(args.out)
     print(

@@ -34,6 +34,8 @@ _ONE_WAY_SHARE_AIM = 0.2
 # MST's split of ρ between 1-way measurements, selection and 2-way measurements. The paper splits
 # in thirds; benchmarks/synth_quality.py measured lower 2-way error with more on the 2-way tables.
 MST_SHARES = (0.2, 0.1, 0.7)
+#: With a fixed star (``center``), the split between 1-way and 2-way measurements.
+STAR_SHARES = (0.2, 0.8)
 
 
 class _Marginals:
@@ -68,30 +70,50 @@ def _one_ways(data: _Marginals, rho: float, rng: np.random.Generator) -> list[Me
 
 
 def mst(
-    codes: np.ndarray, sizes: tuple[int, ...], ordinal: tuple[bool, ...], rho: float, rng: np.random.Generator
+    codes: np.ndarray,
+    sizes: tuple[int, ...],
+    ordinal: tuple[bool, ...],
+    rho: float,
+    rng: np.random.Generator,
+    *,
+    center: int | None = None,
 ) -> tuple[TreeModel, list[tuple[int, int]]]:
-    """MST under ρ-zCDP; returns the model and the chosen (undirected) edges."""
+    """MST under ρ-zCDP; returns the model and the chosen (undirected) edges.
+
+    With ``center``, the tree is fixed in advance as the star around that column (every other
+    column's parent is ``center``, e.g. the outcome): a public, data-independent structure, so no
+    budget goes to selection and the synthesizer is a DP naive Bayes model (``STAR_SHARES``).
+    """
     data, d = _Marginals(codes, sizes), len(sizes)
-    measurements = _one_ways(data, rho * MST_SHARES[0], rng)
+    shares = MST_SHARES if center is None else (STAR_SHARES[0], 0.0, STAR_SHARES[1])
+    measurements = _one_ways(data, rho * shares[0], rng)
     if d == 1:
         return estimate(sizes, measurements, [], ordinal), []
-    base = estimate(sizes, measurements, [], ordinal)
-    pairs = list(combinations(range(d), 2))
-    scores = np.array([np.abs(data.two(i, j) - base.total * base.marginal(i, j)).sum() for i, j in pairs])
-    eps = math.sqrt(8.0 * rho * MST_SHARES[1] / (d - 1))
-    parent, tree = list(range(d)), []
-    for _ in range(d - 1):
-        open_ = [k for k, (i, j) in enumerate(pairs) if _find(parent, i) != _find(parent, j)]
-        k = open_[exponential_mechanism(scores[open_], eps, 1.0, rng)]
-        i, j = pairs[k]
-        parent[_find(parent, i)] = _find(parent, j)
-        tree.append((i, j))
-    sigma = math.sqrt((d - 1) / (2.0 * rho * MST_SHARES[2]))
+    if center is None:
+        tree = _kruskal(data, estimate(sizes, measurements, [], ordinal), rho * shares[1], rng)
+    else:
+        tree = [(center, j) for j in range(d) if j != center]
+    sigma = math.sqrt((d - 1) / (2.0 * rho * shares[2]))
     for i, j in tree:
         measurements.append(
             Measurement(columns=(i, j), values=gaussian_measure(data.two(i, j), sigma, rng).ravel(), sigma=sigma)
         )
     return estimate(sizes, measurements, tree, ordinal), tree
+
+
+def _kruskal(data: _Marginals, base: TreeModel, rho: float, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """MST's selection: d - 1 exponential-mechanism draws among the pairs joining two components."""
+    d = len(data.sizes)
+    pairs = list(combinations(range(d), 2))
+    scores = np.array([np.abs(data.two(i, j) - base.total * base.marginal(i, j)).sum() for i, j in pairs])
+    eps = math.sqrt(8.0 * rho / (d - 1))
+    parent, tree = list(range(d)), []
+    for _ in range(d - 1):
+        open_ = [k for k, (i, j) in enumerate(pairs) if _find(parent, i) != _find(parent, j)]
+        i, j = pairs[open_[exponential_mechanism(scores[open_], eps, 1.0, rng)]]
+        parent[_find(parent, i)] = _find(parent, j)
+        tree.append((i, j))
+    return tree
 
 
 def aim(

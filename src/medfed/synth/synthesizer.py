@@ -39,6 +39,7 @@ class SynthConfig:
     delta: float = 1e-6
     bins: int = 8
     bin_share: float = 0.1
+    target: str = ""  # MST only: fix the tree as the star around this column (DP naive Bayes)
 
     def __post_init__(self) -> None:
         problems = []
@@ -52,6 +53,8 @@ class SynthConfig:
             problems.append(f"bins must be in [2, 256], got {self.bins!r}")
         if not 0 <= self.bin_share < 1:
             problems.append(f"bin_share must be in [0, 1), got {self.bin_share!r}")
+        if self.target and self.method is not Method.MST:
+            problems.append(f"target {self.target!r} fixes the tree in advance, which only method 'mst' supports")
         if problems:
             raise ConfigError("synth config: " + "; ".join(problems))
 
@@ -109,14 +112,21 @@ def fit(df: pd.DataFrame, schema: Schema, config: SynthConfig, rng: np.random.Ge
     ------
     ValidationError
         ``df`` does not match ``schema`` (every problem listed, with column and row).
+    ConfigError
+        ``config.target`` is not a column of ``schema``.
     """
+    if config.target and config.target not in schema.names:
+        raise ConfigError(f"synth config: target {config.target!r} is not a column of the schema")
     rho = rho_for_epsilon(config.epsilon, config.delta)
     has_numeric = any(c.kind is not ColumnKind.CATEGORICAL for c in schema.columns)
     rho_bins = rho * config.bin_share if has_numeric else 0.0
     domain = fit_domain(df, schema, bins=config.bins, rho=rho_bins, rng=rng)
     codes = encode(df, domain)
-    select = mst if config.method is Method.MST else aim
-    model, tree = select(codes, domain.sizes, domain.ordinal, rho - rho_bins, rng)
+    if config.method is Method.AIM:
+        model, tree = aim(codes, domain.sizes, domain.ordinal, rho - rho_bins, rng)
+    else:
+        center = schema.names.index(config.target) if config.target else None
+        model, tree = mst(codes, domain.sizes, domain.ordinal, rho - rho_bins, rng, center=center)
     names = schema.names
     return FittedSynthesizer(
         method=config.method,
