@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from medfed.core.errors import ValidationError
 
@@ -320,11 +322,24 @@ def _present_mask(series: pd.Series[Any]) -> pd.Series[bool]:
 _TRUE, _FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
 
 
+def _numbers(series: pd.Series[Any]) -> pd.Series[float]:
+    """float64 values, NaN where absent or not a number. Arrow strings take one vectorised cast
+    when every present cell parses (the usual case); otherwise pandas coerces cell by cell."""
+    if isinstance(series.dtype, pd.ArrowDtype) and pa.types.is_string(series.dtype.pyarrow_dtype):
+        arrow = pa.array(series.array)
+        try:
+            cast = pc.cast(pc.utf8_trim_whitespace(arrow), pa.float64())
+            return pd.Series(cast.to_numpy(zero_copy_only=False), index=series.index, dtype="float64")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # some cell is not a number: fall through to the per-cell path, which marks it
+    return pd.to_numeric(series, errors="coerce").astype("float64")
+
+
 def _coerce(series: pd.Series[Any], col: Column) -> tuple[pd.Series[Any], pd.Series[bool]]:
     """The series in the column's type, and a mask of present values that failed to coerce."""
     present = _present_mask(series)
     if col.type in (ColumnType.FLOAT, ColumnType.INTEGER):
-        values = pd.to_numeric(series.where(present), errors="coerce").astype("float64")
+        values = _numbers(series.where(present))
         bad = present & ~np.isfinite(values)
         if col.type is ColumnType.INTEGER:
             bad |= present & np.isfinite(values) & (values != np.round(values))
