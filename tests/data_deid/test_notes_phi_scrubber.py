@@ -54,6 +54,11 @@ def test_a_name_found_once_is_removed_everywhere() -> None:
     assert "Okonkwo" not in result.text
 
 
+def test_apostrophe_names_and_relatives() -> None:
+    assert scrub("Mr. O'Brien presents with CHF.").text == "Mr. [NAME] presents with CHF."
+    assert scrub("Mother is a 45 year-old teacher.").text == "Mother is a 45 year-old teacher."
+
+
 def test_clinical_text_is_left_alone() -> None:
     text = (
         "Patient is presenting with essential hypertension and prediabetes. Blood Pressure 128/82 mm[Hg], "

@@ -92,7 +92,7 @@ _STREET = (
 )
 # Capitalised words, Latin-1 letters included ("Benjamín", "María").
 _UP, _LOW = "A-ZÀ-ÖØ-Þ", "a-zß-öø-ÿ"
-_CAP = rf"[{_UP}][{_LOW}]+(?:[-'][{_UP}][{_LOW}]+)?"
+_CAP = rf"(?:[{_UP}]')?[{_UP}][{_LOW}]+(?:[-'][{_UP}][{_LOW}]+)?"  # O'Brien, Ferndale-Ostrowski
 _I = re.IGNORECASE
 
 # (kind, pattern, group to mark): order does not matter, overlaps are resolved by _resolve().
@@ -153,12 +153,11 @@ _AGE_SUBJECT = re.compile(
     rf"\b({_CAP}(?: {_CAP}){{0,2}}) (?:is|was) an? "
     r"(?:\d+[- ](?:years?|months?|weeks?|days?)[- ]old|newborn|neonate|infant)\b"
 )
-_SUBJECT_WORDS = (
-    "Patient Pt He She They This That It Who Client Resident Child Infant Baby Boy Girl Man Woman Person The"
-)
+_SUBJECT_WORDS = """Patient Pt He She They This That It Who Client Resident Child Infant Baby Boy Girl Man Woman
+Person The Mother Father Sister Brother Son Daughter Husband Wife Spouse Partner Sibling Twin Donor Caregiver"""
 _SUBJECTS = frozenset(_SUBJECT_WORDS.split())
 _VERB_AFTER = (" is ", " was ", " has ", " had ", " presents", " reports", " denies", " states")
-_WORD = re.compile(rf"[{_UP}][{_LOW}]+(?:[-'][{_UP}][{_LOW}]+)*")
+_WORD = re.compile(rf"(?:[{_UP}]')?[{_UP}][{_LOW}]+(?:[-'][{_UP}][{_LOW}]+)*")
 # Capitalised words that the census lists hold but that open sentences or name things in notes.
 _NOT_NAME_WORDS = """Patient Pt The This That These Those He She His Her They Their Was Were Is Are Has Had No Not
     And Or But If On In At By For From With Without Per Plan History Chief Complaint Assessment Allergies
