@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from medfed.core.errors import ConfigError, ValidationError
-from medfed.synth import FittedSynthesizer, Method, SynthConfig, fit, infer_schema, workload_error
+from medfed.synth import FittedSynthesizer, Method, SynthConfig, fit, infer_schema, planned_cost, workload_error
 
 
 @pytest.mark.parametrize("method", list(Method))
@@ -20,6 +20,7 @@ def test_the_fit_spends_exactly_its_budget(table: pd.DataFrame, method: Method) 
     assert fitted.cost.epsilon <= 1.0
     assert fitted.cost.epsilon == pytest.approx(1.0, rel=1e-3)
     assert fitted.cost.delta == 1e-6
+    assert planned_cost(SynthConfig(method=method, epsilon=1.0, delta=1e-6)) == fitted.cost  # what to reserve
     assert all(a in table.columns and b in table.columns for a, b in fitted.edges)
 
 

@@ -1,6 +1,6 @@
 """medfed.synth: differentially private synthetic health data (MST, AIM), evaluated before release.
 
-At a node: reserve ``(epsilon, delta)`` on the dataset's ledger, :func:`fit` (the result's
+At a node: reserve :func:`planned_cost` on the dataset's ledger, :func:`fit` (the result's
 ``cost`` is what to commit), ``sample``, ``medfed.synth.evaluate.evaluate`` (not re-exported: the
 name is the module's), then :func:`prepare_release` under the site's :class:`ReleasePolicy`.
 At the coordinator, :func:`combine_sites` joins released frames.
@@ -20,7 +20,7 @@ from medfed.synth.release import (
     prepare_release,
 )
 from medfed.synth.report import ReportInput, render
-from medfed.synth.synthesizer import FittedSynthesizer, Method, SynthConfig, fit
+from medfed.synth.synthesizer import FittedSynthesizer, Method, SynthConfig, fit, planned_cost
 
 __all__ = [
     "Binning",
@@ -46,6 +46,7 @@ __all__ = [
     "fit_copula",
     "gate",
     "infer_schema",
+    "planned_cost",
     "prepare_release",
     "render",
     "rho_for_epsilon",

@@ -105,6 +105,17 @@ class FittedSynthesizer:
         )
 
 
+def planned_cost(config: SynthConfig) -> PrivacyCost:
+    """What :func:`fit` with ``config`` will spend, known before any data is read: reserve this.
+
+    ``fit`` spends exactly ρ = ``rho_for_epsilon(config.epsilon, config.delta)``, whatever the data,
+    so a node can reserve ``(cost.epsilon, cost.delta)`` on its ledger, then fit, then commit
+    ``fitted.cost`` (the same values).
+    """
+    rho = rho_for_epsilon(config.epsilon, config.delta)
+    return PrivacyCost(rho=rho, epsilon=epsilon_from_rho(rho, config.delta), delta=config.delta)
+
+
 def fit(df: pd.DataFrame, schema: Schema, config: SynthConfig, rng: np.random.Generator) -> FittedSynthesizer:
     """Fit ``config.method`` to ``df`` under ``(config.epsilon, config.delta)``-DP.
 
@@ -132,7 +143,7 @@ def fit(df: pd.DataFrame, schema: Schema, config: SynthConfig, rng: np.random.Ge
         method=config.method,
         domain=domain,
         model=model,
-        cost=PrivacyCost(rho=rho, epsilon=epsilon_from_rho(rho, config.delta), delta=config.delta),
+        cost=planned_cost(config),
         edges=tuple((names[i], names[j]) for i, j in tree),
     )
 
