@@ -16,6 +16,7 @@ from medfed.data.consent import (
     ConsentRecord,
     ConsentRegistry,
     ConsentStatus,
+    ConsentStore,
     apply_consent,
     read_consent_csv,
     read_consent_fhir,
@@ -159,3 +160,19 @@ def test_a_task_gets_the_validated_table_without_opted_out_patients(tmp_path: Pa
     assert got.consent.patients_excluded == 4 and got.dropped_by_policy == {}
     with pytest.raises(PermissionDenied, match="'marketing' not allowed"):
         table_for_task(decl, registry, purpose="marketing", on=DAY)
+
+
+def test_the_store_keeps_decisions_across_restarts_and_honours_a_withdrawal(tmp_path: Path) -> None:
+    csv_path = tmp_path / "consent.csv"
+    csv_path.write_text("patient_id,purpose,status,date\np1,HRESCH,deny,2025-01-01\np2,*,permit,2025-01-01\n")
+    at = dt.datetime(2026, 6, 1, 9, 0, tzinfo=dt.UTC)
+    store = ConsentStore(tmp_path / "node.sqlite")
+    assert store.add(read_consent_csv(csv_path).records, source=csv_path.name, at=at) == 2
+    store.close()
+    reopened = ConsentStore(tmp_path / "node.sqlite")
+    assert reopened.registry().decision("p2", "HRESCH", DAY) is ConsentStatus.PERMIT
+    withdrawal = ConsentRecord(patient_id="p2", purpose="*", status=ConsentStatus.DENY, date=DAY)
+    reopened.add([withdrawal], source="withdraw", at=at)
+    assert reopened.registry().decision("p2", "HRESCH", DAY) is ConsentStatus.DENY
+    assert reopened.summary() == {"deny": 2, "permit": 1}
+    reopened.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import enum
+import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,3 +224,48 @@ def table_for_task(
     table = read_table(decl, as_of=as_of)
     frame, report = apply_consent(table.frame, registry, purpose=purpose, id_column=id_column, on=on)
     return TaskTable(frame=frame, dropped_by_policy=table.dropped, consent=report)
+
+
+class ConsentStore:
+    """Consent decisions kept in the node's SQLite, append-only: a withdrawal is a new, later row,
+    so the history stays auditable and :meth:`registry` always reflects the newest decisions."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        try:
+            self._db = sqlite3.connect(path)
+            with self._db:
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS consent (patient_id TEXT NOT NULL, purpose TEXT NOT NULL, "
+                    "status TEXT NOT NULL, date TEXT NOT NULL, source TEXT NOT NULL, recorded_at TEXT NOT NULL)"
+                )
+        except sqlite3.Error as exc:
+            raise DataError(f"consent store {path}: {exc}") from None
+
+    def add(self, records: Iterable[ConsentRecord], *, source: str, at: dt.datetime) -> int:
+        """Append ``records`` (all or none) from ``source`` (a file name, ``withdraw``...); how many."""
+        rows = [(r.patient_id, r.purpose, r.status.value, r.date.isoformat(), source, at.isoformat()) for r in records]
+        try:
+            with self._db:
+                self._db.executemany("INSERT INTO consent VALUES (?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            raise DataError(f"consent store {self._path}: {exc}") from None
+        return len(rows)
+
+    def registry(self, *, default: ConsentStatus = ConsentStatus.PERMIT) -> ConsentRegistry:
+        try:
+            rows = self._db.execute("SELECT patient_id, purpose, status, date FROM consent ORDER BY rowid").fetchall()
+            records = tuple(
+                ConsentRecord(patient_id=p, purpose=u, status=ConsentStatus(s), date=dt.date.fromisoformat(d))
+                for p, u, s, d in rows
+            )
+        except (sqlite3.Error, ValueError) as exc:
+            raise DataError(f"consent store {self._path}: unreadable ({exc})") from None
+        return ConsentRegistry(records=records, default=default)
+
+    def summary(self) -> dict[str, int]:
+        """Decisions per status: what ``medfed consent list`` may show beyond the site."""
+        return dict(self._db.execute("SELECT status, count(*) FROM consent GROUP BY status ORDER BY status").fetchall())
+
+    def close(self) -> None:
+        self._db.close()
