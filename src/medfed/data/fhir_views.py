@@ -262,7 +262,8 @@ Row = dict[str, Any]
 
 
 def _value(col: ViewColumn, node: Any, where: str) -> Any:
-    assert col.compiled is not None  # set by from_dict
+    if col.compiled is None:
+        raise ValidationError(f"column {col.name!r} is not compiled: build views with ViewDefinition.from_dict")
     found = col.compiled([node])
     if not found:
         return None
