@@ -16,9 +16,9 @@ from medfed.crypto.aead import Keyring, generate_key
 from medfed.security.backup import backup, restore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-ROUNDS = 12
+ROUNDS = 15
 #: long enough to act between rounds, short enough that nodes stop promptly on a loaded machine
-SLOW_ROUND = {"input_dim": 13, "local_steps": 200, "batch_size": 8, "lr": 0.02}
+SLOW_ROUND = {"input_dim": 13, "local_steps": 100, "batch_size": 8, "lr": 0.02}
 
 
 def _finished_rounds(state: Path, job_id: str) -> dict[int, float]:
@@ -48,6 +48,7 @@ def test_backup_destroy_restore_resume(fed: Federation, tmp_path: Path) -> None:
         # Act 1: an online backup while the job runs
         backup(state, archive, ring)
     finally:
+        cluster.proc.stop(grace_s=1.0)  # the coordinator first: nodes then fail fast and stop promptly
         cluster.close()
 
     # Act 2: disaster, then restore into the same place and start a fresh coordinator on it
