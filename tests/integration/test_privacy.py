@@ -55,7 +55,9 @@ def test_dp_job_charges_each_site_and_reports_the_spend(cluster: Cluster, tmp_pa
     assert set(spent) == set(SITES)
     for site in SITES:
         n_train = len(cluster.fed.dataset(site).path.joinpath("train.csv").read_text().splitlines()) - 1
-        expected = dp_sgd_epsilon(PrivacySpec(noise_multiplier=1.0, delta=1e-6), sampling_rate=8 / n_train, steps=10)
+        spec = PrivacySpec(noise_multiplier=1.0, delta=1e-6)
+        # DP-SGD over both rounds, plus three noised accuracies (two fit rounds and the final model)
+        expected = dp_sgd_epsilon(spec, sampling_rate=8 / n_train, steps=10) + 3 * spec.eval_epsilon
         assert spent[site] == pytest.approx(expected)
         ledger = PrivacyLedger(tmp_path / "nodes" / site / "ledger.sqlite")
         status = ledger.status("heart")

@@ -78,17 +78,19 @@ def test_fit_reserves_the_job_and_commits_each_round(setup: tuple[NodeContext, R
     first = handler(_task(rnd=1), ctx)
     job = ledger.job("d", "j1")
     assert job is not None
-    assert job.epsilon_reserved == pytest.approx(dp_sgd_epsilon(SPEC, sampling_rate=q, steps=30))
-    assert job.epsilon_spent == pytest.approx(dp_sgd_epsilon(SPEC, sampling_rate=q, steps=10))
+    ev = SPEC.eval_epsilon  # one noised accuracy per fit round and one for the final model
+    assert job.epsilon_reserved == pytest.approx(dp_sgd_epsilon(SPEC, sampling_rate=q, steps=30) + 4 * ev)
+    assert job.epsilon_spent == pytest.approx(dp_sgd_epsilon(SPEC, sampling_rate=q, steps=10) + ev)
     assert fake.configs[0]["dp_noise_multiplier"] == 1.0 and fake.configs[0]["dp_clip_norm"] == 1.0
     assert first.metrics["privacy_epsilon_spent"] == pytest.approx(job.epsilon_spent)
     handler(_task(rnd=2), ctx)
     job = ledger.job("d", "j1")
     assert job is not None and job.steps == 20
-    assert job.epsilon_spent == pytest.approx(dp_sgd_epsilon(SPEC, sampling_rate=q, steps=20))
+    assert job.epsilon_spent == pytest.approx(dp_sgd_epsilon(SPEC, sampling_rate=q, steps=20) + 2 * ev)
     handler(_task(rnd=3, kind=TaskKind.EVALUATE), ctx)
     closed = ledger.job("d", "j1")
     assert closed is not None and not closed.open
+    assert closed.epsilon_spent == pytest.approx(dp_sgd_epsilon(SPEC, sampling_rate=q, steps=20) + 3 * ev)
     status = ledger.status("d")
     assert status is not None and status.epsilon_used == pytest.approx(closed.epsilon_spent)
 

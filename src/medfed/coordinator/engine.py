@@ -131,6 +131,7 @@ class JobRunner(threading.Thread):
             config: dict[str, Scalar] = {CLIENT_DP_PREFIX + k: v for k, v in self.dp.node_config(state).items()}
             config[CONTRIBUTION_FORM] = "dp"
             config[CLIENT_DP_PREFIX + "dp_delta"] = self.spec.client_dp.delta
+            config[CLIENT_DP_PREFIX + "dp_eval_epsilon"] = self.spec.client_dp.eval_epsilon
             return config
         secure = self.spec.secure_aggregation
         return {CONTRIBUTION_FORM: "weighted", CONTRIBUTION_MAX_WEIGHT: secure.max_weight if secure else 1}
@@ -300,6 +301,7 @@ class JobRunner(threading.Thread):
             # the node closes the job's reservation in its ledger when it sees the final evaluation
             config[CLIENT_DP_PREFIX + "dp_noise_multiplier"] = self.spec.client_dp.noise_multiplier
             config[CLIENT_DP_PREFIX + "dp_delta"] = self.spec.client_dp.delta
+            config[CLIENT_DP_PREFIX + "dp_eval_epsilon"] = self.spec.client_dp.eval_epsilon
         tasks = {uuid.uuid4().hex: site for site in sites}
         keep = self.robust is not None and key.kind is TaskKind.FIT
         expected = params if template is None and payloads is None else template

@@ -144,13 +144,13 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
 
 
 def _privacy(table: Any, problems: list[str]) -> PrivacySpec | None:
-    """``[privacy]``: ``noise_multiplier`` (required), ``clip_norm``, ``delta``."""
+    """``[privacy]``: ``noise_multiplier`` (required), ``clip_norm``, ``delta``, ``eval_epsilon``."""
     if table is None:
         return None
     if not isinstance(table, dict):
         problems.append("[privacy] must be a table")
         return None
-    allowed = {"noise_multiplier", "clip_norm", "delta"}
+    allowed = {"noise_multiplier", "clip_norm", "delta", "eval_epsilon"}
     for key in sorted(set(table) - allowed):
         problems.append(f"unknown key privacy.{key} (allowed: {sorted(allowed)})")
     if "noise_multiplier" not in table:
@@ -239,6 +239,7 @@ def _client_dp(table: Any, problems: list[str]) -> ClientDPSpec | None:
         "target_quantile": (int, float),
         "clip_learning_rate": (int, float),
         "delta": (int, float),
+        "eval_epsilon": (int, float),
     }
     values = _table_values(table, "client_dp", kinds, problems)
     if values is None:
@@ -246,7 +247,7 @@ def _client_dp(table: Any, problems: list[str]) -> ClientDPSpec | None:
     if "noise_multiplier" not in values:
         problems.append("missing client_dp.noise_multiplier")
         return None
-    for key in ("noise_multiplier", "clip_norm", "target_quantile", "clip_learning_rate", "delta"):
+    for key in ("noise_multiplier", "clip_norm", "target_quantile", "clip_learning_rate", "delta", "eval_epsilon"):
         if key in values:
             values[key] = float(values[key])
     try:

@@ -89,11 +89,17 @@ class PrivacySpec:
 
     What it costs each site (ε at ``delta``) is computed *at the site*, from its own data size,
     and charged to that site's budget ledger before the job touches the data.
+
+    Metrics computed on a site's data are releases too: in a DP job a site sends only its test
+    accuracy, noised by the Laplace mechanism at ``eval_epsilon`` per release (one per round and
+    one for the final model, charged to the ledger as well), and its example counts; loss, AUC
+    and training metrics stay at the site. ``eval_epsilon = 0`` releases no accuracy at all.
     """
 
     noise_multiplier: float
     clip_norm: float = 1.0
     delta: float = 1e-5
+    eval_epsilon: float = 0.05
 
     def __post_init__(self) -> None:
         problems = []
@@ -103,6 +109,8 @@ class PrivacySpec:
             problems.append(f"privacy.clip_norm must be > 0, got {self.clip_norm!r}")
         if not 0 < self.delta < 1:
             problems.append(f"privacy.delta must be in (0, 1), got {self.delta!r}")
+        if not self.eval_epsilon >= 0:
+            problems.append(f"privacy.eval_epsilon must be >= 0, got {self.eval_epsilon!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -196,6 +204,9 @@ class ClientDPSpec:
     in shares from the nodes (distributed: needs secure aggregation, so nobody sees a share
     alone). ``expected_nodes`` is the fixed denominator m. Each site charges its ledger the ε of
     ``rounds`` Gaussian releases at this noise multiplier (every site takes part in every round).
+    A site's metrics are releases about the whole site too: only its test accuracy leaves, with
+    Laplace noise of scale ``1 / eval_epsilon`` in accuracy units (the whole test set may change),
+    charged to the ledger; ``eval_epsilon = 0`` (the default) releases none.
     """
 
     noise_multiplier: float
@@ -206,6 +217,7 @@ class ClientDPSpec:
     target_quantile: float = 0.5
     clip_learning_rate: float = 0.2
     delta: float = 1e-5
+    eval_epsilon: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -223,6 +235,8 @@ class ClientDPSpec:
             problems.append(f"client_dp.clip_learning_rate must be > 0, got {self.clip_learning_rate!r}")
         if not 0 < self.delta < 1:
             problems.append(f"client_dp.delta must be in (0, 1), got {self.delta!r}")
+        if not self.eval_epsilon >= 0:
+            problems.append(f"client_dp.eval_epsilon must be >= 0, got {self.eval_epsilon!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 

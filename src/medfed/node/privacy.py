@@ -14,12 +14,15 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
+import numpy as np
+
 from medfed.core.errors import BudgetExhausted, ConfigError
 from medfed.core.records import PrivacySpec, ResultMessage, TaskKind, TaskMessage
 from medfed.learn.options import TrainOptions
 from medfed.node.ledger import PrivacyLedger
 from medfed.node.middleware import Handler, NodeContext
 from medfed.privacy.accounting import epsilon
+from medfed.privacy.mechanisms import secure_rng
 from medfed.secagg.wire import CLIENT_DP_PREFIX
 
 
@@ -58,35 +61,97 @@ def privacy_budget(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultM
             f"dataset {task.dataset!r} at site {ctx.site!r} has no privacy budget: the site admin must set "
             "epsilon_budget and delta_budget for it before a differentially private job may run"
         )
-    if task.kind is TaskKind.EVALUATE:
-        result = nxt(task, ctx)
-        ledger.close_job(task.dataset, task.job_id)
-        return _with_spend(result, task, ledger)
     spec = task.privacy
+    if task.kind is TaskKind.EVALUATE:
+        return _final_evaluation(task, ctx, nxt, ledger, eval_epsilon=spec.eval_epsilon, site_level=False)
     opts = TrainOptions.parse(task.config, with_hidden=True, where=f"task {task.task!r}")
     n_train = len(ctx.dataset(task.dataset).y_train)
     q = min(1.0, opts.batch_size / n_train)
     before = ledger.job(task.dataset, task.job_id)
     steps_before = before.steps if before is not None else 0
+    rounds_before = steps_before // opts.local_steps
+    # basic composition of the training (PLD over all DP-SGD steps) and the metric releases
     planned = dp_sgd_epsilon(spec, sampling_rate=q, steps=max(task.job_rounds * opts.local_steps, 1))
+    planned += spec.eval_epsilon * (task.job_rounds + 1)
     after = dp_sgd_epsilon(spec, sampling_rate=q, steps=steps_before + opts.local_steps)
+    after += spec.eval_epsilon * (rounds_before + 1)
     ledger.reserve(task.dataset, task.job_id, epsilon=max(planned, after), delta=spec.delta)
     config = dict(task.config) | {"dp_noise_multiplier": spec.noise_multiplier, "dp_clip_norm": spec.clip_norm}
     result = nxt(replace(task, config=config), ctx)
     if result.ok:
         ledger.commit(task.dataset, task.job_id, epsilon=after, delta=spec.delta, steps=steps_before + opts.local_steps)
+        result = release_metrics(result, eval_epsilon=spec.eval_epsilon, site_level=False)
     return _with_spend(result, task, ledger)
 
 
-def _client_dp(task: TaskMessage) -> tuple[float, float] | None:
-    """(z, δ) of a client-level DP-FedAvg job from the task config, or ``None``."""
+#: Metrics a DP job's site may send as they are: counts the coordinator needs and the ledger's figures.
+_PUBLIC_METRICS = ("eval_examples",)
+
+
+def release_metrics(
+    result: ResultMessage, *, eval_epsilon: float, site_level: bool, rng: np.random.Generator | None = None
+) -> ResultMessage:
+    """What a DP job's site sends of its metrics: the test accuracy with Laplace noise (ε =
+    ``eval_epsilon``; the count of correct predictions changes by at most 1 when one patient
+    changes, by the whole test size when the protected unit is the site (``site_level``)), example
+    counts, and nothing else computed on its data.
+
+    The noised accuracy is clipped to [0, 1] (post-processing); ``eval_accuracy_noise_scale`` says
+    how noisy it is (Laplace scale in accuracy units), so that readers can judge it.
+    """
+    metrics = dict(result.metrics)
+    out = {k: v for k, v in metrics.items() if k in _PUBLIC_METRICS or k.startswith("privacy_")}
+    n, accuracy = metrics.get("eval_examples"), metrics.get("eval_accuracy")
+    if eval_epsilon > 0 and n and accuracy is not None:
+        rng = secure_rng() if rng is None else rng
+        scale = (n if site_level else 1.0) / eval_epsilon
+        noisy = accuracy * n + float(rng.laplace(0.0, scale))
+        out["eval_accuracy"] = min(1.0, max(0.0, noisy / n))
+        out["eval_accuracy_noise_scale"] = scale / n
+    withheld = set(metrics) - set(out)
+    out["metrics_withheld"] = float(len(withheld))
+    return replace(result, metrics=out)
+
+
+def _final_evaluation(
+    task: TaskMessage, ctx: NodeContext, nxt: Handler, ledger: PrivacyLedger, *, eval_epsilon: float, site_level: bool
+) -> ResultMessage:
+    """The final model's evaluation: charge its one metric release, then close the job's hold."""
+    job = ledger.job(task.dataset, task.job_id)
+    spent = job.epsilon_spent if job is not None else 0.0
+    delta = job.delta_spent if job is not None else 0.0
+    steps = job.steps if job is not None else 0
+    if eval_epsilon > 0:
+        ledger.reserve(task.dataset, task.job_id, epsilon=spent + eval_epsilon, delta=delta)
+    result = nxt(task, ctx)
+    if result.ok and eval_epsilon > 0:
+        ledger.commit(task.dataset, task.job_id, epsilon=spent + eval_epsilon, delta=delta, steps=steps)
+    if result.ok:
+        result = release_metrics(result, eval_epsilon=eval_epsilon, site_level=site_level)
+    ledger.close_job(task.dataset, task.job_id)
+    return _with_spend(result, task, ledger)
+
+
+def _client_dp(task: TaskMessage) -> tuple[float, float, float] | None:
+    """(z, δ, eval ε) of a client-level DP-FedAvg job from the task config, or ``None``."""
     z = task.config.get(CLIENT_DP_PREFIX + "dp_noise_multiplier")
     if z is None:
         return None
     delta = task.config.get(CLIENT_DP_PREFIX + "dp_delta", 1e-5)
-    if isinstance(z, bool | str) or isinstance(delta, bool | str) or not z > 0 or not 0 < delta < 1:
-        raise ConfigError(f"client-level DP config is malformed: noise multiplier {z!r}, delta {delta!r}")
-    return float(z), float(delta)
+    eval_eps = task.config.get(CLIENT_DP_PREFIX + "dp_eval_epsilon", 0.0)
+    if (
+        not isinstance(z, int | float)
+        or not isinstance(delta, int | float)
+        or not isinstance(eval_eps, int | float)
+        or isinstance(z, bool)
+        or not z > 0
+        or not 0 < delta < 1
+        or not eval_eps >= 0
+    ):
+        raise ConfigError(
+            f"client-level DP config is malformed: noise multiplier {z!r}, delta {delta!r}, eval epsilon {eval_eps!r}"
+        )
+    return float(z), float(delta), float(eval_eps)
 
 
 @functools.lru_cache(maxsize=256)
@@ -102,21 +167,22 @@ def _client_level(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMe
     pays the ε of the job's rounds (a guarantee for the site implies one for each of its patients).
     """
     ledger = ctx.ledger
-    z, delta = _client_dp(task) or (0.0, 0.0)
+    z, delta, eval_eps = _client_dp(task) or (0.0, 0.0, 0.0)
     if ledger is None or ledger.status(task.dataset) is None:
-        return nxt(task, ctx)  # no budget set: client-level DP protects the site, nothing to charge
-    if task.kind is TaskKind.EVALUATE:
+        # no budget set: nothing to charge, but the site-level guarantee still bounds what leaves
         result = nxt(task, ctx)
-        ledger.close_job(task.dataset, task.job_id)
-        return _with_spend(result, task, ledger)
+        return release_metrics(result, eval_epsilon=eval_eps, site_level=True)
+    if task.kind is TaskKind.EVALUATE:
+        return _final_evaluation(task, ctx, nxt, ledger, eval_epsilon=eval_eps, site_level=True)
     before = ledger.job(task.dataset, task.job_id)
     rounds_before = before.steps if before is not None else 0
-    planned = client_dp_epsilon(z, rounds=max(task.job_rounds, 1), delta=delta)
-    after = client_dp_epsilon(z, rounds=rounds_before + 1, delta=delta)
+    planned = client_dp_epsilon(z, rounds=max(task.job_rounds, 1), delta=delta) + eval_eps * (task.job_rounds + 1)
+    after = client_dp_epsilon(z, rounds=rounds_before + 1, delta=delta) + eval_eps * (rounds_before + 1)
     ledger.reserve(task.dataset, task.job_id, epsilon=max(planned, after), delta=delta)
     result = nxt(task, ctx)
     if result.ok:
         ledger.commit(task.dataset, task.job_id, epsilon=after, delta=delta, steps=rounds_before + 1)
+        result = release_metrics(result, eval_epsilon=eval_eps, site_level=True)
     return _with_spend(result, task, ledger)
 
 

@@ -168,7 +168,12 @@ def _checked_payload(payload: bytes, where: str) -> bytes:
 def _privacy_to_pb(spec: PrivacySpec | None) -> pb.PrivacyHeader | None:
     if spec is None:
         return None
-    return pb.PrivacyHeader(noise_multiplier=spec.noise_multiplier, clip_norm=spec.clip_norm, delta=spec.delta)
+    return pb.PrivacyHeader(
+        noise_multiplier=spec.noise_multiplier,
+        clip_norm=spec.clip_norm,
+        delta=spec.delta,
+        eval_epsilon=spec.eval_epsilon,
+    )
 
 
 def _privacy_from_pb(h: pb.TaskHeader, where: str) -> PrivacySpec | None:
@@ -176,7 +181,9 @@ def _privacy_from_pb(h: pb.TaskHeader, where: str) -> PrivacySpec | None:
         return None
     p = h.privacy
     try:
-        return PrivacySpec(noise_multiplier=p.noise_multiplier, clip_norm=p.clip_norm, delta=p.delta)
+        return PrivacySpec(
+            noise_multiplier=p.noise_multiplier, clip_norm=p.clip_norm, delta=p.delta, eval_epsilon=p.eval_epsilon
+        )
     except ConfigError as exc:
         raise TransportError(f"{where}: malformed privacy header: {exc}") from None
 

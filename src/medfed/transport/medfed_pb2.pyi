@@ -39,14 +39,16 @@ class TensorLayout(_message.Message):
     def __init__(self, tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class PrivacyHeader(_message.Message):
-    __slots__ = ("noise_multiplier", "clip_norm", "delta")
+    __slots__ = ("noise_multiplier", "clip_norm", "delta", "eval_epsilon")
     NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
+    EVAL_EPSILON_FIELD_NUMBER: _ClassVar[int]
     noise_multiplier: float
     clip_norm: float
     delta: float
-    def __init__(self, noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+    eval_epsilon: float
+    def __init__(self, noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., delta: _Optional[float] = ..., eval_epsilon: _Optional[float] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
     __slots__ = ("task_id", "job_id", "round", "kind", "task", "dataset", "seed", "config", "layout", "job_rounds", "privacy", "payload")
