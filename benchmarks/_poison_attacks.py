@@ -167,7 +167,7 @@ def norm_matched(shift: FloatArray, honest: Sequence[FloatArray], *, min_cosine:
         raise ValueError("need at least one honest update")
     if not 0.0 < min_cosine <= 1.0:
         raise ValueError(f"min_cosine must be in (0, 1], got {min_cosine!r}")
-    c = np.mean(honest, axis=0)
+    c: FloatArray = np.asarray(np.mean(honest, axis=0), dtype=np.float64)
     c_norm = _norm(c)
     if c_norm == 0.0:
         raise ValueError("the mean honest update is zero: no direction to match")
