@@ -52,6 +52,9 @@ class AttackConfig:
         DP-SGD's per-example clip norm, simulated on the dummy rows; ``None`` without DP-SGD.
     update_clip : float or None
         DP-FedAvg's clip norm of the whole update, simulated likewise; ``None`` without it.
+    subspace : bool
+        For an MLP, search each row in the affine subspace :func:`row_subspace` reads off the
+        update (as the attacker can), rather than in all of R^d.
     iterations, restarts : int
         Adam iterations per restart; restarts from fresh N(0, 1) rows.
     """
@@ -61,6 +64,7 @@ class AttackConfig:
     lr: float = 0.01
     per_example_clip: float | None = None
     update_clip: float | None = None
+    subspace: bool = True
     iterations: int = 500
     restarts: int = 8
 
@@ -160,24 +164,54 @@ def invert(observed: np.ndarray, global_params: Parameters, config: AttackConfig
     start = _copies(global_params, config.restarts)
     target = torch.tensor(np.asarray(observed, dtype=np.float64))
     gen = torch.Generator().manual_seed(seed)
+    features = global_params.arrays[0].shape[-1]
+    point, directions = torch.zeros(features, dtype=torch.float64), torch.eye(features, dtype=torch.float64)
+    if config.subspace and "hidden.weight" in global_params.names:
+        point, directions = (torch.tensor(a) for a in row_subspace(observed, global_params, config.batch))
     shape = (config.restarts, config.batch)
-    x = torch.randn(*shape, global_params.arrays[0].shape[-1], generator=gen, dtype=torch.float64)
-    x.requires_grad_(True)
+    z = torch.randn(*shape, len(directions), generator=gen, dtype=torch.float64).requires_grad_(True)
     t = torch.zeros(*shape, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.Adam([x, t], lr=0.1)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[3 * config.iterations // 4], gamma=0.1)
-    for _ in range(config.iterations):
+    optimizer = torch.optim.Adam([z, t], lr=0.1)
+    switch = 3 * config.iterations // 4
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[switch], gamma=0.1)
+    for i in range(config.iterations):
+        # Labels are binary: soft until the switch, then rounded and fixed (a sigmoid never reaches
+        # 0 or 1, and the rows would bend to absorb the gap)
+        y = torch.sigmoid(t) if i < switch else (t.detach() > 0).to(torch.float64)
         optimizer.zero_grad()
-        loss = _matching_loss(_simulated_update(start, x, torch.sigmoid(t), config), target)
-        loss.sum().backward(inputs=[x, t])  # restarts are independent: the sum separates
+        loss = _matching_loss(_simulated_update(start, point + z @ directions, y, config), target)
+        loss.sum().backward(inputs=[z, t])  # restarts are independent: the sum separates
         optimizer.step()
         schedule.step()
+    x, y = (point + z @ directions).detach(), (t.detach() > 0).to(torch.float64)
     # no torch.no_grad() here: each simulated step needs autograd for the weights' gradient
-    final = _matching_loss(_simulated_update(start, x, torch.sigmoid(t), config), target).detach()
+    final = _matching_loss(_simulated_update(start, x, y, config), target).detach()
     best = int(torch.argmin(final))
-    return Reconstruction(
-        x[best].detach().numpy().copy(), torch.sigmoid(t[best]).detach().numpy().copy(), float(final[best])
+    return Reconstruction(x[best].numpy().copy(), y[best].numpy().copy(), float(final[best]))
+
+
+def row_subspace(observed: np.ndarray, global_params: Parameters, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The affine subspace ``point + span(directions)`` (dimension ``batch − 1``) that holds every
+    row of the batch, read off an MLP update.
+
+    Each local step adds ``Σ_b δ_b ⊗ (x_b, 1)`` to ``[W₁ | b₁]``, so the rows of ``[ΔW₁ | Δb₁]`` lie
+    in the span of the ``(x_b, 1)`` (its top ``batch`` right singular vectors, exact while
+    ``batch`` < the hidden width); intersected with "last coordinate = 1" that is an affine space
+    holding each ``x_b`` (the rank argument of R-GAP, Zhu & Blaschko 2021). For one row it is the
+    row itself: the analytic attack. Searching there leaves ``batch − 1`` unknowns per row, not 13.
+    """
+    hidden, features = global_params["hidden.weight"].shape
+    flat = np.asarray(observed, dtype=np.float64)
+    stacked = np.concatenate(
+        [flat[: hidden * features].reshape(hidden, features), flat[hidden * features : hidden * (features + 1), None]],
+        axis=1,
     )
+    basis = np.linalg.svd(stacked, full_matrices=False)[2][:batch]  # (batch, features + 1), orthonormal rows
+    last = basis[:, -1]
+    coefficients = last / max(float(last @ last), 1e-300)  # least-norm c with (c @ basis)[-1] = 1
+    point = coefficients @ basis
+    null = np.linalg.svd(last[None, :])[2][1:]  # (batch − 1, batch): c ⊥ last keeps the last coordinate 0
+    return point[:features], (null @ basis)[:, :features]
 
 
 def analytic_logreg(observed: np.ndarray) -> Reconstruction:

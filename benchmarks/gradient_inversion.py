@@ -128,7 +128,7 @@ def unprotected(sites: dict[str, TabularData], models: dict[str, Parameters], se
     for model, batch, steps in settings:
         x, y = _rows(rng, sites["cleveland"], batch)
         victim = Victim(x=x, y=y, observed=site_update(model, models[model], x, y, local_steps=steps))
-        config = inv.AttackConfig(batch=batch, steps=steps, lr=LR, iterations=1000 if batch > 1 else 500)
+        config = inv.AttackConfig(batch=batch, steps=steps, lr=LR, iterations=1000 if batch > 1 else 300)
         for name, s, sec in attacks(victim, model, models[model], config, seed):
             yield _row("none", "site update", model, config, name, s, sec)
 

@@ -77,7 +77,8 @@ def test_gradient_matching_recovers_one_row(rows: tuple[np.ndarray, np.ndarray],
     x, y = rows[0][:1], rows[1][:1]
     observed = bench.site_update("mlp", mlp, x, y)
 
-    rec = inv.invert(observed, mlp, inv.AttackConfig(batch=1, **QUICK), seed=0)
+    # a search in all of R^13 (subspace=False): with the subspace, one row would be the analytic answer
+    rec = inv.invert(observed, mlp, inv.AttackConfig(batch=1, subspace=False, **QUICK), seed=0)
 
     s = inv.score(x, y, rec)
     assert s.relative < 0.05
@@ -102,6 +103,10 @@ def test_secure_aggregation_hides_the_site_update(rows: tuple[np.ndarray, np.nda
     np.testing.assert_allclose(mean, np.mean(updates, axis=0), atol=1e-6)
     for view in (masked, mean):
         _assert_fails(bench.Victim(x=x[:1], y=y[:1], observed=view), mlp, inv.AttackConfig(batch=1, **QUICK))
+    # What the sum does leak here: the mean of four one-row steps is one step on the four rows, so
+    # the rows come back close (unattributed to sites). A documented limit, not a goal.
+    config = inv.AttackConfig(batch=4, lr=bench.LR, iterations=600, restarts=8)
+    assert inv.score(x, y, inv.invert(mean, mlp, config, seed=0)).relative < 0.3
 
 
 @pytest.mark.parametrize("mode", [NoiseMode.DISTRIBUTED, NoiseMode.CENTRAL])
