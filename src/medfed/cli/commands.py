@@ -18,6 +18,16 @@ log = logging.getLogger("medfed")
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    from medfed.cli import data_cmds, people_cmds, security_cmds, synth_cmds
+
+    if getattr(args, "people", None) is not None:
+        return people_cmds.dispatch(args)
+    if getattr(args, "security_handler", None) is not None:
+        return security_cmds.dispatch(args)
+    if getattr(args, "synth_handler", None) is not None:
+        return synth_cmds.dispatch(args)
+    if args.command in ("data", "catalog"):
+        return data_cmds.run(args)
     handler = {
         "demo": _demo,
         "provision": _provision,

@@ -80,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     jsub.add_parser("list")
     for j in (submit, result, *(jsub.choices[n] for n in ("status", "watch", "cancel", "list"))):
         j.add_argument("--config", type=Path, help="client.toml (default: $MEDFED_CLIENT_CONFIG or ./client.toml)")
+
+    # each area registers its own commands: data/catalog, users/login/approvals/alerts, audit/backup/keys, synth
+    from medfed.cli import data_cmds, people_cmds, security_cmds, synth_cmds
+
+    data_cmds.register(sub)
+    people_cmds.register(sub)
+    security_cmds.register(sub)
+    synth_cmds.register(sub)
     return p
 
 
