@@ -53,7 +53,7 @@ def test_fedprox_with_dp_sgd_is_refused() -> None:
 
 @pytest.mark.parametrize("task", [LogisticRegressionTask(), MLPTask()], ids=["logreg", "mlp"])
 def test_ghost_clipping_trains_the_same_model_as_per_example_hooks(task: LogisticRegressionTask) -> None:
-    """Ghost clipping (the default) and Opacus's hooks clip the same per-example norms and draw the
+    """Ghost clipping and Opacus's hooks (the default) clip the same per-example norms and draw the
     same noise from the same seed: the models agree; only how the norms are computed differs."""
     data = _data()
     opts = {"input_dim": 5, "local_steps": 10, "batch_size": 8, "lr": 0.1, "dp_noise_multiplier": 0.5,

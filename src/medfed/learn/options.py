@@ -16,9 +16,11 @@ from medfed.core.records import Scalar
 
 
 class DPClipping(enum.StrEnum):
-    """How DP-SGD bounds each example's gradient (Opacus): ghost clipping computes per-example
-    gradient norms without materialising per-example gradients (Li et al. 2022; Bu et al. 2023);
-    hooks store every per-example gradient. Both clip to the same norm: the privacy is the same."""
+    """How DP-SGD bounds each example's gradient (Opacus): hooks (the default) store every
+    per-example gradient; ghost clipping computes per-example gradient norms without materialising
+    them (Li et al. 2022; Bu et al. 2023), at the price of a second backward pass. Both clip to the
+    same norm: the privacy is the same. For the small tabular models hooks are faster
+    (``benchmarks/dp_sgd_speed.py``)."""
 
     GHOST = "ghost"
     HOOKS = "hooks"
@@ -98,7 +100,7 @@ TRAIN_SPEC: dict[str, OptionSpec] = {
     # set by the node's privacy middleware from the job's [privacy] table, not by researchers
     "dp_noise_multiplier": OptionSpec(float, 0.0, _non_negative, ">= 0"),
     "dp_clip_norm": OptionSpec(float, 1.0, _positive, "> 0"),
-    "dp_clipping": OptionSpec(str, "ghost", lambda x: x in set(DPClipping), f"one of {[c.value for c in DPClipping]}"),
+    "dp_clipping": OptionSpec(str, "hooks", lambda x: x in set(DPClipping), f"one of {[c.value for c in DPClipping]}"),
 }
 
 
@@ -115,7 +117,7 @@ class TrainOptions:
     hidden: int
     dp_noise_multiplier: float = 0.0
     dp_clip_norm: float = 1.0
-    dp_clipping: DPClipping = DPClipping.GHOST
+    dp_clipping: DPClipping = DPClipping.HOOKS
 
     @classmethod
     def parse(cls, config: Mapping[str, Scalar], *, with_hidden: bool, where: str) -> TrainOptions:
