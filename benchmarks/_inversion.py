@@ -4,10 +4,13 @@ Gradients") against one site's update of medfed's logistic regression or MLP.
 The attacker is the coordinator. It knows the global model it sent and the training configuration
 (optimizer SGD, learning rate, local steps, batch size, DP clip norm), and it receives whatever the
 protocol hands it: a flat float vector it takes for the site's update ``model - global``. It then
-searches for dummy rows ``x`` (and soft labels ``sigmoid(t)``) whose *simulated* update matches the
-observed one in cosine distance (Geiping et al., eq. 4), unrolling every local SGD step and, where the
-configuration says DP-SGD, clipping every dummy example's gradient as the site would. Restarts are
-ranked by the matching loss only: the attacker never sees the true rows.
+searches for dummy rows ``x`` (and soft labels ``sigmoid(t)``, rounded for the last quarter) whose
+*simulated* update matches the observed one: cosine distance (Geiping et al., eq. 4) plus relative
+squared L2 distance (Zhu et al.), every local SGD step unrolled and, where the configuration says
+DP, every dummy example's gradient (DP-SGD) or the whole update (DP-FedAvg) clipped as the site
+would. For the MLP each row is searched in the affine subspace the first-layer update spans
+(:func:`row_subspace`). Restarts are ranked by the matching loss only: the attacker never sees the
+true rows. For one row, :func:`analytic_logreg` and :func:`analytic_first_layer` need no search.
 
 The tasks train with BCE-with-logits and torch's ``mean`` reduction (``medfed.learn.tasks``); the
 functional model here reproduces their ``state_dict`` layout: ``weight``/``bias`` for logistic
@@ -31,6 +34,7 @@ __all__ = [
     "analytic_first_layer",
     "analytic_logreg",
     "invert",
+    "row_subspace",
     "score",
 ]
 

@@ -27,7 +27,7 @@ Error: per-feature MSE in standardised units after matching reconstructed rows t
 relative to guessing the feature mean (1.0 = no better than knowing nothing); "recovered" = rows
 within RMSE 0.1; label accuracy. Seeded and reproducible; torch runs on one thread.
 
-Run: ``.venv/bin/python benchmarks/gradient_inversion.py [--seed S]`` (~3-4 min on 2 busy cores).
+Run: ``.venv/bin/python benchmarks/gradient_inversion.py [--seed S]`` (48 cases, 1-2 min on 2 busy cores).
 Writes ``benchmarks/results/gradient_inversion.json``.
 """
 
@@ -87,8 +87,18 @@ class Victim:
     observed: np.ndarray
 
 
-def _flat(params: Parameters) -> np.ndarray:
+def flatten(params: Parameters) -> np.ndarray:
+    """Every array of ``params`` in float64, concatenated in parameter order."""
     return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in params.arrays])
+
+
+def unflatten(flat: np.ndarray, like: Parameters) -> Parameters:
+    """``flat`` (float64) as :class:`Parameters` with the names and shapes of ``like``."""
+    arrays, start = [], 0
+    for a in like.arrays:
+        arrays.append(np.array(flat[start : start + a.size].reshape(a.shape)))
+        start += a.size
+    return Parameters.from_arrays(like.names, tuple(arrays))
 
 
 def site_update(model: str, global_params: Parameters, x: np.ndarray, y: np.ndarray, **options: float) -> np.ndarray:
@@ -96,7 +106,7 @@ def site_update(model: str, global_params: Parameters, x: np.ndarray, y: np.ndar
     data = TabularData(x_train=x, y_train=y, x_test=x, y_test=y, feature_names=tuple(f"f{i}" for i in range(13)))
     config = {"optimizer": "sgd", "lr": LR, "batch_size": len(y), "local_steps": 1, **options}
     fitted = TASKS[model].fit(global_params, data, config, seed=0).parameters
-    return _flat(fitted) - _flat(global_params)
+    return flatten(fitted) - flatten(global_params)
 
 
 def attacks(
@@ -193,17 +203,11 @@ def dp_fedavg(sites: dict[str, TabularData], models: dict[str, Parameters], seed
         settings = [(NoiseMode.CENTRAL, 1.0)] + [(NoiseMode.DISTRIBUTED, z) for z in NOISE_MULTIPLIERS]
         for mode, z in settings:
             rule = DPAggregator(noise_multiplier=z, expected_nodes=SITES, mode=mode)
-            params, start = [], 0
-            for a in like.arrays:
-                params.append(update[start : start + a.size].reshape(a.shape))
-                start += a.size
-            contribution = rule.node_update(
-                Parameters.from_arrays(like.names, tuple(params)), clip_norm=clip, rng=np.random.default_rng(seed)
-            )
+            contribution = rule.node_update(unflatten(update, like), clip_norm=clip, rng=np.random.default_rng(seed))
             config = inv.AttackConfig(batch=1, lr=LR, update_clip=clip)
             view = "clipped update (noise added later)" if mode is NoiseMode.CENTRAL else f"noised share z={z:g}"
             for name, s, sec in attacks(
-                Victim(x=x, y=y, observed=_flat(contribution.update)), model, like, config, seed
+                Victim(x=x, y=y, observed=flatten(contribution.update)), model, like, config, seed
             ):
                 yield _row(f"dp-fedavg {mode.value}", view, model, config, name, s, sec)
 

@@ -116,17 +116,11 @@ def test_dp_fedavg_noise_share_defeats_the_attack_and_clipping_alone_does_not(
     x, y = rows[0][:1], rows[1][:1]
     update = bench.site_update("mlp", mlp, x, y)
     clip = float(np.linalg.norm(update))
-    arrays, start = [], 0
-    for a in mlp.arrays:
-        arrays.append(update[start : start + a.size].reshape(a.shape))
-        start += a.size
     rule = DPAggregator(noise_multiplier=1.0, expected_nodes=4, mode=mode)
 
-    share = rule.node_update(
-        Parameters.from_arrays(mlp.names, tuple(arrays)), clip_norm=clip, rng=np.random.default_rng(0)
-    )
+    share = rule.node_update(bench.unflatten(update, mlp), clip_norm=clip, rng=np.random.default_rng(0))
 
-    victim = bench.Victim(x=x, y=y, observed=bench._flat(share.update))
+    victim = bench.Victim(x=x, y=y, observed=bench.flatten(share.update))
     config = inv.AttackConfig(batch=1, update_clip=clip, **QUICK)
     if mode is NoiseMode.DISTRIBUTED:
         _assert_fails(victim, mlp, config)
