@@ -162,8 +162,10 @@ def _matching_loss(sim: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def invert(observed: np.ndarray, global_params: Parameters, config: AttackConfig, *, seed: int) -> Reconstruction:
     """Rows and labels whose simulated update best matches ``observed`` (flat, parameter order).
 
-    All restarts run at once, each with its own dummy rows ~ N(0, 1) and label logits 0; Adam,
-    learning rate 0.1 decayed ×0.1 at 3/4 of the iterations; the best restart by matching loss wins.
+    All restarts run at once, each with its own dummy rows (coordinates ~ N(0, 1) in R^d, or in
+    :func:`row_subspace` for an MLP) and label logits 0; Adam, learning rate 0.1 decayed ×0.1 at 3/4
+    of the iterations; the best restart by matching loss wins. DP-SGD is simulated for a mean over
+    the batch, as Opacus steps for one row (the only DP-SGD case here).
     """
     start = _copies(global_params, config.restarts)
     target = torch.tensor(np.asarray(observed, dtype=np.float64))
