@@ -18,14 +18,20 @@ log = logging.getLogger("medfed")
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from medfed.cli import data_cmds, people_cmds, security_cmds, synth_cmds
+    from medfed.cli import consent_cmds, data_cmds, people_cmds, security_cmds, synth_cmds
 
+    if getattr(args, "consent_handler", None) is not None:
+        return consent_cmds.dispatch(args)
     if getattr(args, "people", None) is not None:
         return people_cmds.dispatch(args)
     if getattr(args, "security_handler", None) is not None:
         return security_cmds.dispatch(args)
     if getattr(args, "synth_handler", None) is not None:
         return synth_cmds.dispatch(args)
+    if getattr(args, "query_handler", None) is not None:
+        from medfed.cli import query_cmds
+
+        return query_cmds.dispatch(args)
     if args.command in ("data", "catalog"):
         return data_cmds.run(args)
     handler = {
@@ -204,6 +210,11 @@ def _node_check(cfg: Any) -> int:
     problems = _identity_problems(cfg.tls.cert_pem, cfg.tls.ca_pem)
     print(f"certificate: {'ok' if not problems else '; '.join(problems)}")
     ok &= not problems
+    if cfg.settings.policy is None:  # a warning, not a failure: earlier sites have no [policy]
+        print("policy: WARNING no [policy] in site.toml: any job the coordinator sends runs here without "
+              "this site's approval (production sites should set one; see docs/security.md)")  # fmt: skip
+    else:
+        print(f"policy: ok (approvals in {cfg.settings.state_dir / 'approvals.db'})")
     for name, ds in cfg.settings.datasets.items():
         try:
             data = load_csv_dataset(ds.path, label=ds.label)
@@ -266,6 +277,10 @@ def _job(args: argparse.Namespace) -> int:
             view = client.get_job(args.job_id)
             if args.json:
                 print(json.dumps(view, indent=2, sort_keys=True))
+            elif "query_result" in view:  # a query job: its tables, not training curves
+                from medfed.cli.query_cmds import print_query
+
+                print_query(view)
             else:
                 print_job(view, detail=True)
             if args.out:

@@ -6,13 +6,16 @@ settings here; everything below receives values, never paths to configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medfed.analytics.policy import DisclosurePolicy
 from medfed.core.errors import ConfigError
 from medfed.node.runtime import DatasetConfig, NodeSettings
+from medfed.security.node_policy import NodePolicy, parse_node_policy
 from medfed.transport.grpc_client import ClientTls
 from medfed.transport.grpc_server import ServerTls
 
@@ -70,11 +73,17 @@ def load_node_config(path: Path) -> NodeConfig:
     ca, cert, key = _tls_paths(doc, path)
     datasets: dict[str, DatasetConfig] = {}
     for ds_name, ds in (doc.get("datasets") or {}).items():
+        if isinstance(ds, dict) and "columns" in ds:  # a declared dataset (csv, parquet, fhir, omop)
+            datasets[ds_name] = _declared(ds_name, ds, path)
+            continue
         if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):
             raise ConfigError(f'{path}: [datasets.{ds_name}] needs path = "<directory with train.csv, test.csv>"')
         fmt = ds.get("kind", ds.get("format", "csv"))
         if fmt != "csv":
-            raise ConfigError(f"{path}: datasets.{ds_name}.kind {fmt!r} is not supported here (allowed: ['csv'])")
+            raise ConfigError(
+                f"{path}: datasets.{ds_name}.kind {fmt!r} is not supported here (allowed: ['csv']); "
+                "declare its columns to read parquet, fhir or omop (see docs/data.md)"
+            )
         datasets[ds_name] = _dataset(ds_name, ds, path)
     node = doc.get("node") or {}
     settings = NodeSettings(
@@ -83,6 +92,8 @@ def load_node_config(path: Path) -> NodeConfig:
         poll_wait_s=float(node.get("poll_wait_s", 10.0)),
         backoff_max_s=float(node.get("backoff_max_s", 10.0)),
         state_dir=path.parent / str(node.get("state_dir", "state")),
+        disclosure=_disclosure(doc.get("disclosure"), path),
+        policy=_node_policy(doc.get("policy"), name, path),
     )
     tls = ClientTls(
         ca_pem=read_pem(ca, "CA certificate"),
@@ -94,6 +105,16 @@ def load_node_config(path: Path) -> NodeConfig:
     return NodeConfig(
         settings=settings, coordinator=target, tls=tls, log_file=path.parent / log_file if log_file else None
     )
+
+
+def _node_policy(table: object, site: str, path: Path) -> NodePolicy | None:
+    """``[policy]``: which jobs may touch this site's data, each after the site admin's approval.
+    Absent: no checks (earlier releases' behaviour; ``medfed node check`` warns)."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [policy] must be a table")
+    return parse_node_policy(table, site=site, where=f"{path} [policy]")
 
 
 def _dataset(name: str, ds: dict[str, Any], path: Path) -> DatasetConfig:
@@ -109,6 +130,40 @@ def _dataset(name: str, ds: dict[str, Any], path: Path) -> DatasetConfig:
         epsilon_budget=None if eps is None else float(eps),
         delta_budget=float(delta),
     )
+
+
+def _declared(name: str, ds: dict[str, Any], path: Path) -> DatasetConfig:
+    """``[datasets.<name>]`` with ``columns``: a declaration every task reads through the consent filter."""
+    from medfed.data.sources import parse_dataset  # pandas and pyarrow: only for sites that declare datasets
+
+    decl = parse_dataset(name, ds, base=path.parent, where=str(path))
+    legacy = _dataset(name, {"path": str(decl.path), **{k: v for k, v in ds.items() if k.endswith("_budget")}}, path)
+    return dataclasses.replace(legacy, path=decl.path, label=decl.label, decl=decl)
+
+
+def _disclosure(table: Any, path: Path) -> DisclosurePolicy:
+    """``[disclosure]``: what federated queries may release here (defaults when absent)."""
+    if table is None:
+        return DisclosurePolicy()
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "min_cell": int, "min_cohort": int, "differencing_threshold": int, "allow_dp": bool, "require_dp": bool,
+        "max_query_epsilon": (int, float), "km_time_grain": (int, float),
+    }  # fmt: skip
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [disclosure] must be a table")
+    problems = [f"unknown key disclosure.{k} (allowed: {sorted(kinds)})" for k in sorted(set(table) - set(kinds))]
+    problems += [
+        f"disclosure.{k} must be {getattr(kinds[k], '__name__', 'a number')}, got {v!r}"
+        for k, v in table.items()
+        if k in kinds and (not isinstance(v, kinds[k]) or (isinstance(v, bool) and kinds[k] is not bool))
+    ]
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    values: dict[str, Any] = {k: float(v) if isinstance(kinds[k], tuple) else v for k, v in table.items()}
+    try:
+        return DisclosurePolicy(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [disclosure]: {exc}") from None
 
 
 def _number(v: object) -> bool:

@@ -82,12 +82,16 @@ def _parser() -> argparse.ArgumentParser:
         j.add_argument("--config", type=Path, help="client.toml (default: $MEDFED_CLIENT_CONFIG or ./client.toml)")
 
     # each area registers its own commands: data/catalog, users/login/approvals/alerts, audit/backup/keys, synth
-    from medfed.cli import data_cmds, people_cmds, security_cmds, synth_cmds
+    from medfed.cli import consent_cmds, data_cmds, people_cmds, security_cmds, synth_cmds
 
     data_cmds.register(sub)
+    consent_cmds.register(sub)
     people_cmds.register(sub)
     security_cmds.register(sub)
     synth_cmds.register(sub)
+    from medfed.cli import query_cmds
+
+    query_cmds.register(sub)
     return p
 
 

@@ -7,14 +7,16 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from medfed import __version__
 from medfed.aggregation.strategies import make_strategy
+from medfed.coordinator.audit_hooks import CoordinatorAudit
 from medfed.coordinator.checkpoints import load_checkpoint
 from medfed.coordinator.engine import JobContext, JobRunner
-from medfed.coordinator.nodes import NodeRegistry
+from medfed.coordinator.nodes import NodeRegistry, parse_catalog
+from medfed.coordinator.queries import QueryRunner, query_spec
 from medfed.coordinator.robustness import robust_plan
 from medfed.coordinator.rounds import RoundInProgress
 from medfed.coordinator.store import JobRow, Store
@@ -60,6 +62,8 @@ class Coordinator:
         self._rounds_by_task: dict[str, RoundInProgress] = {}
         self._lock = threading.Lock()
         self._runners: dict[str, JobRunner] = {}
+        # tamper-evident record of submissions, accepted results and signed models (state_dir/audit.sqlite)
+        self.audit = CoordinatorAudit(settings.state_dir)
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -78,6 +82,7 @@ class Coordinator:
         self.nodes.notify()
         for runner in list(self._runners.values()):
             runner.join(timeout_s)
+        self.audit.close()
 
     def wait_job(self, job_id: str, timeout_s: float) -> JobViewDict:
         """Block until the job finishes (or the timeout); return its view."""
@@ -88,8 +93,6 @@ class Coordinator:
 
     def _launch(self, row: JobRow) -> None:
         spec = parse_job_spec(row.spec_toml, source_name=f"job {row.job_id}")
-        strategy = make_strategy(spec.strategy)
-        task = self._task_loader(spec.task)
         ctx = JobContext(
             job_id=row.job_id,
             store=self.store,
@@ -98,8 +101,13 @@ class Coordinator:
             rounds_by_task=self._rounds_by_task,
             lock=self._lock,
             on_finish=self._finished,
+            owner=row.owner,
+            audit=self.audit,
         )
-        runner = JobRunner(spec, strategy, task, ctx)
+        if spec.query is not None:  # a federated query: no strategy, no task
+            runner: JobRunner = QueryRunner(spec, ctx)
+        else:
+            runner = JobRunner(spec, make_strategy(spec.strategy), self._task_loader(spec.task), ctx)
         self._runners[row.job_id] = runner
         runner.start()
 
@@ -113,7 +121,8 @@ class Coordinator:
     # --- node-facing -----------------------------------------------------------------------
 
     def register(self, peer: Peer, hello: Hello) -> Welcome:
-        rejoined = self.nodes.register(peer.name, hello)
+        catalog = parse_catalog(hello.catalog_json, site=peer.name, offered=hello.datasets)
+        rejoined = self.nodes.register(peer.name, hello, catalog=catalog)
         self.store.touch_node(peer.name, version=hello.version, datasets=hello.datasets)
         log.info("site %s registered (version %s, datasets %s)", peer.name, hello.version, list(hello.datasets))
         if rejoined:
@@ -158,6 +167,7 @@ class Coordinator:
             )
         try:
             round_.accept(result)
+            self.audit.result_received(result)
         finally:
             self.nodes.notify()
 
@@ -166,13 +176,16 @@ class Coordinator:
     def submit_job(self, peer: Peer, spec_toml: str, source_name: str) -> JobViewDict:
         source_name = source_name or "<job>"
         spec = parse_job_spec(spec_toml, source_name=source_name)
-        # refuse unknown strategies, robust rules, tasks and options now, not after the job was stored
-        make_strategy(spec.strategy)
-        try:
-            robust_plan(spec)
-        except ConfigError as exc:
-            raise ConfigError(f"{source_name}: {exc}") from None
-        self._task_loader(spec.task).init_parameters(dict(spec.task_options), spec.seed)
+        if spec.query is not None:
+            query_spec(spec, source_name=source_name)  # refuse a malformed query before it is stored
+        else:
+            # refuse unknown strategies, robust rules, tasks and options now, not after the job was stored
+            make_strategy(spec.strategy)
+            try:
+                robust_plan(spec)
+            except ConfigError as exc:
+                raise ConfigError(f"{source_name}: {exc}") from None
+            self._task_loader(spec.task).init_parameters(dict(spec.task_options), spec.seed)
         job_id = uuid.uuid4().hex[:12]
         self.store.add_job(
             job_id=job_id,
@@ -182,6 +195,7 @@ class Coordinator:
             spec_hash=spec.spec_hash,
             rounds=spec.rounds,
         )
+        self.audit.job_submitted(job_id=job_id, owner=peer.name, spec=spec)
         log.info("job %s (%s) submitted by %s, spec sha256 %s", job_id, spec.name, peer.name, spec.spec_hash[:12])
         row = self._row(job_id)
         self._launch(row)
@@ -218,6 +232,24 @@ class Coordinator:
         elif not row.state.finished:
             self.store.set_job_state(job_id, JobState.CANCELLED, error="cancelled by a user")
         return job_view(self.store, self._row(job_id), detail=False)
+
+    def search_catalog(self, peer: Peer, query: str) -> JobViewDict:
+        """Which sites' datasets match ``query``: the catalog entries nodes published when they
+        registered (schema, tags, codes, coarse counts). The coordinator holds no rows to show."""
+        from medfed.data.catalog import search
+
+        nodes = self.nodes.all()
+        online = {n.site for n in self.nodes.online()}
+        entries = {(e.site, e.dataset): e for n in nodes for e in n.catalog}
+        hits = search(entries.values(), query)
+        log.info("catalog search by %s: %d hit(s)", peer.name, len(hits))
+        return {
+            "job_id": "",
+            "query": query,
+            "hits": [asdict(h) | {"online": h.site in online} for h in hits],
+            "entries": [entries[(h.site, h.dataset)].to_dict() for h in hits],
+            "sites": [{"site": n.site, "online": n.site in online, "datasets": len(n.catalog)} for n in nodes],
+        }
 
     def fetch_model(self, peer: Peer, job_id: str) -> Parameters:
         row = self._owned(peer, job_id)

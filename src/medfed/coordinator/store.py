@@ -2,7 +2,8 @@
 
 Tables: ``jobs``, ``rounds`` (aggregated metrics per round), ``site_metrics`` (what each site
 reported per round), ``anomalies`` (anomaly detection's report per site and fit round, for jobs
-that ask for it), ``checkpoints`` (file, SHA-256, round) and ``nodes`` (last contact).
+that ask for it), ``checkpoints`` (file, SHA-256, round), ``nodes`` (last contact) and
+``query_results`` (a query job's combined result, JSON).
 Every write is one transaction; a killed coordinator leaves the last committed state.
 """
 
@@ -48,6 +49,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 CREATE TABLE IF NOT EXISTS nodes (
     site TEXT PRIMARY KEY, version TEXT NOT NULL, datasets TEXT NOT NULL, last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS query_results (
+    job_id TEXT PRIMARY KEY, result TEXT NOT NULL, created REAL NOT NULL
 );
 """
 
@@ -242,6 +246,15 @@ class Store:
         )
         keys = ("round", "site", "norm", "cosine", "robust_z", "flags", "reason")
         return [dict(zip(keys, r, strict=True)) | {"flags": json.loads(r[5])} for r in rows]
+
+    def set_query_result(self, job_id: str, result_json: str) -> None:
+        """Keep a query job's result (JSON from :mod:`medfed.coordinator.queries`)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO query_results VALUES (?,?,?)", (job_id, result_json, time.time()))
+
+    def query_result(self, job_id: str) -> str | None:
+        row = self._conn().execute("SELECT result FROM query_results WHERE job_id=?", (job_id,)).fetchone()
+        return str(row[0]) if row else None
 
     # --- nodes -----------------------------------------------------------------------------
 

@@ -40,4 +40,7 @@ def job_view(store: Store, row: JobRow, *, detail: bool) -> dict[str, Any]:
         view["round_metrics"] = store.round_rows(row.job_id)
         view["site_metrics"] = store.site_rows(row.job_id)
         view["anomalies"] = store.anomaly_rows(row.job_id)
+        query = store.query_result(row.job_id)
+        if query is not None:  # a query job's result: read it with medfed.coordinator.queries.result_from_json
+            view["query_result"] = query
     return view

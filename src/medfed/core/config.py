@@ -5,11 +5,14 @@ Reading files is the CLI's business; these functions take text and a name to cit
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
 from typing import Any
 
 from medfed.core.errors import ConfigError
 from medfed.core.records import (
+    DEFAULT_PURPOSE,
     ClientDPSpec,
     JobSpec,
     PrivacySpec,
@@ -20,8 +23,14 @@ from medfed.core.records import (
     StrategySpec,
 )
 
-_JOB_KEYS = {"name", "task", "dataset", "rounds", "seed", "sites"}
-_TOP_KEYS = {"job", "strategy", "task_options", "rounds", "privacy", "robust", "secure_aggregation", "client_dp"}
+_JOB_KEYS = {"name", "task", "dataset", "rounds", "seed", "sites", "purpose"}
+#: What a site's policy and approvals compare (an audit NAME: lower-case token).
+_PURPOSE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_TOP_KEYS = {
+    "job", "strategy", "task_options", "rounds", "privacy", "robust", "secure_aggregation", "client_dp", "query",
+}  # fmt: skip
+#: What a query job (one with a ``[query]`` table) may not combine with: it trains nothing.
+_TRAINING_TABLES = ("strategy", "task_options", "privacy", "robust", "secure_aggregation", "client_dp")
 
 
 def _scalars(table: Any, where: str, problems: list[str]) -> dict[str, Scalar]:
@@ -71,7 +80,11 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
         raise ConfigError(f"{source_name}: missing [job] table with name, task, dataset, rounds")
     for key in sorted(set(job) - _JOB_KEYS):
         problems.append(f"unknown key job.{key} (allowed: {sorted(_JOB_KEYS)})")
-    for key in ("name", "task", "dataset", "rounds"):
+    query = _query(doc.get("query"), problems)
+    if "query" in doc:
+        extra = [t for t in _TRAINING_TABLES if t in doc]
+        problems += [f"[{t}] does not apply to a query job (it has a [query] table)" for t in extra]
+    for key in ("name", "dataset") if "query" in doc else ("name", "task", "dataset", "rounds"):
         if key not in job:
             problems.append(f"missing job.{key}")
     name = _typed(job, "name", str, "job", problems)
@@ -79,6 +92,9 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
     dataset = _typed(job, "dataset", str, "job", problems)
     rounds = _typed(job, "rounds", int, "job", problems)
     seed = _typed(job, "seed", int, "job", problems)
+    purpose = _typed(job, "purpose", str, "job", problems)
+    if purpose is not None and not _PURPOSE.fullmatch(purpose):
+        problems.append(f"job.purpose must be a short lower-case token (a-z, 0-9, '.', '_', '-'), got {purpose!r}")
     sites = job.get("sites", [])
     if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites):
         problems.append("job.sites must be a list of site names")
@@ -125,10 +141,11 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
     try:
         return JobSpec(
             name=name,
-            task=task,
+            task=task if task is not None or query is None else "query",  # a query job loads no task
             dataset=dataset,
-            rounds=rounds,
+            rounds=rounds if rounds is not None or query is None else 1,
             seed=seed or 0,
+            purpose=purpose or DEFAULT_PURPOSE,
             task_options=task_options,
             strategy=strategy,
             policy=policy,
@@ -137,10 +154,26 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
             robust=robust,
             secure_aggregation=secure,
             client_dp=client_dp,
+            query=query,
             source=text,
         )
     except ConfigError as exc:
         raise ConfigError(f"{source_name}: {exc}") from None
+
+
+def _query(table: Any, problems: list[str]) -> str | None:
+    """``[query]``: the query's fields as a table, kept as JSON text. Its fields and values are the
+    analytics layer's business: the coordinator checks them at submission."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        problems.append("[query] must be a table")
+        return None
+    try:
+        return json.dumps(table, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"[query] holds a value JSON cannot carry (dates, NaN): {exc}")
+        return None
 
 
 def _privacy(table: Any, problems: list[str]) -> PrivacySpec | None:

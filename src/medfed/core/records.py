@@ -11,6 +11,8 @@ from medfed.core.params import Parameters
 
 #: A hyper-parameter or option value that may travel in a task (no nested structures).
 Scalar = bool | int | float | str
+#: A job's purpose when its spec names none (sites' policies and approvals compare purposes).
+DEFAULT_PURPOSE = "research"
 
 
 class JobState(enum.StrEnum):
@@ -36,6 +38,8 @@ class TaskKind(enum.StrEnum):
     SECAGG_KEYS = "secagg_keys"
     SECAGG_SHARES = "secagg_shares"
     SECAGG_UNMASK = "secagg_unmask"
+    # federated analytics: one query (``TaskMessage.payload``: the query's JSON), answered under the site's policy
+    QUERY = "query"
 
     @property
     def secagg_stage(self) -> bool:
@@ -253,6 +257,7 @@ class JobSpec:
     dataset: str
     rounds: int
     seed: int = 0
+    purpose: str = DEFAULT_PURPOSE  # what the job is for: sites' policies and approvals check it
     task_options: dict[str, Scalar] = field(default_factory=dict)
     strategy: StrategySpec = field(default_factory=StrategySpec)
     policy: RoundPolicy = field(default_factory=RoundPolicy)
@@ -261,6 +266,9 @@ class JobSpec:
     robust: RobustSpec | None = None
     secure_aggregation: SecureAggregationSpec | None = None
     client_dp: ClientDPSpec | None = None
+    #: a federated query (the ``[query]`` table as JSON text; checked by the coordinator, which knows
+    #: the analytics layer): the job runs that query instead of training ``task``
+    query: str | None = None
     source: str = ""  # the TOML text it was parsed from (hashed, stored, audited)
 
     def __post_init__(self) -> None:
@@ -310,6 +318,8 @@ class TaskMessage:
     job_rounds: int = 0  # fit rounds in the whole job (what a site's privacy reservation covers)
     privacy: PrivacySpec | None = None
     payload: bytes = b""  # secure-aggregation stage message (schema-checked JSON), else empty
+    spec_toml: str = ""  # the job's spec text: a site derives policy facts from it, not from labels
+    owner: str = ""  # the submitting user, from the coordinator's authenticated record
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

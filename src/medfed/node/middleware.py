@@ -7,6 +7,7 @@ Failures become error *values* in the result, so they travel to the coordinator.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -21,6 +22,12 @@ from medfed.learn.base import TabularData, Task
 from medfed.secagg.sessions import SecAggSessions
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from medfed.analytics.policy import DisclosurePolicy
+    from medfed.data.sources import DatasetDecl
+    from medfed.node.datasets import JobData
+    from medfed.node.governance import NodeGovernance
     from medfed.node.ledger import PrivacyLedger
     from medfed.node.runtime import DatasetConfig
 
@@ -39,18 +46,31 @@ class NodeContext:
     task_loader: Callable[[str], Task]
     data_loader: Callable[[DatasetConfig], TabularData] | None = None
     ledger: PrivacyLedger | None = None
+    governance: NodeGovernance | None = None  # the site's audit log, policy and approvals; None: none kept
     secagg: SecAggSessions = field(default_factory=SecAggSessions)
+    disclosure: DisclosurePolicy | None = None  # the site's policy for queries; None: the defaults
+    state_dir: Path | None = None  # where the node persists what it answered (differencing protection)
+    today: Callable[[], dt.date] = field(default=lambda: dt.datetime.now(dt.UTC).date())  # consent is dated
     _cache: dict[str, TabularData] = field(default_factory=dict)
     _tasks: dict[str, Task] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _current: TaskMessage | None = None  # the task being handled: declared datasets load per job
+    _job_data: dict[tuple[str, str], JobData] = field(default_factory=dict)
+
+    def begin(self, task: TaskMessage) -> None:
+        """Note the task about to be handled (its job and purpose select a declared dataset's rows)."""
+        self._current = task
 
     def dataset(self, name: str) -> TabularData:
-        """The harmonised table of dataset ``name``, loaded once."""
+        """The harmonised table of dataset ``name``: a legacy CSV directory is loaded once; a declared
+        dataset once per job, consent-filtered for the job's purpose (a withdrawal counts from the next job)."""
         cfg = self.datasets.get(name)
         if cfg is None:
             raise DataError(
                 f"dataset {name!r} is not configured at site {self.site!r} (configured: {sorted(self.datasets)})"
             )
+        if cfg.decl is not None and self.data_loader is None:
+            return self._declared(name, cfg.decl).data
         with self._lock:
             if name not in self._cache:
                 if self.data_loader is not None:
@@ -60,6 +80,37 @@ class NodeContext:
 
                     self._cache[name] = load_csv_dataset(cfg.path, label=cfg.label)
             return self._cache[name]
+
+    def _declared(self, name: str, decl: DatasetDecl) -> JobData:
+        from medfed.core.config import parse_job_spec
+        from medfed.node.datasets import DEFAULT_PURPOSE, load_for_job, read_registry
+
+        task = self._current
+        job_id = task.job_id if task is not None else ""
+        with self._lock:
+            if (name, job_id) not in self._job_data:
+                spec_toml = getattr(task, "spec_toml", "")
+                spec = parse_job_spec(spec_toml, source_name=f"job {job_id}") if spec_toml else None
+                purpose = str(getattr(spec, "purpose", DEFAULT_PURPOSE))
+                loaded = load_for_job(
+                    decl, read_registry(self.state_dir), purpose=purpose, on=self.today(), job_id=job_id
+                )
+                log.info(
+                    "site %s, job %s: dataset %s for purpose %r: %d row(s) of %d patient(s) excluded by consent",
+                    self.site, job_id, name, purpose, loaded.consent.rows_excluded, loaded.consent.patients_excluded,
+                )  # fmt: skip
+                for key in [k for k in self._job_data if k[0] == name]:  # an older job's table: not needed again
+                    del self._job_data[key]
+                self._job_data[(name, job_id)] = loaded
+            return self._job_data[(name, job_id)]
+
+    def policy_metrics(self, name: str) -> dict[str, float]:
+        """Counts of what consent and missing-value policies left out of a declared dataset for the
+        current job (empty for legacy datasets)."""
+        cfg = self.datasets.get(name)
+        if cfg is None or cfg.decl is None or self.data_loader is not None:
+            return {}
+        return self._declared(name, cfg.decl).metrics()
 
     def task(self, name: str) -> Task:
         """The installed task ``name``, loaded once (scanning entry points costs ~10 ms)."""
@@ -126,11 +177,16 @@ def check_output(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMes
 
 
 def default_middleware() -> list[Middleware]:
-    """errors → audit → privacy budget → contribution (secure aggregation, client DP) → output check → task."""
+    """errors → audit → governance (site policy, approval, audit log) → queries (answered here) → privacy
+    budget → contribution (secure aggregation, client DP) → output check → task."""
+    from medfed.node.analytics import answer_queries
+    from medfed.node.governance import governance
     from medfed.node.privacy import privacy_budget
     from medfed.node.secure import secure_aggregation
 
-    return [errors_as_values, audit_log, privacy_budget, secure_aggregation, check_output]
+    return [
+        errors_as_values, audit_log, governance, answer_queries, privacy_budget, secure_aggregation, check_output,
+    ]  # fmt: skip
 
 
 def run_task(task: TaskMessage, ctx: NodeContext) -> ResultMessage:
@@ -141,6 +197,7 @@ def run_task(task: TaskMessage, ctx: NodeContext) -> ResultMessage:
     impl = ctx.task(task.task)
     n_eval, ev = impl.evaluate(task.parameters, data, task.config)
     metrics = {f"eval_{k}": float(v) for k, v in ev.items()} | {"eval_examples": float(n_eval)}
+    metrics |= ctx.policy_metrics(task.dataset)
     if task.kind is TaskKind.EVALUATE:
         return _ok(task, ctx, num_examples=n_eval, metrics=metrics, parameters=None)
     out = impl.fit(task.parameters, data, task.config, task.seed)

@@ -15,8 +15,10 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medfed import __version__
+from medfed.analytics.policy import DisclosurePolicy
 from medfed.core.errors import (
     AuthenticationError,
     ConfigError,
@@ -28,9 +30,14 @@ from medfed.core.errors import (
 from medfed.core.records import ResultMessage, TaskMessage
 from medfed.learn.base import TabularData, Task
 from medfed.learn.registry import load_task
+from medfed.node.governance import open_governance
 from medfed.node.ledger import PrivacyLedger
 from medfed.node.middleware import Handler, Middleware, NodeContext, build_chain, default_middleware, run_task
+from medfed.security.node_policy import NodePolicy
 from medfed.transport.api import CoordinatorLink, Hello
+
+if TYPE_CHECKING:
+    from medfed.data.sources import DatasetDecl
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,9 @@ class DatasetConfig:
     label: str = "label"
     epsilon_budget: float | None = None  # the site's total ε for this dataset; None: no DP budget set
     delta_budget: float = 1e-5
+    #: a dataset declared with ``columns`` (csv, parquet, fhir, omop), loaded per job through the
+    #: consent filter (medfed.node.datasets); None: a legacy directory with train.csv and test.csv
+    decl: DatasetDecl | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +65,8 @@ class NodeSettings:
     backoff_max_s: float = 10.0
     tasks: tuple[str, ...] = ()
     state_dir: Path | None = None  # where the node keeps its ledger; None: no ledger (no DP jobs)
+    disclosure: DisclosurePolicy = field(default_factory=DisclosurePolicy)  # [disclosure]: what queries may release
+    policy: NodePolicy | None = None  # [policy]: which jobs may touch data here (+ approvals); None: no checks
 
 
 def open_ledger(settings: NodeSettings) -> PrivacyLedger | None:
@@ -96,6 +108,9 @@ class NodeRuntime:
             task_loader=task_loader,
             data_loader=data_loader,
             ledger=open_ledger(settings),
+            disclosure=settings.disclosure,
+            state_dir=settings.state_dir,
+            governance=open_governance(settings.site, state_dir=settings.state_dir, policy=settings.policy),
         )
         self._handler: Handler = build_chain(run_task, default_middleware() if middleware is None else middleware)
         self._registered = threading.Event()
@@ -127,9 +142,23 @@ class NodeRuntime:
         finally:
             self.stop_event.set()
             self.link.close()
+            if self.context.governance is not None:
+                self.context.governance.checkpoint()
 
     def _register(self) -> None:
         hello = Hello(version=__version__, datasets=tuple(sorted(self.settings.datasets)), tasks=self.settings.tasks)
+        if any(d.decl is not None for d in self.settings.datasets.values()):
+            from medfed.node.datasets import publish, read_registry
+
+            offer = publish(
+                self.settings.site,
+                self.settings.datasets,
+                read_registry(self.settings.state_dir),
+                on=self.context.today(),
+            )
+            hello = Hello(
+                version=hello.version, datasets=offer.offered, tasks=hello.tasks, catalog_json=offer.catalog_json()
+            )
         welcome = self.link.register(hello)
         self._heartbeat_s = welcome.heartbeat_interval_s
         self._registered.set()
@@ -148,6 +177,7 @@ class NodeRuntime:
             self._handle(got)
 
     def _handle(self, task: TaskMessage) -> None:
+        self.context.begin(task)
         result: ResultMessage = self._handler(task, self.context)
         try:
             self.link.submit(result)

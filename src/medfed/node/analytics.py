@@ -1,0 +1,169 @@
+"""The query link of the node's policy chain: a site answers federated queries under its own policy.
+
+A :attr:`~medfed.core.records.TaskKind.QUERY` task carries one
+:class:`~medfed.analytics.spec.QuerySpec` as JSON in its payload. The node answers it with
+:func:`medfed.analytics.answer` under the site's :class:`~medfed.analytics.policy.DisclosurePolicy`
+(``[disclosure]`` in ``site.toml``; the researcher's request never sets it), against the
+:class:`~medfed.analytics.policy.AnswerHistory` it keeps in its state directory, so differencing
+protection outlives restarts. The history is read, checked and rewritten under one lock per
+dataset; a refusal leaves it (and the ledger) as it was.
+
+Differential privacy: a DP query's (ε, δ) is reserved in the dataset's privacy ledger before the
+data is touched and committed after the answer; a dataset with a budget is released only under
+DP (as for training jobs), and a DP query on a dataset without a budget is refused.
+
+Every query and every answer's digest (never its values) is logged to ``medfed.node.audit``:
+attach a handler there to feed a site's audit log (each record carries ``extra["audit"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medfed.analytics import AnswerHistory, DisclosurePolicy, QuerySpec, answer, epsilon_cost
+from medfed.core.errors import BudgetExhausted, ConfigError, DataError, PermissionDenied
+from medfed.core.records import ResultMessage, ResultStatus, TaskKind, TaskMessage
+from medfed.node.middleware import Handler, NodeContext
+from medfed.privacy.mechanisms import secure_rng
+from medfed.security.fsio import PRIVATE, atomic_write
+
+log = logging.getLogger(__name__)
+#: Where every query, refusal and answer digest is logged (the hook for the site's audit log).
+audit = logging.getLogger("medfed.node.audit")
+
+#: The files a dataset's table is read from, in this order (a CSV dataset directory).
+TABLE_FILES = ("train.csv", "test.csv")
+
+_locks: dict[Path, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def answer_queries(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessage:
+    """Answer a query task here; pass every other task on."""
+    if task.kind is not TaskKind.QUERY:
+        return nxt(task, ctx)
+    spec = QuerySpec.from_json(task.payload)
+    record = {"site": ctx.site, "job": task.job_id, "round": task.round, "dataset": task.dataset}
+    try:
+        result = _answer(task, ctx, spec)
+    except (PermissionDenied, BudgetExhausted) as exc:
+        _audit(record | {"query": spec.to_json(), "refused": str(exc)})
+        raise
+    _audit(record | {"query": spec.to_json(), "answer_sha256": result[1]})
+    return result[0]
+
+
+def query_table(ctx: NodeContext, dataset: str) -> pd.DataFrame:
+    """The rows of ``dataset`` a query runs on: every row of its CSV files (both splits).
+
+    The one place that knows where a dataset's rows are: switch it when datasets are declared
+    differently in ``site.toml``.
+
+    Raises
+    ------
+    DataError
+        The dataset is not configured here, or its files are missing or unreadable (named).
+    """
+    cfg = ctx.datasets.get(dataset)
+    if cfg is None:
+        configured = sorted(ctx.datasets)
+        raise DataError(f"dataset {dataset!r} is not configured at site {ctx.site!r} (configured: {configured})")
+    files = [cfg.path / name for name in TABLE_FILES if (cfg.path / name).is_file()]
+    if not files:
+        raise DataError(f"dataset {dataset!r} at site {ctx.site!r}: no {list(TABLE_FILES)} in {cfg.path}")
+    frames = []
+    for path in files:
+        try:
+            frames.append(pd.read_csv(path))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"dataset {dataset!r}: cannot read {path}: {exc}") from None
+    return pd.concat(frames, ignore_index=True)
+
+
+def history_path(state_dir: Path, dataset: str) -> Path:
+    return state_dir / "analytics" / f"{dataset}.answers.json"
+
+
+def load_history(path: Path) -> AnswerHistory:
+    """The persisted history, or an empty one when none was written yet."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return AnswerHistory()
+    except OSError as exc:
+        raise DataError(f"cannot read the answer history {path}: {exc}") from None
+    return AnswerHistory.from_json(text)
+
+
+def _lock(path: Path) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(path, threading.Lock())
+
+
+def _answer(task: TaskMessage, ctx: NodeContext, spec: QuerySpec) -> tuple[ResultMessage, str]:
+    if ctx.state_dir is None:
+        raise ConfigError(
+            f"site {ctx.site!r} answers queries only with [node] state_dir set: it must record what it answered"
+        )
+    policy = ctx.disclosure or DisclosurePolicy()
+    ledger = ctx.ledger
+    budget = ledger.status(task.dataset) if ledger is not None else None
+    if spec.dp is None and budget is not None:
+        raise PermissionDenied(
+            f"refused: dataset {task.dataset!r} at site {ctx.site!r} is released only under differential privacy "
+            f"(budget ε={budget.epsilon_total:.4g}); this query asks for no DP"
+        )
+    if spec.dp is not None and (ledger is None or budget is None):
+        raise BudgetExhausted(
+            f"dataset {task.dataset!r} at site {ctx.site!r} has no privacy budget: the site admin must set "
+            "epsilon_budget for it before a differentially private query may run"
+        )
+    table = query_table(ctx, task.dataset)
+    path = history_path(ctx.state_dir, task.dataset)
+    charge = f"query-{task.task_id}"
+    eps, delta = epsilon_cost(spec)
+    metrics: dict[str, float] = {}
+    with _lock(path):
+        history = load_history(path)
+        if ledger is not None and spec.dp is not None:
+            ledger.reserve(task.dataset, charge, epsilon=eps, delta=delta)
+            try:
+                site_answer, new_history = answer(spec, table, policy, history, rng=secure_rng())
+            except BaseException:
+                ledger.close_job(task.dataset, charge)  # nothing was released: release the hold
+                raise
+            ledger.commit(task.dataset, charge, epsilon=eps, delta=delta, steps=1)
+            ledger.close_job(task.dataset, charge)
+            left = ledger.status(task.dataset)
+            metrics = {"privacy_epsilon_spent": eps, "privacy_delta_spent": delta}
+            if left is not None:
+                metrics["privacy_epsilon_left"] = left.epsilon_left
+        else:
+            site_answer, new_history = answer(spec, table, policy, history, rng=secure_rng())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, new_history.to_json().encode(), mode=PRIVATE)
+    params, meta = site_answer.to_wire()
+    result = ResultMessage(
+        task_id=task.task_id,
+        job_id=task.job_id,
+        round=task.round,
+        site=ctx.site,
+        status=ResultStatus.OK,
+        num_examples=0,  # the cohort's size is released only through the answer, under the policy
+        metrics=meta | metrics,
+        parameters=params,
+    )
+    return result, site_answer.digest()
+
+
+def _audit(record: dict[str, Any]) -> None:
+    audit.info("query %s", json.dumps(record, sort_keys=True), extra={"audit": record})
+
+
+__all__ = ["TABLE_FILES", "answer_queries", "history_path", "load_history", "query_table"]

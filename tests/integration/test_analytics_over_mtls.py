@@ -1,0 +1,201 @@
+"""Federated analytics end to end over mutual TLS: query jobs fan out one QUERY task per site per
+step, each in-process node answers under its own disclosure policy (history persisted in its state
+directory, DP charged to its ledger), and the coordinator's combined answer equals the pooled one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.datasets import load_lung
+
+from integration.support import Cluster, NodeThread, wait_job
+from medfed.analytics import DisclosurePolicy, KMResult, RegressionResult, TableResult
+from medfed.coordinator.queries import result_from_json
+from medfed.node.analytics import history_path, load_history
+from medfed.node.ledger import PrivacyLedger
+from medfed.node.runtime import DatasetConfig, NodeRuntime, NodeSettings
+
+SITES = ("alpha", "beta", "gamma")
+#: Lets every site answer every query (for exactness checks; the default policy is tested too).
+OPEN = DisclosurePolicy(min_cell=1, min_cohort=1, differencing_threshold=1)
+COX_COVARIATES = ("age", "sex", "ph.ecog")
+
+
+def _start(
+    cluster: Cluster,
+    tmp_path: Path,
+    datasets: dict[str, dict[str, DatasetConfig]],
+    policy: DisclosurePolicy = DisclosurePolicy(),  # noqa: B008 - frozen value
+) -> None:
+    for site in SITES:
+        settings = NodeSettings(
+            site=site,
+            datasets=datasets[site],
+            poll_wait_s=1.0,
+            backoff_initial_s=0.05,
+            backoff_max_s=0.5,
+            state_dir=tmp_path / "nodes" / site,
+            disclosure=policy,
+        )
+        node = NodeThread(NodeRuntime(settings, cluster.link(site)))
+        cluster.nodes.append(node)
+        node.start()
+    cluster.wait_online(SITES)
+
+
+def _heart(cluster: Cluster, **budget: float) -> dict[str, dict[str, DatasetConfig]]:
+    return {s: {"heart": dataclasses.replace(cluster.fed.dataset(s), **budget)} for s in SITES}  # type: ignore[arg-type]
+
+
+def _query_job(query: str, *, name: str = "q", dataset: str = "heart", min_nodes: int = 3) -> str:
+    return (
+        f'[job]\nname = "{name}"\ndataset = "{dataset}"\n\n'
+        f"[rounds]\nmin_nodes = {min_nodes}\ndeadline_s = 30\n\n[query]\n{query}\n"
+    )
+
+
+def _run(cluster: Cluster, query: str, **job: Any) -> dict[str, Any]:
+    client = cluster.client()
+    view = client.submit_job(_query_job(query, **job), "query.toml")
+    return wait_job(client, view["job_id"], timeout_s=120)
+
+
+def _site_rows(cluster: Cluster, site: str) -> pd.DataFrame:
+    path = cluster.fed.dataset(site).path
+    return pd.concat([pd.read_csv(path / "train.csv"), pd.read_csv(path / "test.csv")], ignore_index=True)
+
+
+def test_logistic_glm_over_mtls_equals_statsmodels_on_the_pooled_rows(cluster: Cluster, tmp_path: Path) -> None:
+    _start(cluster, tmp_path, _heart(cluster))
+    covariates = ("age", "sex", "trestbps", "chol", "thalch", "exang", "oldpeak")
+    covs = ", ".join(f'"{c}"' for c in covariates)
+
+    view = _run(cluster, f'kind = "glm_stats"\nfamily = "logistic"\noutcome = "label"\ncovariates = [{covs}]')
+
+    assert view["state"] == "completed", view["error"]
+    outcome = result_from_json(view["query_result"])
+    result = outcome.result
+    assert isinstance(result, RegressionResult) and not outcome.refusals
+    pooled = pd.concat([_site_rows(cluster, s) for s in SITES], ignore_index=True)
+    ref = sm.GLM(pooled["label"], sm.add_constant(pooled[list(covariates)]), family=sm.families.Binomial()).fit(
+        tol=1e-12
+    )
+    assert result.n == len(pooled) and result.sites == SITES
+    np.testing.assert_allclose(result.coef, ref.params.to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.se, ref.bse.to_numpy(), rtol=1e-6)
+    # one QUERY round per Newton step, each recorded with every site's answer
+    query_rounds = [r for r in view["round_metrics"] if r["kind"] == "query"]
+    assert len(query_rounds) == outcome.rounds >= 3
+    assert all(r["aggregated"]["sites_ok"] == 3 for r in query_rounds)
+    report = cluster.state_dir / "reports" / f"query-{view['job_id']}.html"
+    assert "<table" in report.read_text()
+
+
+def _lung_sites(root: Path) -> tuple[dict[str, dict[str, DatasetConfig]], pd.DataFrame]:
+    """NCCTG lung split by institution: each site holds every third institution's patients."""
+    lung = load_lung().dropna(subset=["inst"]).reset_index(drop=True)
+    lung["site"] = [SITES[int(i) % 3] for i in lung["inst"]]
+    out = {}
+    for site, rows in lung.groupby("site"):
+        directory = root / "lung" / str(site)
+        directory.mkdir(parents=True)
+        rows.drop(columns=["site"]).to_csv(directory / "train.csv", index=False)
+        out[str(site)] = {"lung": DatasetConfig(name="lung", path=directory, label="status")}
+    return out, lung
+
+
+def test_kaplan_meier_and_cox_over_mtls_equal_lifelines_on_pooled_lung(cluster: Cluster, tmp_path: Path) -> None:
+    datasets, lung = _lung_sites(tmp_path)
+    _start(cluster, tmp_path, datasets, OPEN)
+
+    km_view = _run(cluster, 'kind = "kaplan_meier"\ntime = "time"\nevent = "status"', dataset="lung")
+    covs = ", ".join(f'"{c}"' for c in COX_COVARIATES)
+    cox_view = _run(
+        cluster, f'kind = "cox_stats"\ntime = "time"\nevent = "status"\ncovariates = [{covs}]', dataset="lung"
+    )
+
+    assert km_view["state"] == "completed", km_view["error"]
+    km = result_from_json(km_view["query_result"]).result
+    assert isinstance(km, KMResult) and len(km.curves) == 1
+    ref = KaplanMeierFitter().fit(lung["time"], lung["status"])
+    curve = km.curves[0]
+    np.testing.assert_array_equal(curve.timeline, ref.event_table.index.to_numpy())
+    np.testing.assert_array_equal(curve.at_risk, ref.event_table["at_risk"].to_numpy())
+    np.testing.assert_allclose(curve.survival, ref.survival_function_.iloc[:, 0].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(curve.ci_lower, ref.confidence_interval_.iloc[:, 0].to_numpy(), rtol=1e-10)
+    report = (cluster.state_dir / "reports" / f"query-{km_view['job_id']}.html").read_text()
+    assert "<svg" in report  # the KM plot with its CI band
+
+    assert cox_view["state"] == "completed", cox_view["error"]
+    cox = result_from_json(cox_view["query_result"]).result
+    assert isinstance(cox, RegressionResult) and cox.model == "cox"
+    pooled = lung[["site", "time", "status", *COX_COVARIATES]].dropna()
+    fitted = CoxPHFitter().fit(pooled, "time", "status", strata=["site"], fit_options={"precision": 1e-12})
+    np.testing.assert_allclose(cox.coef, fitted.params_[list(COX_COVARIATES)].to_numpy(), rtol=0, atol=1e-6)
+
+
+def test_small_counts_are_suppressed_and_a_differencing_query_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    _start(cluster, tmp_path, _heart(cluster))  # the default policy: min_cell 5, differencing threshold 5
+    alpha = _site_rows(cluster, "alpha")
+    ages = np.sort(alpha["age"].to_numpy())
+    # an age cut that leaves 1..4 patients at alpha: their count is withheld
+    small_cut = float(ages[-3])
+    view = _run(cluster, f'kind = "count"\nwhere = ["age >= {small_cut!r}"]')
+    assert view["state"] == "completed", view["error"]
+    table = result_from_json(view["query_result"]).result
+    assert isinstance(table, TableResult)
+    n_alpha = int((alpha["age"] >= small_cut).sum())
+    assert 1 <= n_alpha < 5 and np.isnan(table.per_site["alpha"][0])
+    assert table.frame("alpha").iloc[0, 0] == "<5"
+
+    # a cohort answered, then one that differs from it by 1..4 patients at alpha: refused there
+    base, near = float(ages[len(ages) // 2]), None
+    for cut in ages[ages > base]:
+        diff = int(((alpha["age"] >= base) != (alpha["age"] >= cut)).sum())
+        if 1 <= diff < 5:
+            near = float(cut)
+            break
+    assert near is not None
+    first = _run(cluster, f'kind = "count"\nwhere = ["age >= {base!r}"]', min_nodes=1)
+    assert first["state"] == "completed", first["error"]
+    second = _run(cluster, f'kind = "count"\nwhere = ["age >= {near!r}"]', min_nodes=1)
+    text = (
+        second["error"]
+        if second["state"] == "failed"
+        else json.dumps(result_from_json(second["query_result"]).refusals)
+    )
+    assert "differencing threshold" in text and "alpha" in text
+    # what alpha answered is persisted in its state directory (it survives a restart)
+    history = load_history(history_path(tmp_path / "nodes" / "alpha", "heart"))
+    assert len(history.cohorts) == 2  # the small cut and the base cohort; the refused one is not recorded
+
+
+def test_a_dp_count_is_charged_to_each_sites_ledger(cluster: Cluster, tmp_path: Path) -> None:
+    _start(cluster, tmp_path, _heart(cluster, epsilon_budget=2.0, delta_budget=1e-5))
+
+    dp = 'kind = "count"\nwhere = ["age >= 50"]\ndp = { mechanism = "laplace", epsilon = 0.5 }'
+    view = _run(cluster, dp)
+    plain = _run(cluster, 'kind = "count"\nwhere = ["age >= 50"]')
+
+    assert view["state"] == "completed", view["error"]
+    table = result_from_json(view["query_result"]).result
+    assert isinstance(table, TableResult) and table.noised
+    spent = {s["site"]: s["metrics"]["privacy_epsilon_spent"] for s in view["site_metrics"]}
+    assert spent == {s: 0.5 for s in SITES}
+    for site in SITES:
+        ledger = PrivacyLedger(tmp_path / "nodes" / site / "ledger.sqlite")
+        try:
+            status = ledger.status("heart")
+            assert status is not None and status.epsilon_used == pytest.approx(0.5)
+        finally:
+            ledger.close()
+    # a dataset with a budget is released only under DP
+    assert plain["state"] == "failed" and "only under differential privacy" in plain["error"]
