@@ -142,6 +142,14 @@ def test_kaplan_meier_and_cox_over_mtls_equal_lifelines_on_pooled_lung(cluster: 
     np.testing.assert_allclose(cox.coef, fitted.params_[list(COX_COVARIATES)].to_numpy(), rtol=0, atol=1e-6)
 
 
+def _near_cut(ages: np.ndarray, base: float) -> float:
+    """An age cut whose cohort differs from ``age >= base`` by 1..4 patients at this site."""
+    for cut in ages[ages > base]:
+        if 1 <= int(((ages >= base) != (ages >= cut)).sum()) < 5:
+            return float(cut)
+    raise AssertionError(f"no age cut within 4 patients of {base}")
+
+
 def test_small_counts_are_suppressed_and_a_differencing_query_is_refused(cluster: Cluster, tmp_path: Path) -> None:
     _start(cluster, tmp_path, _heart(cluster))  # the default policy: min_cell 5, differencing threshold 5
     alpha = _site_rows(cluster, "alpha")
@@ -157,13 +165,8 @@ def test_small_counts_are_suppressed_and_a_differencing_query_is_refused(cluster
     assert table.frame("alpha").iloc[0, 0] == "<5"
 
     # a cohort answered, then one that differs from it by 1..4 patients at alpha: refused there
-    base, near = float(ages[len(ages) // 2]), None
-    for cut in ages[ages > base]:
-        diff = int(((alpha["age"] >= base) != (alpha["age"] >= cut)).sum())
-        if 1 <= diff < 5:
-            near = float(cut)
-            break
-    assert near is not None
+    base = float(ages[len(ages) // 2])
+    near = _near_cut(ages, base)
     first = _run(cluster, f'kind = "count"\nwhere = ["age >= {base!r}"]', min_nodes=1)
     assert first["state"] == "completed", first["error"]
     second = _run(cluster, f'kind = "count"\nwhere = ["age >= {near!r}"]', min_nodes=1)
@@ -179,11 +182,12 @@ def test_small_counts_are_suppressed_and_a_differencing_query_is_refused(cluster
 
 
 def test_a_dp_count_is_charged_to_each_sites_ledger(cluster: Cluster, tmp_path: Path) -> None:
-    _start(cluster, tmp_path, _heart(cluster, epsilon_budget=2.0, delta_budget=1e-5))
+    _start(cluster, tmp_path, _heart(cluster, epsilon_budget=0.8, delta_budget=1e-5))
 
     dp = 'kind = "count"\nwhere = ["age >= 50"]\ndp = { mechanism = "laplace", epsilon = 0.5 }'
     view = _run(cluster, dp)
     plain = _run(cluster, 'kind = "count"\nwhere = ["age >= 50"]')
+    over = _run(cluster, dp)  # another 0.5 would exceed the 0.8 each site set
 
     assert view["state"] == "completed", view["error"]
     table = result_from_json(view["query_result"]).result
@@ -194,8 +198,29 @@ def test_a_dp_count_is_charged_to_each_sites_ledger(cluster: Cluster, tmp_path: 
         ledger = PrivacyLedger(tmp_path / "nodes" / site / "ledger.sqlite")
         try:
             status = ledger.status("heart")
-            assert status is not None and status.epsilon_used == pytest.approx(0.5)
+            assert status is not None and status.epsilon_used == pytest.approx(0.5)  # refusals cost nothing
         finally:
             ledger.close()
     # a dataset with a budget is released only under DP
     assert plain["state"] == "failed" and "only under differential privacy" in plain["error"]
+    assert over["state"] == "failed" and "are left of the site's budget" in over["error"]
+
+
+def test_differencing_protection_survives_a_node_restart(cluster: Cluster, tmp_path: Path) -> None:
+    _start(cluster, tmp_path, _heart(cluster))
+    ages = np.sort(_site_rows(cluster, "alpha")["age"].to_numpy())
+    base = float(ages[10])
+    near = _near_cut(ages, base)
+    assert _run(cluster, f'kind = "count"\nwhere = ["age >= {base!r}"]')["state"] == "completed"
+
+    old = next(n for n in cluster.nodes if n.runtime.settings.site == "alpha")
+    old.runtime.stop()
+    old.join(15.0)
+    restarted = NodeThread(NodeRuntime(old.runtime.settings, cluster.link("alpha")))  # same state_dir
+    cluster.nodes.append(restarted)
+    restarted.start()
+    cluster.wait_online(SITES)
+
+    view = _run(cluster, f'kind = "count"\nwhere = ["age >= {near!r}"]', min_nodes=1)
+    refusals = result_from_json(view["query_result"]).refusals if view["state"] == "completed" else {}
+    assert "differencing threshold" in (refusals.get("alpha") or view["error"])
