@@ -15,6 +15,7 @@ import numpy as np
 
 from medfed.aggregation.anomaly import AnomalyRecord
 from medfed.aggregation.base import Strategy
+from medfed.coordinator.audit_hooks import CoordinatorAudit
 from medfed.coordinator.checkpoints import load_checkpoint, save_checkpoint, save_model
 from medfed.coordinator.nodes import NodeRegistry
 from medfed.coordinator.robustness import RobustPlan, aggregate_round, robust_plan
@@ -43,6 +44,8 @@ class JobContext:
     rounds_by_task: dict[str, RoundInProgress]  # shared index: task_id -> open round
     lock: threading.Lock
     on_finish: Callable[[str], None]
+    owner: str = ""  # the submitting user: sites' policies check it
+    audit: CoordinatorAudit | None = None  # records the finish and signs the final model
 
 
 class JobRunner(threading.Thread):
@@ -72,7 +75,16 @@ class JobRunner(threading.Thread):
             store.set_job_state(job_id, JobState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
         else:
             store.set_job_state(job_id, JobState.COMPLETED)
+        self._audit_finish()
         self.ctx.on_finish(job_id)
+
+    def _audit_finish(self) -> None:
+        row = self.ctx.store.job(self.ctx.job_id)
+        if self.ctx.audit is not None and row is not None:
+            try:
+                self.ctx.audit.job_finished(job_id=self.ctx.job_id, state=row.state.value)
+            except MedfedError as exc:  # the coordinator is stopping (log closed): the job's state stands
+                log.warning("job %s: finish not audited: %s", self.ctx.job_id, exc)
 
     def _checkpoint_path(self, rnd: int) -> Path:
         return self.ctx.state_dir / "checkpoints" / self.ctx.job_id / f"round-{rnd:05d}.npz"
@@ -116,7 +128,12 @@ class JobRunner(threading.Thread):
                 pending.result()
         final = self._round_with_retries(self.spec.rounds + 1, TaskKind.EVALUATE, params)
         self._record(final, self.spec.rounds + 1, checkpoint=None)
-        save_model(self.ctx.state_dir / "models" / f"{self.ctx.job_id}.npz", params)
+        model_path = self.ctx.state_dir / "models" / f"{self.ctx.job_id}.npz"
+        save_model(model_path, params)
+        if self.ctx.audit is not None:
+            self.ctx.audit.sign_final_model(
+                job_id=self.ctx.job_id, spec=self.spec, params=params, model_path=model_path
+            )
 
     # --- summed contributions: secure aggregation, client-level DP -------------------------------
 
@@ -337,6 +354,8 @@ class JobRunner(threading.Thread):
             seed=self.spec.seed * 1_000_003 + key.round,
             config=config,
             parameters=params,
+            spec_toml=self.spec.source,
+            owner=self.ctx.owner,
         )
 
     def _await(self, round_: RoundInProgress, deadline: float) -> None:

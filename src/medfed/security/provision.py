@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from medfed.core.errors import ConfigError
+from medfed.core.errors import ConfigError, StoreError, ValidationError
 from medfed.core.records import Role
 from medfed.crypto import (
     Credential,
@@ -35,7 +35,8 @@ from medfed.crypto import (
     describe_certificate,
     issue_certificate,
 )
-from medfed.security.fsio import PRIVATE, atomic_write, exclusive_lock
+from medfed.crypto.signing import SigningKey, generate_signing_key, sign_bytes, verify_bytes
+from medfed.security.fsio import PRIVATE, PUBLIC, atomic_write, exclusive_lock
 from medfed.security.plan import (
     COORDINATOR_NAME,
     USER_ROLES,
@@ -44,7 +45,7 @@ from medfed.security.plan import (
 )
 from medfed.security.registry import IssuedIdentity, Registry
 
-__all__ = ["ProvisionResult", "add_site", "add_user", "provision", "revoke"]
+__all__ = ["ProvisionResult", "add_site", "add_user", "open_signing_key", "provision", "revoke"]
 
 PathLike = str | os.PathLike[str]
 
@@ -343,3 +344,26 @@ def revoke(out_dir: PathLike, name: str, now: dt.datetime | None = None) -> Issu
         atomic_write(root / "ca" / "serials.json", registry.to_json())
         _write_crl(root, ca, registry, moment)
     return next(i for i in registry.identities if i.serial == target.serial)
+
+
+def open_signing_key(path: Path) -> SigningKey:
+    """The Ed25519 key pair at ``path`` (private, 0600) and ``path.pub``; created on first use.
+
+    The same layout as ``medfed keys signing --out``, so an operator may provision the key
+    beforehand and this only reads it. A public half that does not match is refused.
+    """
+    pub = path.with_name(path.name + ".pub")
+    try:
+        if not path.exists():
+            fresh = generate_signing_key()
+            atomic_write(path, fresh.private_pem, mode=PRIVATE)
+            atomic_write(pub, fresh.public_pem, mode=PUBLIC)
+        key = SigningKey(private_pem=path.read_bytes(), public_pem=pub.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"signing key {path}: {exc.strerror or exc}") from None
+    probe = b"medfed signing key pair check"
+    try:
+        verify_bytes(key.public_pem, probe, sign_bytes(key.private_pem, probe))
+    except (StoreError, ValidationError) as exc:
+        raise ConfigError(f"signing key {path} and {pub} are not one key pair: {exc}") from None
+    return key

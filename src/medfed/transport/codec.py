@@ -165,6 +165,12 @@ def _checked_payload(payload: bytes, where: str) -> bytes:
     return bytes(payload)
 
 
+def _checked_spec(spec_toml: str, where: str) -> str:
+    if len(spec_toml.encode()) > MAX_PAYLOAD_BYTES:
+        raise TransportError(f"{where}: job spec of {len(spec_toml.encode())} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    return spec_toml
+
+
 def _privacy_to_pb(spec: PrivacySpec | None) -> pb.PrivacyHeader | None:
     if spec is None:
         return None
@@ -202,6 +208,8 @@ def task_frames(task: TaskMessage) -> Iterator[pb.Frame]:
         job_rounds=task.job_rounds,
         privacy=_privacy_to_pb(task.privacy),
         payload=_checked_payload(task.payload, f"task {task.task_id}"),
+        spec_toml=_checked_spec(task.spec_toml, f"task {task.task_id}"),
+        owner=task.owner,
     )
     yield pb.Frame(task=header)
     for chunk in iter_chunks(task.parameters):
@@ -268,6 +276,8 @@ def read_task(frames: Iterable[pb.Frame]) -> TaskMessage | float:
         job_rounds=h.job_rounds,
         privacy=_privacy_from_pb(h, where),
         payload=_checked_payload(h.payload, where),
+        spec_toml=_checked_spec(h.spec_toml, where),
+        owner=h.owner,
     )
 
 

@@ -79,6 +79,11 @@ class FederationStub:
                 request_serializer=medfed_dot_transport_dot_medfed__pb2.JobQuery.SerializeToString,
                 response_deserializer=medfed_dot_transport_dot_medfed__pb2.Frame.FromString,
                 _registered_method=True)
+        self.SearchCatalog = channel.unary_unary(
+                '/medfed.v1.Federation/SearchCatalog',
+                request_serializer=medfed_dot_transport_dot_medfed__pb2.CatalogQuery.SerializeToString,
+                response_deserializer=medfed_dot_transport_dot_medfed__pb2.JobView.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -140,6 +145,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchCatalog(self, request, context):
+        """per-site dataset metadata matching a query
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +199,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.FetchModel,
                     request_deserializer=medfed_dot_transport_dot_medfed__pb2.JobQuery.FromString,
                     response_serializer=medfed_dot_transport_dot_medfed__pb2.Frame.SerializeToString,
+            ),
+            'SearchCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchCatalog,
+                    request_deserializer=medfed_dot_transport_dot_medfed__pb2.CatalogQuery.FromString,
+                    response_serializer=medfed_dot_transport_dot_medfed__pb2.JobView.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +449,33 @@ class Federation:
             '/medfed.v1.Federation/FetchModel',
             medfed_dot_transport_dot_medfed__pb2.JobQuery.SerializeToString,
             medfed_dot_transport_dot_medfed__pb2.Frame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medfed.v1.Federation/SearchCatalog',
+            medfed_dot_transport_dot_medfed__pb2.CatalogQuery.SerializeToString,
+            medfed_dot_transport_dot_medfed__pb2.JobView.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,192 @@
+"""Governance at a site: its own policy, its admin's approval of each job spec, and its own
+tamper-evident audit log, all checked before a task touches data.
+
+The node does not take the coordinator's word for what a job is. Each task carries the job's
+spec text; the node parses it itself, checks that the task asks for what the spec says (task,
+dataset, rounds), and derives the :class:`~medfed.security.node_policy.JobFacts` its ``[policy]``
+and :class:`~medfed.security.approvals.ApprovalStore` (``state_dir/approvals.db``) judge. An
+unknown spec is recorded as pending and refused; once ``medfed approvals approve`` cleared it, a
+resubmitted job with the same spec text runs.
+
+With a ``state_dir`` the node keeps ``state_dir/audit.sqlite`` (hash chain, checkpoints signed by
+``state_dir/audit-signing.key``): data accessed, refusals, and each result sent with the same
+``update_sha256`` the coordinator records, so ``medfed audit participation`` can compare the two.
+
+A site without a ``[policy]`` table keeps the behaviour of earlier releases (no approval step);
+production sites should set one (``medfed node check`` warns).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from medfed.core.config import parse_job_spec
+from medfed.core.errors import ConfigError, PermissionDenied
+from medfed.core.records import ResultMessage, TaskKind, TaskMessage
+from medfed.crypto.signing import model_digest
+from medfed.security.approvals import ApprovalStore, Clearance
+from medfed.security.audit import AuditLog
+from medfed.security.audit_events import AuditAction, AuditEvent
+from medfed.security.node_policy import JobFacts, NodePolicy
+from medfed.security.provision import open_signing_key
+
+if TYPE_CHECKING:
+    from medfed.node.middleware import Handler, NodeContext
+
+__all__ = ["NodeGovernance", "governance", "job_facts", "open_governance"]
+
+log = logging.getLogger(__name__)
+
+Fields = dict[str, str | int | float | bool]
+
+
+class Refusal(enum.StrEnum):
+    """Why a site refused a task (the ``outcome`` of its ``task.refused`` audit event)."""
+
+    NO_SPEC = "no-spec"  # the task carries no job spec to judge
+    BAD_SPEC = "bad-spec"  # the spec does not parse, or the task asks for something else
+    POLICY = "policy"  # the site's [policy] forbids the job
+    NOT_CLEARED = "not-cleared"  # no approval of this spec (pending, rejected, expired) nor a standing rule
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeGovernance:
+    """A site's audit log (when it has a state directory), policy and approvals (when it set a policy)."""
+
+    site: str
+    audit: AuditLog | None = None
+    policy: NodePolicy | None = None
+    approvals: ApprovalStore | None = None
+
+    def record(self, action: AuditAction, fields: Fields) -> None:
+        """Append to the site's audit log (no-op without one). A failure to audit fails the task."""
+        if self.audit is not None:
+            self.audit.append(AuditEvent(action=action, actor=self.site, fields={"site": self.site, **fields}))
+
+    def clear(self, task: TaskMessage) -> Clearance | None:
+        """Raise :class:`PermissionDenied` unless this site's policy and approvals admit ``task``'s job."""
+        if self.policy is None or self.approvals is None:
+            return None
+        facts = self._facts(task)
+        try:
+            self.policy.check(facts)
+        except PermissionDenied:
+            self._refused(task, Refusal.POLICY, facts.spec_hash)
+            raise
+        try:
+            return self.approvals.check(facts)
+        except PermissionDenied:
+            self._refused(task, Refusal.NOT_CLEARED, facts.spec_hash)
+            raise
+
+    def _facts(self, task: TaskMessage) -> JobFacts:
+        try:
+            return job_facts(task)
+        except PermissionDenied:
+            self._refused(task, Refusal.NO_SPEC if not task.spec_toml else Refusal.BAD_SPEC, "")
+            raise
+
+    def _refused(self, task: TaskMessage, why: Refusal, spec_hash: str) -> None:
+        fields: Fields = {"job_id": task.job_id, "round": task.round, "outcome": why.value}
+        if spec_hash:
+            fields["spec_hash"] = spec_hash
+        self.record(AuditAction.TASK_REFUSED, fields)
+
+    def checkpoint(self) -> None:
+        """Sign the audit log's head, so entries since the last periodic checkpoint are anchored."""
+        if self.audit is not None:
+            self.audit.checkpoint()
+
+    def close(self) -> None:
+        """Sign the audit log's head and close the stores."""
+        if self.audit is not None:
+            self.audit.checkpoint()
+            self.audit.close()
+        if self.approvals is not None:
+            self.approvals.close()
+
+
+def job_facts(task: TaskMessage) -> JobFacts:
+    """The facts a site judges, from the spec text the task carries (never from its labels alone).
+
+    Raises
+    ------
+    PermissionDenied
+        The task carries no spec, the spec does not parse, or the task asks for another task,
+        dataset or number of rounds than its spec says.
+    """
+    where = f"job {task.job_id!r}"
+    if not task.spec_toml:
+        raise PermissionDenied(f"{where}: the task carries no job spec, so this site cannot judge it")
+    try:
+        spec = parse_job_spec(task.spec_toml, source_name=f"spec of {where}")
+    except ConfigError as exc:
+        raise PermissionDenied(f"{where}: its spec does not parse here: {exc}") from None
+    claimed = {"task": task.task, "dataset": task.dataset}
+    if task.job_rounds:
+        claimed["rounds"] = str(task.job_rounds)
+    actual = {"task": spec.task, "dataset": spec.dataset, "rounds": str(spec.rounds)}
+    wrong = [f"{k} {v!r} (spec: {actual[k]!r})" for k, v in claimed.items() if v != actual[k]]
+    if wrong:
+        raise PermissionDenied(f"{where}: the task does not match its spec: " + ", ".join(wrong))
+    return JobFacts.from_spec(spec, job_id=task.job_id, researcher=task.owner, purpose=spec.purpose)
+
+
+def open_governance(
+    site: str, *, state_dir: Path | None, policy: NodePolicy | None, clock: Callable[[], float] = time.time
+) -> NodeGovernance | None:
+    """The site's governance: ``None`` without a state directory (nothing to keep a log in)."""
+    if state_dir is None:
+        if policy is not None:
+            raise ConfigError(f"site {site!r} sets a [policy]: the node needs [node] state_dir for its approvals")
+        return None
+    key = open_signing_key(state_dir / "audit-signing.key")
+    audit = AuditLog(state_dir / "audit.sqlite", signer=key, clock=clock)
+    approvals = None
+    if policy is not None:
+        approvals = ApprovalStore(state_dir / "approvals.db", site=site, audit=_approval_note, clock=clock)
+    return NodeGovernance(site=site, audit=audit, policy=policy, approvals=approvals)
+
+
+def _result_digest(result: ResultMessage) -> str:
+    # the same digest as medfed.coordinator.audit_hooks.result_digest (a sibling package, so not
+    # importable here); the participation tests compare what both sides recorded
+    if result.parameters is not None:
+        return model_digest(result.parameters)
+    if result.payload:
+        return hashlib.sha256(result.payload).hexdigest()
+    return ""
+
+
+def _approval_note(event: str, fields: Mapping[str, str | int | float | bool]) -> None:
+    # the refusal that follows a pending spec goes to the audit log; this is the operator's hint
+    log.info("%s %s", event, dict(fields))
+
+
+def governance(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessage:
+    """Policy link: clear the job (policy, approval), audit the access, audit the result sent."""
+    gov = ctx.governance
+    if gov is None:
+        return nxt(task, ctx)
+    clearance = gov.clear(task)
+    access: Fields = {"job_id": task.job_id, "round": task.round, "kind": task.kind.value}
+    if task.kind is not TaskKind.SECAGG_KEYS and task.kind is not TaskKind.SECAGG_SHARES:
+        access["dataset"] = task.dataset
+    if clearance is not None:
+        access["spec_hash"] = clearance.spec_hash
+    gov.record(AuditAction.DATA_ACCESSED, access)
+    result = nxt(task, ctx)
+    if result.ok:
+        sent: Fields = {"job_id": task.job_id, "round": task.round, "ok": True}
+        digest = _result_digest(result)
+        if digest:
+            sent["update_sha256"] = digest
+        gov.record(AuditAction.RESULT_SENT, sent)
+    return result
