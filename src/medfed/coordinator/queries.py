@@ -300,16 +300,19 @@ def result_from_json(text: str) -> QueryOutcome:
     """
     try:
         raw = json.loads(text)
-        if raw.get("version") != RESULT_VERSION:
-            raise ValidationError(f"unknown version {raw.get('version')!r}", where="query result")
-        return QueryOutcome(
-            query=QuerySpec.from_json(json.dumps(raw["query"])),
-            result=_result_dec(raw["result"]),
-            refusals={str(k): str(v) for k, v in raw["refusals"].items()},
-            rounds=int(raw["rounds"]),
-        )
+        version = raw.get("version")
+        if version == RESULT_VERSION:
+            return QueryOutcome(
+                query=QuerySpec.from_json(json.dumps(raw["query"])),
+                result=_result_dec(raw["result"]),
+                refusals={str(k): str(v) for k, v in raw["refusals"].items()},
+                rounds=int(raw["rounds"]),
+            )
+    except ValidationError as exc:
+        raise ValidationError(f"its {exc}", where="query result") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValidationError(f"malformed: {exc!r}", where="query result") from None
+    raise ValidationError(f"unknown version {version!r} (expected {RESULT_VERSION})", where="query result")
 
 
 def write_report(outcome: QueryOutcome, title: str, path: Path) -> None:
