@@ -7,9 +7,9 @@ import json
 import pytest
 
 from integration.support import Federation
-from medfed.analytics import DisclosurePolicy, QueryKind
+from medfed.analytics import DisclosurePolicy, DPRequest, Family, Mechanism, QueryKind, QuerySpec
 from medfed.cli.config import load_node_config
-from medfed.coordinator.queries import query_spec
+from medfed.coordinator.queries import query_job_toml, query_spec
 from medfed.core.config import parse_job_spec
 from medfed.core.errors import ConfigError
 
@@ -86,3 +86,23 @@ def test_a_training_job_is_unchanged() -> None:
     assert parse_job_spec(text).query is None
     with pytest.raises(ConfigError, match=r"missing job\.task"):
         parse_job_spec('[job]\nname = "t"\ndataset = "heart"\nrounds = 2\n')
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuerySpec.count(("age >= 60", "sex == 2"), dp=DPRequest(mechanism=Mechanism.GAUSSIAN, epsilon=0.5, delta=1e-6)),
+        QuerySpec(kind=QueryKind.HISTOGRAM, columns=("age",), bins=(30.0, 50.0, 70.0, 90.0)),
+        QuerySpec(kind=QueryKind.CROSSTAB, columns=("sex", "site"), levels=((1.0, 2.0), ("a", 'b "quoted"'))),
+        QuerySpec(kind=QueryKind.KAPLAN_MEIER, time="time", event="status", group="sex", levels=((1.0, 2.0),)),
+        QuerySpec.glm(Family.POISSON, "status", ("age", "sex"), ("ph.ecog != 3",)),
+        QuerySpec.cox("time", "status", ("age",)).replace(beta=(0.25,)),
+    ],
+)
+def test_the_python_api_writes_a_job_file_that_reads_back_as_the_same_query(spec: QuerySpec) -> None:
+    text = query_job_toml(spec, name="api", dataset="lung", min_nodes=2, deadline_s=30)
+
+    job = parse_job_spec(text, source_name="api")
+
+    assert job.dataset == "lung" and job.policy.min_nodes == 2 and job.policy.deadline_s == 30.0
+    assert query_spec(job) == spec

@@ -17,8 +17,16 @@ from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.datasets import load_lung
 
 from integration.support import Cluster, NodeThread, wait_job
-from medfed.analytics import DisclosurePolicy, KMResult, RegressionResult, TableResult
-from medfed.coordinator.queries import result_from_json
+from medfed.analytics import (
+    DescribeResult,
+    DisclosurePolicy,
+    KMResult,
+    QueryKind,
+    QuerySpec,
+    RegressionResult,
+    TableResult,
+)
+from medfed.coordinator.queries import ask_federation, result_from_json
 from medfed.node.analytics import history_path, load_history
 from medfed.node.ledger import PrivacyLedger
 from medfed.node.runtime import DatasetConfig, NodeRuntime, NodeSettings
@@ -97,6 +105,13 @@ def test_logistic_glm_over_mtls_equals_statsmodels_on_the_pooled_rows(cluster: C
     assert all(r["aggregated"]["sites_ok"] == 3 for r in query_rounds)
     report = cluster.state_dir / "reports" / f"query-{view['job_id']}.html"
     assert "<table" in report.read_text()
+
+    # the Python API: a QuerySpec in, the combined result out (pooled mean and variance, exactly)
+    spec = QuerySpec(kind=QueryKind.DESCRIBE, columns=("chol", "age"))
+    described = ask_federation(cluster.client(), spec, dataset="heart", min_nodes=3, timeout_s=120).result
+    assert isinstance(described, DescribeResult)
+    np.testing.assert_allclose(described.combined["mean"], pooled[["chol", "age"]].mean().to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(described.combined["variance"], pooled[["chol", "age"]].var().to_numpy(), rtol=1e-10)
 
 
 def _lung_sites(root: Path) -> tuple[dict[str, dict[str, DatasetConfig]], pd.DataFrame]:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -315,6 +315,74 @@ def result_from_json(text: str) -> QueryOutcome:
     raise ValidationError(f"unknown version {version!r} (expected {RESULT_VERSION})", where="query result")
 
 
+# --- the researcher's Python API ------------------------------------------------------------------
+
+
+class JobClient(Protocol):
+    """What :func:`ask_federation` needs of a client (``medfed.transport.grpc_client.ResearcherClient``)."""
+
+    def submit_job(self, spec_toml: str, source_name: str) -> dict[str, Any]: ...
+
+    def get_job(self, job_id: str) -> dict[str, Any]: ...
+
+
+def query_job_toml(spec: QuerySpec, *, name: str, dataset: str, min_nodes: int = 1, deadline_s: float = 120.0) -> str:
+    """The job file that runs ``spec`` on ``dataset`` at every site offering it."""
+    fields = json.loads(spec.to_json())
+    lines = [
+        "[job]", f"name = {_toml(name)}", f"dataset = {_toml(dataset)}", "",
+        "[rounds]", f"min_nodes = {min_nodes}", f"deadline_s = {float(deadline_s)!r}", "",
+        "[query]", *(f"{key} = {_toml(value)}" for key, value in fields.items()),
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValidationError(f"{value!r} cannot be written in a job file", where="query")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml(v)}" for k, v in value.items()) + " }"
+    raise ValidationError(f"{type(value).__name__} cannot be written in a job file", where="query")
+
+
+def ask_federation(
+    client: JobClient,
+    spec: QuerySpec,
+    *,
+    dataset: str,
+    name: str = "query",
+    min_nodes: int = 1,
+    timeout_s: float = 600.0,
+    interval_s: float = 0.2,
+) -> QueryOutcome:
+    """Run ``spec`` as a query job and wait for its result (the Python twin of ``medfed query submit --wait``).
+
+    Raises
+    ------
+    JobError
+        The job failed (every site's refusal is in the message) or did not finish in ``timeout_s``.
+    """
+    toml = query_job_toml(spec, name=name, dataset=dataset, min_nodes=min_nodes)
+    view = client.submit_job(toml, f"<query {name}>")
+    deadline = time.monotonic() + timeout_s
+    while view["state"] not in ("completed", "failed", "cancelled"):
+        if time.monotonic() > deadline:
+            raise JobError(f"query job {view['job_id']} still {view['state']} after {timeout_s:.0f}s")
+        time.sleep(interval_s)
+        view = client.get_job(view["job_id"])
+    if view["state"] != "completed" or "query_result" not in view:
+        raise JobError(f"query job {view['job_id']} {view['state']}: {view.get('error', '')}")
+    return result_from_json(view["query_result"])
+
+
 def write_report(outcome: QueryOutcome, title: str, path: Path) -> None:
     """The result as a self-contained HTML page (tables; Kaplan–Meier curves with their CIs)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,5 +390,6 @@ def write_report(outcome: QueryOutcome, title: str, path: Path) -> None:
 
 
 __all__ = [
-    "QueryOutcome", "QueryRunner", "query_spec", "result_from_json", "result_to_json", "run_query", "write_report",
+    "JobClient", "QueryOutcome", "QueryRunner", "ask_federation", "query_job_toml", "query_spec", "result_from_json",
+    "result_to_json", "run_query", "write_report",
 ]  # fmt: skip
