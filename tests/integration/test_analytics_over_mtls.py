@@ -239,3 +239,35 @@ def test_differencing_protection_survives_a_node_restart(cluster: Cluster, tmp_p
     view = _run(cluster, f'kind = "count"\nwhere = ["age >= {near!r}"]', min_nodes=1)
     refusals = result_from_json(view["query_result"]).refusals if view["state"] == "completed" else {}
     assert "differencing threshold" in (refusals.get("alpha") or view["error"])
+
+
+def test_a_declared_dataset_is_queried_without_the_patients_who_opted_out(cluster: Cluster, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from medfed.data.consent import ConsentRecord, ConsentStatus, ConsentStore
+    from medfed.data.sources import parse_dataset
+
+    columns = [{"name": "patient_id", "type": "string"}, {"name": "age", "type": "float", "min": 0, "max": 120}]
+    datasets = {}
+    for i, site in enumerate(SITES):
+        directory = tmp_path / "declared" / site
+        directory.mkdir(parents=True)
+        pd.DataFrame({"patient_id": [f"{site}-{k}" for k in range(20)], "age": np.arange(20) + 40.0 + i}).to_csv(
+            directory / "cohort.csv", index=False
+        )
+        table = {"format": "csv", "path": "cohort.csv", "patient_id": "patient_id", "columns": columns}
+        decl = parse_dataset("cohort", table, base=directory, where=f"{site} site.toml")
+        datasets[site] = {"cohort": DatasetConfig(name="cohort", path=directory, decl=decl)}
+    (tmp_path / "nodes" / "alpha").mkdir(parents=True)
+    store = ConsentStore(tmp_path / "nodes" / "alpha" / "consent.sqlite")
+    opt_out = ConsentRecord(patient_id="alpha-3", purpose="*", status=ConsentStatus.DENY, date=dt.date(2020, 1, 1))
+    store.add([opt_out], source="test", at=dt.datetime.now(dt.UTC))
+    store.close()
+    _start(cluster, tmp_path, datasets, OPEN)
+
+    view = _run(cluster, 'kind = "count"\nwhere = ["age >= 0"]', dataset="cohort")
+
+    assert view["state"] == "completed", view["error"]
+    table = result_from_json(view["query_result"]).result
+    assert isinstance(table, TableResult)
+    assert {s: float(np.ravel(v)[0]) for s, v in table.per_site.items()} == {"alpha": 19.0, "beta": 20.0, "gamma": 20.0}

@@ -3,7 +3,8 @@
 A :attr:`~medfed.core.records.TaskKind.QUERY` task carries one
 :class:`~medfed.analytics.spec.QuerySpec` as JSON in its payload. The node answers it with
 :func:`medfed.analytics.answer` under the site's :class:`~medfed.analytics.policy.DisclosurePolicy`
-(``[disclosure]`` in ``site.toml``; the researcher's request never sets it), against the
+(``[disclosure]`` in ``site.toml``; the researcher's request never sets it) on the rows
+:func:`query_table` gives (a declared dataset: consent-filtered for the job's purpose), against the
 :class:`~medfed.analytics.policy.AnswerHistory` it keeps in its state directory, so differencing
 protection outlives restarts. The history is read, checked and rewritten under one lock per
 dataset; a refusal leaves it (and the ledger) as it was.
@@ -22,22 +23,26 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from medfed.analytics import AnswerHistory, DisclosurePolicy, QuerySpec, answer, epsilon_cost
+from medfed.core.config import parse_job_spec
 from medfed.core.errors import BudgetExhausted, ConfigError, DataError, PermissionDenied
 from medfed.core.records import ResultMessage, ResultStatus, TaskKind, TaskMessage
 from medfed.node.middleware import Handler, NodeContext
 from medfed.privacy.mechanisms import secure_rng
 from medfed.security.fsio import PRIVATE, atomic_write
 
+if TYPE_CHECKING:
+    from medfed.data.sources import DatasetDecl
+
 log = logging.getLogger(__name__)
 #: Where every query, refusal and answer digest is logged (the hook for the site's audit log).
 audit = logging.getLogger("medfed.node.audit")
 
-#: The files a dataset's table is read from, in this order (a CSV dataset directory).
+#: The files a legacy dataset's table is read from, in this order (a CSV dataset directory).
 TABLE_FILES = ("train.csv", "test.csv")
 
 _locks: dict[Path, threading.Lock] = {}
@@ -59,21 +64,26 @@ def answer_queries(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultM
     return result[0]
 
 
-def query_table(ctx: NodeContext, dataset: str) -> pd.DataFrame:
-    """The rows of ``dataset`` a query runs on: every row of its CSV files (both splits).
+def query_table(ctx: NodeContext, dataset: str, task: TaskMessage | None = None) -> pd.DataFrame:
+    """The rows of ``dataset`` a query runs on.
 
-    The one place that knows where a dataset's rows are: switch it when datasets are declared
-    differently in ``site.toml``.
+    A dataset declared with ``columns`` in ``site.toml``: harmonised, validated, and without the
+    rows of patients who opted out of the job's purpose (the same consent filter training gets,
+    decisions read afresh). A legacy CSV directory: every row of both splits.
 
     Raises
     ------
     DataError
         The dataset is not configured here, or its files are missing or unreadable (named).
+    PermissionDenied
+        The job's purpose is not among the declared dataset's purposes.
     """
     cfg = ctx.datasets.get(dataset)
     if cfg is None:
         configured = sorted(ctx.datasets)
         raise DataError(f"dataset {dataset!r} is not configured at site {ctx.site!r} (configured: {configured})")
+    if cfg.decl is not None:
+        return _declared_table(ctx, cfg.decl, task)
     files = [cfg.path / name for name in TABLE_FILES if (cfg.path / name).is_file()]
     if not files:
         raise DataError(f"dataset {dataset!r} at site {ctx.site!r}: no {list(TABLE_FILES)} in {cfg.path}")
@@ -84,6 +94,23 @@ def query_table(ctx: NodeContext, dataset: str) -> pd.DataFrame:
         except (OSError, ValueError) as exc:
             raise DataError(f"dataset {dataset!r}: cannot read {path}: {exc}") from None
     return pd.concat(frames, ignore_index=True)
+
+
+def _declared_table(ctx: NodeContext, decl: DatasetDecl, task: TaskMessage | None) -> pd.DataFrame:
+    from medfed.data.consent import table_for_task
+    from medfed.node.datasets import DEFAULT_PURPOSE, read_registry
+
+    purpose = DEFAULT_PURPOSE
+    if task is not None and task.spec_toml:
+        purpose = parse_job_spec(task.spec_toml, source_name=f"job {task.job_id}").purpose
+    on = ctx.today()
+    as_of = None if decl.as_of else pd.Timestamp(on, tz="UTC")
+    table = table_for_task(decl, read_registry(ctx.state_dir), purpose=purpose, on=on, as_of=as_of)
+    log.info(
+        "site %s: dataset %s for a %r query: %d row(s) of %d patient(s) excluded by consent",
+        ctx.site, decl.name, purpose, table.consent.rows_excluded, table.consent.patients_excluded,
+    )  # fmt: skip
+    return table.frame
 
 
 def history_path(state_dir: Path, dataset: str) -> Path:
@@ -124,7 +151,7 @@ def _answer(task: TaskMessage, ctx: NodeContext, spec: QuerySpec) -> tuple[Resul
             f"dataset {task.dataset!r} at site {ctx.site!r} has no privacy budget: the site admin must set "
             "epsilon_budget for it before a differentially private query may run"
         )
-    table = query_table(ctx, task.dataset)
+    table = query_table(ctx, task.dataset, task)
     path = history_path(ctx.state_dir, task.dataset)
     charge = f"query-{task.task_id}"
     eps, delta = epsilon_cost(spec)
