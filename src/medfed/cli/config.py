@@ -10,14 +10,17 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medfed.analytics.policy import DisclosurePolicy
-from medfed.core.errors import ConfigError
+from medfed.core.errors import ConfigError, ValidationError
 from medfed.node.runtime import DatasetConfig, NodeSettings
 from medfed.security.node_policy import NodePolicy, parse_node_policy
 from medfed.transport.grpc_client import ClientTls
 from medfed.transport.grpc_server import ServerTls
+
+if TYPE_CHECKING:
+    from medfed.synth.release import ReleasePolicy
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -168,6 +171,34 @@ def _disclosure(table: Any, path: Path) -> DisclosurePolicy:
 
 def _number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def load_synthetic_policy(path: Path) -> ReleasePolicy:
+    """``[synthetic]`` of a ``site.toml``: the site's release policy for synthetic data
+    (``max_mia_auc``, ``require_dp``, ``block_erased_subgroups``); the defaults when absent."""
+    from medfed.synth.release import ReleasePolicy  # pandas: only for the synth commands
+
+    table = read_toml(path).get("synthetic")
+    if table is None:
+        return ReleasePolicy()
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "max_mia_auc": (int, float), "require_dp": bool, "block_erased_subgroups": bool,
+    }  # fmt: skip
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [synthetic] must be a table")
+    problems = [f"unknown key synthetic.{k} (allowed: {sorted(kinds)})" for k in sorted(set(table) - set(kinds))]
+    problems += [
+        f"synthetic.{k} must be {getattr(kinds[k], '__name__', 'a number')}, got {v!r}"
+        for k, v in table.items()
+        if k in kinds and (not isinstance(v, kinds[k]) or (isinstance(v, bool) and kinds[k] is not bool))
+    ]
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    values: dict[str, Any] = {k: float(v) if isinstance(kinds[k], tuple) else v for k, v in table.items()}
+    try:
+        return ReleasePolicy(**values)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: [synthetic]: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
