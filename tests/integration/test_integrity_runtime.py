@@ -4,19 +4,36 @@ participation against its own, and the final model ships signed with its provena
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from integration.support import SITE_DATA, Cluster, job_toml, wait_job
+from integration.support import (
+    SITE_DATA,
+    Cluster,
+    Federation,
+    NodeThread,
+    Process,
+    Processes,
+    job_toml,
+    sites_online,
+    wait_job,
+    wait_until,
+)
+from medfed.coordinator.checkpoints import load_checkpoint
 from medfed.core.config import parse_job_spec
 from medfed.core.errors import StoreError
 from medfed.core.params import Parameters
+from medfed.crypto.aead import is_envelope
 from medfed.crypto.signing import ModelSignature, verify_model
+from medfed.node.runtime import NodeRuntime, NodeSettings
 from medfed.security.audit import read_log, verify_chain
 from medfed.security.audit_chain import compare_participation
+from medfed.security.keys import generate_keyring_file
+from medfed.transport.grpc_client import GrpcCoordinatorLink
 
 SITES = tuple(SITE_DATA)
 ROUNDS = 2
@@ -109,3 +126,78 @@ def test_the_final_model_is_signed_with_its_provenance(cluster: Cluster, tmp_pat
         verify_model(altered, signature, public)
     with pytest.raises(StoreError):
         verify_model(model, None, public)
+
+
+def _sealed_coordinator(processes: Processes, state: Path, key_file: Path, log_name: str) -> Process:
+    """``medfed coordinator start --key-file``: a real process, so it can be killed (no clean stop)."""
+    fed = processes.fed
+    args = ["coordinator", "start", "--kit", str(fed.kit("coordinator")), "--state", str(state),
+            "--listen", f"127.0.0.1:{fed.port}", "--heartbeat", "0.5", "--key-file", str(key_file)]  # fmt: skip
+    proc = processes.run(args, log_name)
+    wait_until(
+        lambda: "coordinator ready on port" in proc.text() or proc.popen.poll() is not None,
+        timeout_s=60, what="the coordinator process to listen",
+    )  # fmt: skip
+    assert proc.popen.poll() is None, proc.text()
+    return proc
+
+
+def _node_threads(fed: Federation) -> list[NodeThread]:
+    nodes = []
+    for site in SITES:
+        settings = NodeSettings(
+            site=site, datasets={"heart": fed.dataset(site)}, poll_wait_s=1.0, backoff_initial_s=0.05,
+            backoff_max_s=0.5,
+        )  # fmt: skip
+        link = GrpcCoordinatorLink(f"127.0.0.1:{fed.port}", fed.tls(site), timeout_s=10.0)
+        nodes.append(NodeThread(NodeRuntime(settings, link)))
+        nodes[-1].start()
+    return nodes
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_checkpoints_and_models_are_sealed_at_rest_and_a_killed_coordinator_resumes_from_them(
+    processes: Processes, tmp_path: Path
+) -> None:
+    # Arrange: a coordinator process with a keyring kept outside its state directory, three nodes
+    key_file, state = tmp_path / "keyring.json", tmp_path / "state"
+    generate_keyring_file(key_file, "k1")
+    coordinator = _sealed_coordinator(processes, state, key_file, "coordinator-1")
+    nodes = _node_threads(processes.fed)
+    client = processes.client()
+    try:
+        wait_until(lambda: sites_online(client, set(SITES)), timeout_s=60, what="sites online", interval_s=0.2)
+        slow = {"input_dim": 13, "local_steps": 400, "batch_size": 8, "lr": 0.02}
+        spec = job_toml(name="sealed", rounds=5, min_nodes=3, deadline_s=60, retries=2, task_options=slow)
+        job_id = client.submit_job(spec, "sealed.toml")["job_id"]
+        wait_until(lambda: client.get_job(job_id)["completed_round"] >= 2, timeout_s=90, what="round 2")
+
+        # Act: SIGKILL the coordinator mid-job; start it again with the same state and key
+        coordinator.kill()
+        coordinator = _sealed_coordinator(processes, state, key_file, "coordinator-2")
+        view = wait_job(client, job_id, timeout_s=150)
+        model = client.fetch_model(job_id)
+    finally:
+        client.close()
+        for node in nodes:
+            node.runtime.stop()
+        for node in nodes:
+            node.join(15.0)
+
+    # Assert: resumed from a sealed checkpoint (not round 0) to the end
+    assert view["state"] == "completed", view["error"]
+    resumed = re.search(rf"resuming job {job_id} \(sealed\) after round (\d+)", coordinator.text())
+    assert resumed is not None and int(resumed.group(1)) >= 2, coordinator.text()[-2000:]
+    # every checkpoint and the final model on disk are envelopes, not a plaintext .npz (a zip: "PK")
+    files = [*sorted((state / "checkpoints" / job_id).glob("*.npz")), state / "models" / f"{job_id}.npz"]
+    assert len(files) >= 6
+    for path in files:
+        blob = path.read_bytes()
+        assert is_envelope(blob) and not blob.startswith(b"PK"), path
+    # the model served from the sealed checkpoint is the signed one; without the key nothing opens
+    signature = ModelSignature.from_json_bytes((state / "models" / f"{job_id}.sig.json").read_bytes())
+    verify_model(model, signature, (state / "signing.key.pub").read_bytes())
+    final = max(files[:-1])
+    with pytest.raises(StoreError, match="encrypted at rest"):
+        load_checkpoint(final, "0" * 64)

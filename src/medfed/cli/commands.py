@@ -130,7 +130,12 @@ def _coordinator(args: argparse.Namespace) -> int:
         path = write_job_report(view, state / "reports" / f"{job_id}.html")
         log.info("job %s finished (%s); report %s", job_id, view["state"], path)
 
-    settings = CoordinatorSettings(state_dir=state, heartbeat_interval_s=args.heartbeat)
+    keyring = None
+    if args.key_file is not None:  # opt-in: without it checkpoints and models stay plaintext .npz
+        from medfed.security.keys import read_keyring_file
+
+        keyring = read_keyring_file(args.key_file, data_dirs=(state,))
+    settings = CoordinatorSettings(state_dir=state, heartbeat_interval_s=args.heartbeat, keyring=keyring)
     proc = start_coordinator(settings, address=args.listen, tls=tls, crl_path=crl, on_job_finished=report)
     print(f"coordinator ready on port {proc.port}", flush=True)
     try:

@@ -16,7 +16,7 @@ import numpy as np
 from medfed.aggregation.anomaly import AnomalyRecord
 from medfed.aggregation.base import Strategy
 from medfed.coordinator.audit_hooks import CoordinatorAudit
-from medfed.coordinator.checkpoints import load_checkpoint, save_checkpoint, save_model
+from medfed.coordinator.checkpoints import AtRest, load_checkpoint, save_checkpoint, save_model
 from medfed.coordinator.nodes import NodeRegistry
 from medfed.coordinator.robustness import RobustPlan, aggregate_round, robust_plan
 from medfed.coordinator.rounds import RoundInProgress, RoundKey
@@ -46,6 +46,7 @@ class JobContext:
     on_finish: Callable[[str], None]
     owner: str = ""  # the submitting user: sites' policies check it
     audit: CoordinatorAudit | None = None  # records the finish and signs the final model
+    at_rest: AtRest | None = None  # seals checkpoints and the final model; None: plaintext
 
 
 class JobRunner(threading.Thread):
@@ -93,13 +94,13 @@ class JobRunner(threading.Thread):
         ck = self.ctx.store.latest_checkpoint(self.ctx.job_id)
         if ck is not None:
             rnd, stored, digest = ck
-            params, state = load_checkpoint(Path(stored), digest)
+            params, state = load_checkpoint(Path(stored), digest, at_rest=self.ctx.at_rest)
             log.info("job %s resumes after round %d", self.ctx.job_id, rnd)
             return rnd, params, state
         params = self.task.init_parameters(dict(self.spec.task_options), self.spec.seed)
         state = self.dp.initial_state(params) if self.dp is not None else self.strategy.initial_state(params)
         path = self._checkpoint_path(0)
-        digest = save_checkpoint(path, params, state)
+        digest = save_checkpoint(path, params, state, at_rest=self.ctx.at_rest)
         self.ctx.store.add_checkpoint(self.ctx.job_id, 0, str(path), digest)
         return 0, params, state
 
@@ -129,7 +130,7 @@ class JobRunner(threading.Thread):
         final = self._round_with_retries(self.spec.rounds + 1, TaskKind.EVALUATE, params)
         self._record(final, self.spec.rounds + 1, checkpoint=None)
         model_path = self.ctx.state_dir / "models" / f"{self.ctx.job_id}.npz"
-        save_model(model_path, params)
+        save_model(model_path, params, at_rest=self.ctx.at_rest)
         if self.ctx.audit is not None:
             self.ctx.audit.sign_final_model(
                 job_id=self.ctx.job_id, spec=self.spec, params=params, model_path=model_path
@@ -206,7 +207,7 @@ class JobRunner(threading.Thread):
         anomalies: tuple[AnomalyRecord, ...] = (),
     ) -> None:
         path = self._checkpoint_path(rnd)
-        digest = save_checkpoint(path, params, state)
+        digest = save_checkpoint(path, params, state, at_rest=self.ctx.at_rest)
         self._record(round_, rnd, checkpoint=(str(path), digest), anomalies=anomalies)
 
     def _record(

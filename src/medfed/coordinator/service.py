@@ -13,7 +13,7 @@ from pathlib import Path
 from medfed import __version__
 from medfed.aggregation.strategies import make_strategy
 from medfed.coordinator.audit_hooks import CoordinatorAudit
-from medfed.coordinator.checkpoints import load_checkpoint
+from medfed.coordinator.checkpoints import AtRest, load_checkpoint
 from medfed.coordinator.engine import JobContext, JobRunner
 from medfed.coordinator.nodes import NodeRegistry, parse_catalog
 from medfed.coordinator.queries import QueryRunner, query_spec
@@ -25,6 +25,7 @@ from medfed.core.config import parse_job_spec
 from medfed.core.errors import ConfigError, JobError, PermissionDenied, RegistryError, StoreError, ValidationError
 from medfed.core.params import Parameters
 from medfed.core.records import JobState, ResultMessage, Role
+from medfed.crypto.aead import Keyring
 from medfed.learn.base import Task
 from medfed.learn.registry import load_task
 from medfed.transport.api import Hello, JobViewDict, Peer, PollOutcome, Welcome
@@ -38,6 +39,7 @@ class CoordinatorSettings:
     heartbeat_interval_s: float = 5.0
     stale_after_heartbeats: float = 3.0
     poll_retry_s: float = 0.5
+    keyring: Keyring | None = None  # encrypt checkpoints and models at rest (--key-file); None: plaintext
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_s <= 0:
@@ -64,6 +66,7 @@ class Coordinator:
         self._runners: dict[str, JobRunner] = {}
         # tamper-evident record of submissions, accepted results and signed models (state_dir/audit.sqlite)
         self.audit = CoordinatorAudit(settings.state_dir)
+        self.at_rest = None if settings.keyring is None else AtRest(keyring=settings.keyring, root=settings.state_dir)
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -103,6 +106,7 @@ class Coordinator:
             on_finish=self._finished,
             owner=row.owner,
             audit=self.audit,
+            at_rest=self.at_rest,
         )
         if spec.query is not None:  # a federated query: no strategy, no task
             runner: JobRunner = QueryRunner(spec, ctx)
@@ -258,5 +262,5 @@ class Coordinator:
         ck = self.store.latest_checkpoint(job_id)
         if ck is None:
             raise StoreError(f"job {job_id} completed but has no checkpoint")
-        params, _ = load_checkpoint(Path(ck[1]), ck[2])
+        params, _ = load_checkpoint(Path(ck[1]), ck[2], at_rest=self.at_rest)
         return params
