@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from medfed.analytics import (
     kaplan_meier,
 )
 from medfed.cli.query_views import print_result
-from medfed.coordinator.queries import QueryOutcome, result_from_json, result_to_json
+from medfed.coordinator.queries import QueryOutcome, result_from_json, result_to_json, write_report
 from medfed.core.errors import ValidationError
 
 POLICY = DisclosurePolicy(min_cell=5, min_cohort=1, differencing_threshold=1)
@@ -113,3 +114,13 @@ def test_a_foreign_or_tampered_record_is_refused(
 
     with pytest.raises(ValidationError, match="query result"):
         result_from_json(json.dumps(raw))
+
+
+def test_the_report_names_the_sites_left_out(sites: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+    spec, result = _results(sites)["km"]
+    outcome = QueryOutcome(query=spec, result=result, refusals={"s9": "permission: <5 patients & refused"})
+
+    write_report(outcome, "km by sex", tmp_path / "reports" / "km.html")
+
+    page = (tmp_path / "reports" / "km.html").read_text()
+    assert "<svg" in page and "Sites left out" in page and "&lt;5 patients &amp; refused" in page

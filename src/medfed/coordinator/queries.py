@@ -13,6 +13,7 @@ page under ``<state>/reports/``.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
@@ -385,8 +386,13 @@ def ask_federation(
 
 def write_report(outcome: QueryOutcome, title: str, path: Path) -> None:
     """The result as a self-contained HTML page (tables; Kaplan–Meier curves with their CIs)."""
+    page = render_analytics_page(title, {title: outcome.result})
+    if outcome.refusals:  # who is missing from the pooled answer, and why: part of the result
+        refused = sorted(outcome.refusals.items())
+        items = "".join(f"<li><b>{html.escape(site)}</b>: {html.escape(why)}</li>" for site, why in refused)
+        page = page.replace("</body>", f"<h2>Sites left out</h2><ul>{items}</ul></body>", 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, render_analytics_page(title, {title: outcome.result}).encode())
+    atomic_write(path, page.encode())
 
 
 __all__ = [
