@@ -16,7 +16,7 @@ import statsmodels.api as sm
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.datasets import load_lung
 
-from integration.support import Cluster, NodeThread, wait_job
+from integration.support import Cluster, Federation, NodeThread, start_cluster, wait_job
 from medfed.analytics import (
     DescribeResult,
     DisclosurePolicy,
@@ -27,6 +27,8 @@ from medfed.analytics import (
     TableResult,
 )
 from medfed.coordinator.queries import ask_federation, result_from_json
+from medfed.coordinator.store import Store
+from medfed.core.records import JobState
 from medfed.node.analytics import history_path, load_history
 from medfed.node.ledger import PrivacyLedger
 from medfed.node.runtime import DatasetConfig, NodeRuntime, NodeSettings
@@ -271,3 +273,22 @@ def test_a_declared_dataset_is_queried_without_the_patients_who_opted_out(cluste
     table = result_from_json(view["query_result"]).result
     assert isinstance(table, TableResult)
     assert {s: float(np.ravel(v)[0]) for s, v in table.per_site.items()} == {"alpha": 19.0, "beta": 20.0, "gamma": 20.0}
+
+
+def test_a_query_job_left_running_resumes_when_the_coordinator_restarts(fed: Federation, tmp_path: Path) -> None:
+    state = tmp_path / "restarted"
+    text = _query_job('kind = "describe"\ncolumns = ["chol"]')
+    store = Store(state / "coordinator.sqlite")  # what a coordinator killed before running it left behind
+    store.add_job(job_id="q0", name="q", owner="researcher", spec_toml=text, spec_hash="0" * 64, rounds=1)
+    store.set_job_state("q0", JobState.RUNNING)
+    store.close()
+
+    restarted = start_cluster(fed, state)
+    try:
+        _start(restarted, tmp_path, _heart(restarted))
+        view = wait_job(restarted.client(), "q0", timeout_s=60)
+    finally:
+        restarted.close()
+
+    assert view["state"] == "completed", view["error"]
+    assert isinstance(result_from_json(view["query_result"]).result, DescribeResult)
