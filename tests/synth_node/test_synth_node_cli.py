@@ -253,3 +253,20 @@ def test_a_site_fit_without_a_public_schema_is_refused(
         == 1
     )
     assert "no [datasets.nope]" in capsys.readouterr().err
+
+
+def test_a_release_needs_a_model_whose_cost_this_sites_ledger_paid(
+    sites: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, synth = _fit_and_sample(sites["alpha"], tmp_path, seed=6)
+    assert FittedSynthesizer.load(model).ledger_job.startswith("synth-")
+    out = tmp_path / "beta.csv"
+    assert _release(sites["beta"], model, synth, out) == 1  # alpha's model, presented at beta
+    assert "no closed charge" in capsys.readouterr().err
+    train = load_node_config(sites["beta"]).settings.datasets["heart"].path / "train.csv"
+    local = tmp_path / "local.json"  # fitted from the CSV file, outside the ledger
+    fit_local = ["synth", "fit", "--data", str(train), "--out", str(local), "--method", "mst", "--epsilon", "1"]
+    assert main([*fit_local, "--seed", "1"]) == 0
+    assert _release(sites["beta"], local, synth, out) == 1
+    assert "job none" in capsys.readouterr().err
+    assert not out.exists()

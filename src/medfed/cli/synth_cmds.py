@@ -25,6 +25,7 @@ A blocked release or a refused fit exits with status 1 and its reasons.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -262,6 +263,8 @@ def _fit_at_site(args: argparse.Namespace, config: SynthConfig) -> int:
             "synth fit at a site: the schema's bounds and categories are released with the model; pass a public "
             "--schema, or --public-bounds to declare the ones inferred from the data public"
         )
+    if args.seed is not None:
+        print("warning: --seed makes the noise known: a seeded fit is for tests and simulations only", file=sys.stderr)
     name = site.dataset.name
     ledger = open_ledger(site.settings)
     if ledger is None or ledger.status(name) is None:
@@ -290,6 +293,7 @@ def _fit_at_site(args: argparse.Namespace, config: SynthConfig) -> int:
         left = ledger.status(name)
     finally:
         ledger.close()
+    fitted = dataclasses.replace(fitted, ledger_job=job_id)  # ``release`` checks the ledger paid for it
     fitted.save(args.out)
     _audit(
         site,
@@ -418,6 +422,7 @@ def _release(args: argparse.Namespace) -> int:
 
     site = _open_site(args.site_config, args.dataset)
     policy = load_synthetic_policy(args.site_config)
+    _check_charged(site, args.model)
     train, holdout = _read_csv(site.train), _read_csv(site.holdout)
     outcome = _evaluate_and_gate(args, train=train, holdout=holdout, policy=policy)
     name, decision = site.dataset.name, outcome.decision
@@ -440,6 +445,33 @@ def _release(args: argparse.Namespace) -> int:
     _write_release(args.out, outcome, policy=policy, site=site.settings.site, dataset=name)
     _audit(site, "data.exported", fields | {"rows": len(decision.rows), "count": decision.dropped_copies})
     return 0
+
+
+def _check_charged(site: _Site, model: Path) -> None:
+    """Refuse a model whose privacy cost this site's ledger did not pay (fitted elsewhere, or on another dataset)."""
+    from medfed.node.runtime import open_ledger
+    from medfed.synth.synthesizer import FittedSynthesizer
+
+    fitted = FittedSynthesizer.load(model)
+    name = site.dataset.name
+    ledger = open_ledger(site.settings)
+    try:
+        job = ledger.job(name, fitted.ledger_job) if ledger is not None and fitted.ledger_job else None
+    finally:
+        if ledger is not None:
+            ledger.close()
+    slack = 1e-9
+    if (
+        job is None
+        or job.open
+        or job.epsilon_spent + slack < fitted.cost.epsilon
+        or job.delta_spent + slack < fitted.cost.delta
+    ):
+        raise PermissionDenied(
+            f"{model}: no closed charge of ε={fitted.cost.epsilon:.4g} for this model (job "
+            f"{fitted.ledger_job or 'none'}) on dataset {name!r} of site {site.settings.site!r}: a site releases "
+            "synthetic rows only from a model fitted with 'medfed synth fit --site-config' on that dataset"
+        )
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -483,6 +515,7 @@ def _write_release(out: Path, outcome: _Outcome, *, policy: ReleasePolicy, site:
         "method": fitted.method.value if fitted else None,
         "epsilon": fitted.cost.epsilon if fitted else None,
         "delta": fitted.cost.delta if fitted else None,
+        "ledger_job": fitted.ledger_job if fitted else "",
         "dropped_copies": d.dropped_copies,
         "mia_auc": outcome.evaluation.mia_auc,
         "policy": {

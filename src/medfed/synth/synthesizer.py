@@ -68,6 +68,8 @@ class FittedSynthesizer:
     model: TreeModel
     cost: PrivacyCost
     edges: tuple[tuple[str, str], ...]
+    #: the privacy-ledger job a node charged ``cost`` to ("" when fitted outside a node)
+    ledger_job: str = ""
 
     def sample(self, rows: int, rng: np.random.Generator) -> pd.DataFrame:
         """``rows`` synthetic rows (post-processing: costs no privacy)."""
@@ -82,6 +84,7 @@ class FittedSynthesizer:
             "method": self.method.value,
             "cost": {"rho": self.cost.rho, "epsilon": self.cost.epsilon, "delta": self.cost.delta},
             "edges": [list(e) for e in self.edges],
+            "ledger_job": self.ledger_job,
             "columns": [spec_to_dict(c) for c in self.domain.schema.columns],
             "bin_edges": [e.tolist() for e in self.domain.edges],
         }
@@ -98,10 +101,16 @@ class FittedSynthesizer:
             cost = PrivacyCost(**{k: float(meta["cost"][k]) for k in ("rho", "epsilon", "delta")})
             edges = tuple((str(a), str(b)) for a, b in meta["edges"])
             method = Method(meta["method"])
+            ledger_job = str(meta.get("ledger_job", ""))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path}: unreadable synthesizer ({exc})") from exc
         return cls(
-            method=method, domain=domain, model=TreeModel.load(path.with_suffix(".model.json")), cost=cost, edges=edges
+            method=method,
+            domain=domain,
+            model=TreeModel.load(path.with_suffix(".model.json")),
+            cost=cost,
+            edges=edges,
+            ledger_job=ledger_job,
         )
 
 
