@@ -24,6 +24,7 @@ from rich.table import Table
 
 from medfed.cli.views import console, watch_job
 from medfed.core.errors import JobError, TransportError
+from medfed.core.params import Parameters
 
 SITES = ("cleveland", "hungary", "switzerland", "va_long_beach")
 #: FLamby's published Fed-Heart-Disease accuracies (mean over the 4 test sets, 5 seeds).
@@ -163,10 +164,11 @@ def run_demo(opts: DemoOptions) -> int:
         console.print("coordinator and 4 nodes are up (gRPC over mutual TLS on 127.0.0.1)")
         view = client.submit_job(job_toml(strategy, opts.rounds, dp=opts.dp), f"demo-{strategy}.toml")
         final = watch_job(client, view["job_id"], timeout_s=600)
+        model = client.fetch_model(view["job_id"]) if final["state"] == "completed" else None
         client.close()
-        if final["state"] != "completed":
+        if final["state"] != "completed" or model is None:
             raise JobError(f"demo job {final['state']}: {final['error']}")
-        comparison = comparison_table(final, strategy)
+        comparison = comparison_table(final, strategy, model=model)
         _print_comparison(comparison)
         if opts.dp:
             _print_privacy(final)
@@ -177,17 +179,32 @@ def run_demo(opts: DemoOptions) -> int:
     return 0
 
 
-def comparison_table(view: dict[str, Any], strategy: str) -> tuple[list[str], list[list[str]]]:
+def comparison_table(
+    view: dict[str, Any], strategy: str, *, model: Parameters | None = None
+) -> tuple[list[str], list[list[str]]]:
     """Rows: the federated model, each local-only model, the pooled model; columns: accuracy on
-    each site's test split, their mean (FLamby's metric) and FLamby's published mean."""
+    each site's test split, their mean (FLamby's metric) and FLamby's published mean.
+
+    With ``model`` (the federated model the researcher downloaded) its accuracy is computed here on
+    the public test splits, like the references: in a DP job the sites release only noised
+    accuracies. Without it, the sites' reported final accuracies are used.
+    """
     from medfed.data.heart import HEART_DEFAULTS, load_fed_heart_disease
     from medfed.learn.simulate import pool, train_alone
 
     datasets = load_fed_heart_disease()
     final = max(r["round"] for r in view["round_metrics"])
-    fed = {
-        s["site"]: s["metrics"]["eval_accuracy"] for s in view["site_metrics"] if s["round"] == final and not s["error"]
-    }
+    if model is not None:
+        from medfed.learn.tasks import LogisticRegressionTask
+
+        task = LogisticRegressionTask()
+        fed = {site: task.evaluate(model, data, {})[1]["accuracy"] for site, data in datasets.items()}
+    else:
+        fed = {
+            s["site"]: s["metrics"]["eval_accuracy"]
+            for s in view["site_metrics"]
+            if s["round"] == final and not s["error"] and "eval_accuracy" in s["metrics"]
+        }
     defaults = HEART_DEFAULTS.get(strategy, {"task": {}})["task"]
     rows: list[tuple[str, dict[str, float], str]] = [(f"federated ({strategy})", fed, strategy)]
     options = {**defaults, "local_steps": int(defaults.get("local_steps", 100)) * len(view["round_metrics"])}

@@ -46,13 +46,17 @@ def metrics_plot_svg(view: dict[str, Any]) -> str:
             xs, ys = zip(*curves[name], strict=True)
             left.plot(xs, ys, marker=marker, linestyle=style, label=f"test {name}")
     left.set(xlabel="model after round", ylabel="score (mean over sites, 0–1)", title="Test accuracy and AUC")
-    left.legend()
+    if left.get_legend_handles_labels()[0]:
+        left.legend()
     for name, marker, style in (("loss", "o", "-"), ("train_loss", "^", ":")):
         if curves[name]:
             xs, ys = zip(*curves[name], strict=True)
             right.plot(xs, ys, marker=marker, linestyle=style, label=name.replace("_", " "))
     right.set(xlabel="round", ylabel="binary cross-entropy (nats)", title="Loss")
-    right.legend()
+    if right.get_legend_handles_labels()[0]:
+        right.legend()
+    else:  # a DP job keeps losses at the sites
+        right.text(0.5, 0.5, "not released (kept at the sites)", ha="center", va="center", transform=right.transAxes)
     fig.tight_layout()
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
