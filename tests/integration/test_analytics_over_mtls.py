@@ -15,8 +15,9 @@ import pytest
 import statsmodels.api as sm
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.datasets import load_lung
+from lifelines.statistics import multivariate_logrank_test
 
-from integration.support import Cluster, Federation, NodeThread, start_cluster, wait_job
+from integration.support import Cluster, Federation, NodeThread, make_federation, start_cluster, wait_job
 from medfed.analytics import (
     DescribeResult,
     DisclosurePolicy,
@@ -29,6 +30,7 @@ from medfed.analytics import (
 from medfed.coordinator.queries import ask_federation, result_from_json
 from medfed.coordinator.store import Store
 from medfed.core.records import JobState
+from medfed.learn.base import TabularData
 from medfed.node.analytics import history_path, load_history
 from medfed.node.ledger import PrivacyLedger
 from medfed.node.runtime import DatasetConfig, NodeRuntime, NodeSettings
@@ -292,3 +294,53 @@ def test_a_query_job_left_running_resumes_when_the_coordinator_restarts(fed: Fed
 
     assert view["state"] == "completed", view["error"]
     assert isinstance(result_from_json(view["query_result"]).result, DescribeResult)
+
+
+def test_cox_and_km_with_each_lung_institution_as_its_own_node_equal_lifelines(
+    heart: dict[str, TabularData], tmp_path: Path
+) -> None:
+    """The issue's bar over the wire: 18 institutions, 18 nodes; Cox stratified by institution, KM and log-rank."""
+    lung = load_lung().dropna(subset=["inst"]).reset_index(drop=True)
+    sites = tuple(f"inst{int(i):02d}" for i in sorted(lung["inst"].unique()))
+    fed = make_federation(tmp_path / "fed18", heart, sites=sites)
+    cluster = start_cluster(fed, tmp_path / "state18", heartbeat_s=2.0)
+    try:
+        for site in sites:
+            directory = tmp_path / "lung18" / site
+            directory.mkdir(parents=True)
+            lung[lung["inst"] == int(site[4:])].to_csv(directory / "train.csv", index=False)
+            settings = NodeSettings(
+                site=site, datasets={"lung": DatasetConfig(name="lung", path=directory)}, poll_wait_s=1.0,
+                backoff_initial_s=0.05, backoff_max_s=0.5, state_dir=tmp_path / "nodes18" / site, disclosure=OPEN,
+            )  # fmt: skip
+            node = NodeThread(NodeRuntime(settings, cluster.link(site)))
+            cluster.nodes.append(node)
+            node.start()
+        cluster.wait_online(sites, timeout_s=60)
+        covs = ", ".join(f'"{c}"' for c in (*COX_COVARIATES, "ph.karno"))
+        query = f'kind = "cox_stats"\ntime = "time"\nevent = "status"\ncovariates = [{covs}]'
+        view = _run(cluster, query, dataset="lung", min_nodes=len(sites))
+        km_query = 'kind = "kaplan_meier"\ntime = "time"\nevent = "status"\ngroup = "sex"\nlevels = [[1, 2]]'
+        km_view = _run(cluster, km_query, dataset="lung", min_nodes=len(sites))
+    finally:
+        cluster.close()
+
+    assert view["state"] == "completed", view["error"]
+    cox = result_from_json(view["query_result"]).result
+    assert isinstance(cox, RegressionResult) and len(cox.sites) == 18
+    covariates = [*COX_COVARIATES, "ph.karno"]
+    pooled = lung[["inst", "time", "status", *covariates]].dropna()
+    ref = CoxPHFitter().fit(pooled, "time", "status", strata=["inst"], fit_options={"precision": 1e-12})
+    np.testing.assert_allclose(cox.coef, ref.params_[covariates].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(cox.se, ref.standard_errors_[covariates].to_numpy(), rtol=1e-6)
+
+    assert km_view["state"] == "completed", km_view["error"]
+    km = result_from_json(km_view["query_result"]).result
+    assert isinstance(km, KMResult) and len(km.sites) == 18 and km.logrank is not None
+    for curve, sex in zip(km.curves, (1, 2), strict=True):
+        rows = lung[lung["sex"] == sex]
+        fitted = KaplanMeierFitter().fit(rows["time"], rows["status"])
+        np.testing.assert_array_equal(curve.timeline, fitted.event_table.index.to_numpy())
+        np.testing.assert_allclose(curve.survival, fitted.survival_function_.iloc[:, 0].to_numpy(), rtol=1e-12)
+    logrank = multivariate_logrank_test(lung["time"], lung["sex"], lung["status"])
+    assert km.logrank.statistic == pytest.approx(logrank.test_statistic, rel=1e-10)
