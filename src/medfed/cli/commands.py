@@ -125,6 +125,7 @@ def _coordinator(args: argparse.Namespace) -> int:
 
     tls, crl = load_server_tls(args.kit)
     state: Path = args.state
+    kit_key = args.kit / "signing.key"  # provisioned: its public half is in every kit
 
     def report(job_id: str, view: dict[str, Any]) -> None:
         path = write_job_report(view, state / "reports" / f"{job_id}.html")
@@ -135,7 +136,12 @@ def _coordinator(args: argparse.Namespace) -> int:
         from medfed.security.keys import read_keyring_file
 
         keyring = read_keyring_file(args.key_file, data_dirs=(state,))
-    settings = CoordinatorSettings(state_dir=state, heartbeat_interval_s=args.heartbeat, keyring=keyring)
+    settings = CoordinatorSettings(
+        state_dir=state,
+        heartbeat_interval_s=args.heartbeat,
+        keyring=keyring,
+        signing_key=kit_key if kit_key.is_file() else None,
+    )
     proc = start_coordinator(settings, address=args.listen, tls=tls, crl_path=crl, on_job_finished=report)
     print(f"coordinator ready on port {proc.port}", flush=True)
     try:
@@ -251,9 +257,12 @@ def _client(args: argparse.Namespace) -> Any:
     from medfed.cli.config import load_client_config
     from medfed.transport.grpc_client import ResearcherClient
 
-    path = args.config or Path(os.environ.get("MEDFED_CLIENT_CONFIG", "client.toml"))
-    cfg = load_client_config(Path(path))
+    cfg = load_client_config(_client_path(args))
     return ResearcherClient(cfg.coordinator, cfg.tls)
+
+
+def _client_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("MEDFED_CLIENT_CONFIG", "client.toml"))
 
 
 def _job(args: argparse.Namespace) -> int:
@@ -289,17 +298,35 @@ def _job(args: argparse.Namespace) -> int:
             else:
                 print_job(view, detail=True)
             if args.out:
-                _save_model(client, args.job_id, args.out)
+                _save_model(client, args.job_id, args.out, kit=_client_path(args).parent)
     finally:
         client.close()
     return 0
 
 
-def _save_model(client: Any, job_id: str, out: Path) -> None:
+def _save_model(client: Any, job_id: str, out: Path, *, kit: Path) -> None:
+    """Download, verify against the coordinator's public key in the kit, then write the model and
+    its signature (``<out stem>.sig.json``). A kit with the key refuses an unsigned or altered model."""
+    from medfed.coordinator.audit_hooks import signature_path
     from medfed.coordinator.checkpoints import save_model
+    from medfed.crypto.signing import ModelSignature, verify_model
+    from medfed.security.fsio import atomic_write
+    from medfed.security.provision import COORDINATOR_PUB
 
-    digest = save_model(out, client.fetch_model(job_id))
-    print(f"model written to {out} (sha256 {digest[:16]}…)")
+    params, signed = client.fetch_signed_model(job_id)
+    pub = kit / COORDINATOR_PUB
+    if pub.is_file():
+        signature = ModelSignature.from_json_bytes(signed) if signed else None
+        prov = verify_model(params, signature, pub.read_bytes())  # StoreError: nothing is written
+        note = f"signature verified ({pub.name}): spec {prov.job_hash[:12]}…, {prov.rounds} rounds"
+        note += f", sites {list(prov.sites)}"
+    else:
+        note = f"signature NOT verified: no {COORDINATOR_PUB} in {kit}"
+    digest = save_model(out, params)
+    if signed:
+        atomic_write(signature_path(out), signed)
+        note += f"; signature and provenance in {signature_path(out)}"
+    print(f"model written to {out} (sha256 {digest[:16]}…); {note}")
 
 
 def _exit_for(view: dict[str, Any]) -> int:

@@ -35,6 +35,11 @@ def register(subparsers: Any) -> None:
     s.add_argument("query")
     _common(s)
     s.add_argument("--json", action="store_true", help="print the hits and entries as JSON")
+    s.add_argument(
+        "--federation",
+        action="store_true",
+        help="search every site's published catalog at the coordinator (--config is then your client.toml)",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -108,6 +113,8 @@ def _entries(site: SiteDatasets, as_of: pd.Timestamp | None) -> list[CatalogEntr
 
 def run(args: argparse.Namespace) -> int:
     """Carry out ``medfed data check|profile`` or ``medfed catalog search``; the exit code."""
+    if args.command == "catalog" and args.federation:
+        return _search_federation(args)
     site = load_declarations(args.config, args.dataset)
     as_of = _as_of(args.as_of)
     if args.command == "data" and args.action == "check":
@@ -121,9 +128,32 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"hits": [asdict(h) for h in hits], "entries": [e.to_dict() for e in entries]}))
         return 0
+    _print_hits([asdict(h) for h in hits])
+    return 0
+
+
+def _print_hits(hits: list[dict[str, Any]]) -> None:
     for h in hits:
-        extra = "  ".join(f"{what}: {n}" for what, n in h.estimates)
-        print(f"{h.site}/{h.dataset}: rows {h.rows}  {extra}".rstrip())
+        extra = "  ".join(f"{what}: {n}" for what, n in h["estimates"])
+        offline = "" if h.get("online", True) else "  (site offline)"
+        print(f"{h['site']}/{h['dataset']}: rows {h['rows']}  {extra}".rstrip() + offline)
     if not hits:
         print("no dataset matches")
+
+
+def _search_federation(args: argparse.Namespace) -> int:
+    """The query against every site's catalog at the coordinator (as a researcher or admin)."""
+    from medfed.cli.config import load_client_config
+    from medfed.transport.grpc_client import ResearcherClient
+
+    cfg = load_client_config(args.config)
+    client = ResearcherClient(cfg.coordinator, cfg.tls)
+    try:
+        found = client.search_catalog(args.query)
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps(found))
+        return 0
+    _print_hits(list(found.get("hits", [])))
     return 0

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from medfed.core.errors import ValidationError
 from medfed.core.records import TaskMessage
+from medfed.data.catalog import CatalogEntry
 from medfed.transport.api import Hello
+
+#: Bytes of catalog JSON a node may send when it registers.
+MAX_CATALOG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -19,6 +25,29 @@ class NodeInfo:
     datasets: tuple[str, ...]
     tasks: tuple[str, ...]
     last_seen: float
+    catalog: tuple[CatalogEntry, ...] = ()  # metadata of its declared datasets (coarse counts)
+
+
+def parse_catalog(text: str, *, site: str, offered: tuple[str, ...]) -> tuple[CatalogEntry, ...]:
+    """The catalog entries a node sent with its Hello: a JSON list of entries, each about one
+    dataset it offers and naming itself (as its certificate does) as the site."""
+    if not text:
+        return ()
+    where = f"catalog of site {site!r}"
+    if len(text.encode()) > MAX_CATALOG_BYTES:
+        raise ValidationError(f"{len(text.encode())} bytes exceed {MAX_CATALOG_BYTES}", where=where)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"not JSON: {exc}", where=where) from None
+    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+        raise ValidationError("must be a JSON list of entries", where=where)
+    entries = tuple(CatalogEntry.from_dict(e) for e in raw)
+    problems = [f"entry {e.dataset!r} names site {e.site!r}" for e in entries if e.site != site]
+    problems += [f"entry {e.dataset!r} is not a dataset the site offers" for e in entries if e.dataset not in offered]
+    if problems:
+        raise ValidationError(problems, where=where)
+    return entries
 
 
 class NodeRegistry:
@@ -35,12 +64,17 @@ class NodeRegistry:
         self._queues: dict[str, deque[TaskMessage]] = {}
         self.cond = threading.Condition()
 
-    def register(self, site: str, hello: Hello) -> bool:
+    def register(self, site: str, hello: Hello, *, catalog: tuple[CatalogEntry, ...] = ()) -> bool:
         """Record a (re-)registration; True when the site was already registered here."""
         with self.cond:
             known = site in self._nodes
             self._nodes[site] = NodeInfo(
-                site=site, version=hello.version, datasets=hello.datasets, tasks=hello.tasks, last_seen=self._clock()
+                site=site,
+                version=hello.version,
+                datasets=hello.datasets,
+                tasks=hello.tasks,
+                last_seen=self._clock(),
+                catalog=catalog,
             )
             self._queues.setdefault(site, deque())
             self.cond.notify_all()

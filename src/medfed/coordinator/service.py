@@ -40,6 +40,7 @@ class CoordinatorSettings:
     stale_after_heartbeats: float = 3.0
     poll_retry_s: float = 0.5
     keyring: Keyring | None = None  # encrypt checkpoints and models at rest (--key-file); None: plaintext
+    signing_key: Path | None = None  # the kit's Ed25519 key (public half in every kit); None: state_dir's own
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_s <= 0:
@@ -65,7 +66,7 @@ class Coordinator:
         self._lock = threading.Lock()
         self._runners: dict[str, JobRunner] = {}
         # tamper-evident record of submissions, accepted results and signed models (state_dir/audit.sqlite)
-        self.audit = CoordinatorAudit(settings.state_dir)
+        self.audit = CoordinatorAudit(settings.state_dir, key_path=settings.signing_key)
         self.at_rest = None if settings.keyring is None else AtRest(keyring=settings.keyring, root=settings.state_dir)
 
     # --- life cycle ------------------------------------------------------------------------
@@ -264,3 +265,8 @@ class Coordinator:
             raise StoreError(f"job {job_id} completed but has no checkpoint")
         params, _ = load_checkpoint(Path(ck[1]), ck[2], at_rest=self.at_rest)
         return params
+
+    def model_signature(self, peer: Peer, job_id: str) -> bytes:
+        """The final model's signature and provenance (JSON), empty for a model never signed."""
+        self._owned(peer, job_id)
+        return self.audit.model_signature(self.settings.state_dir / "models" / f"{job_id}.npz")

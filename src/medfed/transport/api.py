@@ -30,6 +30,7 @@ class Hello:
     version: str
     datasets: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()
+    catalog_json: str = ""  # catalog entries of its declared datasets (JSON list; metadata, coarse counts)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +64,8 @@ class CoordinatorAPI(Protocol):
     def list_jobs(self, peer: Peer) -> JobViewDict: ...
     def cancel_job(self, peer: Peer, job_id: str) -> JobViewDict: ...
     def fetch_model(self, peer: Peer, job_id: str) -> Parameters: ...
+    def model_signature(self, peer: Peer, job_id: str) -> bytes: ...
+    def search_catalog(self, peer: Peer, query: str) -> JobViewDict: ...
 
 
 class CoordinatorLink(Protocol):

@@ -110,7 +110,12 @@ class GrpcCoordinatorLink(_Client):
     """A node's outbound connection to the coordinator."""
 
     def register(self, hello: Hello) -> Welcome:
-        msg = pb.Hello(version=hello.version, datasets=list(hello.datasets), tasks=list(hello.tasks))
+        msg = pb.Hello(
+            version=hello.version,
+            datasets=list(hello.datasets),
+            tasks=list(hello.tasks),
+            catalog_json=hello.catalog_json,
+        )
         w = self._rpc(lambda: self._stub.Register(msg, timeout=self._timeout))
         return Welcome(
             site=w.site, heartbeat_interval_s=w.heartbeat_interval_s, coordinator_version=w.coordinator_version
@@ -158,9 +163,19 @@ class ResearcherClient(_Client):
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._json(self._rpc(lambda: self._stub.CancelJob(pb.JobQuery(job_id=job_id), timeout=self._timeout)))
 
+    def search_catalog(self, query: str) -> dict[str, Any]:
+        """Per-site dataset metadata matching ``query`` (coarse counts; the coordinator holds no rows)."""
+        req = pb.CatalogQuery(query=query)
+        return self._json(self._rpc(lambda: self._stub.SearchCatalog(req, timeout=self._timeout)))
+
     def fetch_model(self, job_id: str) -> Parameters:
-        def call() -> Parameters:
+        return self.fetch_signed_model(job_id)[0]
+
+    def fetch_signed_model(self, job_id: str) -> tuple[Parameters, bytes]:
+        """The final model and the coordinator's signature and provenance (JSON; empty if unsigned)."""
+
+        def call() -> tuple[Parameters, bytes]:
             frames: Iterator[pb.Frame] = self._stub.FetchModel(pb.JobQuery(job_id=job_id), timeout=self._timeout * 10)
-            return codec.read_model(frames, where=f"model of job {job_id}")
+            return codec.read_signed_model(frames, where=f"model of job {job_id}")
 
         return self._rpc(call)

@@ -149,7 +149,12 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
 
     def Register(self, request: pb.Hello, context: grpc.ServicerContext) -> pb.Welcome:  # noqa: N802 - gRPC name
         peer = self._peer(context, NODE_ROLES)
-        hello = Hello(version=request.version, datasets=tuple(request.datasets), tasks=tuple(request.tasks))
+        hello = Hello(
+            version=request.version,
+            datasets=tuple(request.datasets),
+            tasks=tuple(request.tasks),
+            catalog_json=request.catalog_json,
+        )
         w = self._call(context, lambda: self._api.register(peer, hello))
         return pb.Welcome(
             site=w.site, heartbeat_interval_s=w.heartbeat_interval_s, coordinator_version=w.coordinator_version
@@ -207,7 +212,12 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
     def FetchModel(self, request: pb.JobQuery, context: grpc.ServicerContext) -> Iterator[pb.Frame]:  # noqa: N802
         peer = self._peer(context, PEOPLE_ROLES)
         params = self._call(context, lambda: self._api.fetch_model(peer, request.job_id))
-        yield from codec.model_frames(params)
+        signature = self._call(context, lambda: self._api.model_signature(peer, request.job_id))
+        yield from codec.model_frames(params, signature=signature)
+
+    def SearchCatalog(self, request: pb.CatalogQuery, context: grpc.ServicerContext) -> pb.JobView:  # noqa: N802
+        peer = self._peer(context, PEOPLE_ROLES)
+        return self._view("", self._call(context, lambda: self._api.search_catalog(peer, request.query)))
 
 
 def serve(
