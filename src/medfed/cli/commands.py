@@ -128,6 +128,9 @@ def _coordinator(args: argparse.Namespace) -> int:
     kit_key = args.kit / "signing.key"  # provisioned: its public half is in every kit
 
     def report(job_id: str, view: dict[str, Any]) -> None:
+        if "query_result" in view:  # a query job: its runner wrote reports/query-<job_id>.html
+            log.info("query job %s finished (%s); report %s", job_id, view["state"], state / "reports")
+            return
         path = write_job_report(view, state / "reports" / f"{job_id}.html")
         log.info("job %s finished (%s); report %s", job_id, view["state"], path)
 
