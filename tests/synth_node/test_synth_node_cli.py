@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -17,6 +18,7 @@ from integration.support import make_federation
 from medfed.cli.config import load_node_config
 from medfed.cli.main import main
 from medfed.learn.base import TabularData
+from medfed.node.datasets import TEST_FRACTION, split_seed
 from medfed.node.ledger import PrivacyLedger
 from medfed.security.audit import read_log
 from medfed.synth.synthesizer import FittedSynthesizer
@@ -270,3 +272,57 @@ def test_a_release_needs_a_model_whose_cost_this_sites_ledger_paid(
     assert _release(sites["beta"], local, synth, out) == 1
     assert "job none" in capsys.readouterr().err
     assert not out.exists()
+
+
+DECLARED = """
+[datasets.cardio]
+format = "csv"
+path = "data/cardio.csv"
+label = "label"
+patient_id = "patient_id"
+purposes = ["research"]
+epsilon_budget = 2.0
+delta_budget = 1e-5
+"""
+
+
+def test_a_declared_dataset_is_read_through_its_purpose_and_consent_filter(
+    sites: dict[str, Path], heart_sites: dict[str, TabularData], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = heart_sites["alpha"]
+    export = pd.DataFrame(d.x_train[:, :8], columns=list(d.feature_names[:8]))  # age ... oldpeak
+    export.insert(0, "patient_id", [f"p{i:04d}" for i in range(len(export))])
+    export["label"] = d.y_train.astype(int)
+    kit = sites["alpha"].parent
+    export.to_csv(kit / "data" / "cardio.csv", index=False)
+    columns = "".join(
+        f'\n[[datasets.cardio.columns]]\nname = "{c}"\ntype = "{"string" if c == "patient_id" else "float"}"\n'
+        for c in export.columns
+    )
+    sites["alpha"].write_text(sites["alpha"].read_text().replace("[node]\n", DECLARED + columns + "\n[node]\n", 1))
+    fit = ["synth", "fit", "--site-config", str(sites["alpha"]), "--dataset", "cardio", "--method", "mst"]
+    fit += ["--epsilon", "1", "--bins", "4", "--public-bounds", "--seed", "7"]
+    assert main([*fit, "--out", str(tmp_path / "m0.json"), "--purpose", "marketing"]) == 1
+    assert "purpose 'marketing' not allowed" in capsys.readouterr().err
+    ledger = PrivacyLedger(_state(sites["alpha"]) / "ledger.sqlite")
+    try:
+        status = ledger.status("cardio")
+        assert status is not None and status.epsilon_used == 0.0  # refused before any row: nothing charged
+    finally:
+        ledger.close()
+    for i in range(10):  # ten patients opt out: their rows must never reach the fit
+        assert main(["consent", "withdraw", f"p{i:04d}", "--config", str(sites["alpha"])]) == 0
+    model, synth = tmp_path / "m.json", tmp_path / "s.csv"
+    assert main([*fit, "--out", str(model)]) == 0
+    job_id = FittedSynthesizer.load(model).ledger_job
+    held = np.random.default_rng(split_seed(job_id, "cardio")).random(len(export) - 10) < TEST_FRACTION
+    entries, _ = read_log(_state(sites["alpha"]) / "audit.sqlite")
+    spent = [e for e in entries if e.action == "budget.spent" and e.fields["job_id"] == job_id]
+    assert spent[0].fields["rows"] == int((~held).sum()) and spent[0].fields["purpose"] == "research"
+    assert main(["synth", "sample", "--model", str(model), "--rows", "120", "--out", str(synth), "--seed", "7"]) == 0
+    sampled = pd.read_csv(synth)
+    assert "patient_id" not in sampled.columns and set(sampled.columns) == set(export.columns) - {"patient_id"}
+    release = ["synth", "release", "--site-config", str(sites["alpha"]), "--dataset", "cardio", "--model", str(model)]
+    out = tmp_path / "share" / "alpha.csv"
+    assert main([*release, "--synthetic", str(synth), "--target", "label", "--out", str(out)]) == 0
+    assert json.loads((tmp_path / "share" / "alpha.release.json").read_text())["dataset"] == "cardio"

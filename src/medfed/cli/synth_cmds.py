@@ -119,6 +119,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _site_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--site-config", type=Path, required=required, help="the site's site.toml")
     p.add_argument("--dataset", required=required, help="a dataset declared in site.toml")
+    p.add_argument("--purpose", default="research", help="declared datasets: the purpose their consent filter applies")
 
 
 def _evaluation_args(p: argparse.ArgumentParser) -> None:
@@ -164,13 +165,26 @@ class _Site:
     dataset: DatasetConfig
     config_path: Path
 
-    @property
-    def train(self) -> Path:
-        return self.dataset.path / "train.csv"
+    def frames(self, *, purpose: str, split_key: str, dates: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The dataset's training rows and its holdout (never used to fit).
 
-    @property
-    def holdout(self) -> Path:
-        return self.dataset.path / "test.csv"
+        A directory dataset: its ``train.csv`` and ``test.csv``. A declared dataset: the table a
+        job for ``purpose`` may see today (purpose limits checked, opted-out patients' rows
+        removed, as :func:`medfed.node.datasets.load_for_job` does), without its patient id
+        column, split by ``split_key`` (the fit's ledger job) so that fit and release agree.
+        """
+        decl = self.dataset.decl
+        if decl is None:
+            return _read_csv(self.dataset.path / "train.csv", dates), _read_csv(self.dataset.path / "test.csv", dates)
+        from medfed.data.consent import table_for_task
+        from medfed.node.datasets import TEST_FRACTION, read_registry, split_seed
+
+        today = dt.datetime.now(dt.UTC).date()
+        as_of = None if decl.as_of else pd.Timestamp(today, tz="UTC")
+        table = table_for_task(decl, read_registry(self.settings.state_dir), purpose=purpose, on=today, as_of=as_of)
+        frame = table.frame.drop(columns=[decl.patient_id or "patient_id"], errors="ignore").reset_index(drop=True)
+        held = np.random.default_rng(split_seed(split_key, decl.name)).random(len(frame)) < TEST_FRACTION
+        return frame[~held].reset_index(drop=True), frame[held].reset_index(drop=True)
 
 
 def _open_site(config: Path, dataset: str) -> _Site:
@@ -180,11 +194,6 @@ def _open_site(config: Path, dataset: str) -> _Site:
     ds = settings.datasets.get(dataset)
     if ds is None:
         raise ConfigError(f"{config}: no [datasets.{dataset}] (declared: {sorted(settings.datasets)})")
-    if ds.decl is not None:
-        raise ConfigError(
-            f"{config}: datasets.{dataset} is declared with columns (read per job through the consent filter); "
-            "medfed synth works on directory datasets with train.csv and test.csv only"
-        )
     return _Site(settings=settings, dataset=ds, config_path=config)
 
 
@@ -277,7 +286,7 @@ def _fit_at_site(args: argparse.Namespace, config: SynthConfig) -> int:
         cost = planned_cost(config)
         ledger.reserve(name, job_id, epsilon=cost.epsilon, delta=cost.delta)  # BudgetExhausted: nothing held
         try:
-            df = _read_csv(site.train, args.dates)
+            df, _ = site.frames(purpose=args.purpose, split_key=job_id, dates=args.dates)
         except BaseException:
             ledger.close_job(name, job_id)  # no row was read: nothing spent
             raise
@@ -306,7 +315,8 @@ def _fit_at_site(args: argparse.Namespace, config: SynthConfig) -> int:
             "epsilon": fitted.cost.epsilon,
             "delta": fitted.cost.delta,
             "rows": len(df),
-        },
+        }
+        | ({"purpose": args.purpose} if site.dataset.decl is not None else {}),
     )
     log.info(
         "site %s dataset %s: %s charged ε=%.4g δ=%.3g",
@@ -422,8 +432,8 @@ def _release(args: argparse.Namespace) -> int:
 
     site = _open_site(args.site_config, args.dataset)
     policy = load_synthetic_policy(args.site_config)
-    _check_charged(site, args.model)
-    train, holdout = _read_csv(site.train), _read_csv(site.holdout)
+    fitted = _check_charged(site, args.model)
+    train, holdout = site.frames(purpose=args.purpose, split_key=fitted.ledger_job)
     outcome = _evaluate_and_gate(args, train=train, holdout=holdout, policy=policy)
     name, decision = site.dataset.name, outcome.decision
     _log_decision(site.settings.site, name, outcome)
@@ -447,7 +457,7 @@ def _release(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_charged(site: _Site, model: Path) -> None:
+def _check_charged(site: _Site, model: Path) -> FittedSynthesizer:
     """Refuse a model whose privacy cost this site's ledger did not pay (fitted elsewhere, or on another dataset)."""
     from medfed.node.runtime import open_ledger
     from medfed.synth.synthesizer import FittedSynthesizer
@@ -472,6 +482,7 @@ def _check_charged(site: _Site, model: Path) -> None:
             f"{fitted.ledger_job or 'none'}) on dataset {name!r} of site {site.settings.site!r}: a site releases "
             "synthetic rows only from a model fitted with 'medfed synth fit --site-config' on that dataset"
         )
+    return fitted
 
 
 def _short(text: str, limit: int = 200) -> str:
