@@ -29,6 +29,12 @@ def register(subparsers: Any) -> None:
     for name, what in (("check", "validate every declared dataset"), ("profile", "per-column profile")):
         p = dsub.add_parser(name, help=what)
         _common(p)
+    deid = dsub.add_parser("deid-dicom", help="de-identify DICOM files (PS3.15 Basic Profile) into --out")
+    deid.add_argument("sources", nargs="+", type=Path, help="DICOM files or directories (searched for *.dcm)")
+    deid.add_argument("--out", type=Path, required=True, help="an empty (or new) directory for the output files")
+    deid.add_argument("--key-file", type=Path, help="the site's secret key (>= 16 bytes); else site.toml [deid]")
+    deid.add_argument("--config", type=Path, help="site.toml whose [deid] names key_file, max_shift_days, burned_in")
+    deid.add_argument("--allow-burned-in", action="store_true", help="do not refuse images that may show text")
     catalog = subparsers.add_parser("catalog", help="search dataset metadata (coarse counts, no rows)")
     csub = catalog.add_subparsers(dest="action", required=True)
     s = csub.add_parser("search", help='e.g. "heart failure age>60"')
@@ -115,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     """Carry out ``medfed data check|profile`` or ``medfed catalog search``; the exit code."""
     if args.command == "catalog" and args.federation:
         return _search_federation(args)
+    if args.command == "data" and args.action == "deid-dicom":
+        return _deid_dicom(args)
     site = load_declarations(args.config, args.dataset)
     as_of = _as_of(args.as_of)
     if args.command == "data" and args.action == "check":
@@ -139,6 +147,60 @@ def _print_hits(hits: list[dict[str, Any]]) -> None:
         print(f"{h['site']}/{h['dataset']}: rows {h['rows']}  {extra}".rstrip() + offline)
     if not hits:
         print("no dataset matches")
+
+
+def _deid_config(args: argparse.Namespace) -> Any:
+    """The site's DeidConfig: ``--key-file``, or ``[deid] key_file`` (relative to site.toml)."""
+    from medfed.data.deid_dicom import BurnedInPolicy, DeidConfig
+
+    deid: dict[str, Any] = {}
+    if args.config is not None:
+        raw = read_toml(args.config).get("deid") or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{args.config}: [deid] must be a table")
+        unknown = sorted(set(raw) - {"key_file", "max_shift_days", "burned_in"})
+        if unknown:
+            raise ConfigError(
+                f"{args.config}: unknown keys {unknown} in [deid] (allowed: key_file, max_shift_days, burned_in)"
+            )
+        deid = raw
+    key_file = args.key_file or (args.config.parent / str(deid["key_file"]) if "key_file" in deid else None)
+    if key_file is None:
+        raise ConfigError("deid-dicom needs the site's key: --key-file FILE, or [deid] key_file in --config site.toml")
+    try:
+        key = key_file.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"de-identification key {key_file}: {exc.strerror or exc}") from None
+    policy = "allow" if args.allow_burned_in else str(deid.get("burned_in", "exclude"))
+    try:
+        burned_in = BurnedInPolicy(policy)
+    except ValueError:
+        raise ConfigError(f"[deid] burned_in {policy!r} is not one of {[p.value for p in BurnedInPolicy]}") from None
+    shift = deid.get("max_shift_days", 365)
+    if not isinstance(shift, int) or isinstance(shift, bool):
+        raise ConfigError(f"[deid] max_shift_days must be an integer, got {shift!r}")
+    return DeidConfig(key=key, max_shift_days=shift, burned_in=burned_in)
+
+
+def _deid_dicom(args: argparse.Namespace) -> int:
+    """De-identify the sources into ``--out``; list what the burned-in policy refused (never dropped silently)."""
+    from medfed.data.deid_dicom import deidentify_files
+
+    config = _deid_config(args)
+    missing = [str(s) for s in args.sources if not s.exists()]
+    if missing:
+        raise ConfigError(f"deid-dicom: no such file or directory: {missing}")
+    files = sorted({f for s in args.sources for f in ([s] if s.is_file() else s.rglob("*.dcm"))})
+    if not files:
+        raise ConfigError(f"deid-dicom: no DICOM files under {[str(s) for s in args.sources]}")
+    out: Path = args.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"deid-dicom: --out {out} must be a new or empty directory")
+    report = deidentify_files(files, out, config)
+    for source, reason in report.excluded:
+        print(f"excluded {source}: {reason}")
+    print(f"wrote {len(report.written)} de-identified file(s) to {out}; excluded {len(report.excluded)}")
+    return 0
 
 
 def _search_federation(args: argparse.Namespace) -> int:
