@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from integration.support import (
+    RESEARCHER,
     SITE_DATA,
     Cluster,
     Federation,
@@ -23,7 +24,10 @@ from integration.support import (
     wait_job,
     wait_until,
 )
+from medfed.cli.main import main as cli_main
+from medfed.coordinator.app import start_coordinator
 from medfed.coordinator.checkpoints import load_checkpoint
+from medfed.coordinator.service import CoordinatorSettings
 from medfed.core.config import parse_job_spec
 from medfed.core.errors import StoreError
 from medfed.core.params import Parameters
@@ -197,7 +201,66 @@ def test_checkpoints_and_models_are_sealed_at_rest_and_a_killed_coordinator_resu
         assert is_envelope(blob) and not blob.startswith(b"PK"), path
     # the model served from the sealed checkpoint is the signed one; without the key nothing opens
     signature = ModelSignature.from_json_bytes((state / "models" / f"{job_id}.sig.json").read_bytes())
-    verify_model(model, signature, (state / "signing.key.pub").read_bytes())
+    verify_model(model, signature, (processes.fed.kit(RESEARCHER) / "coordinator-signing.pub").read_bytes())
     final = max(files[:-1])
     with pytest.raises(StoreError, match="encrypted at rest"):
         load_checkpoint(final, "0" * 64)
+
+
+def _coordinator_on_the_kits_port(cluster: Cluster, *, signing_key: Path | None) -> None:
+    """Swap the fixture's coordinator for one on the port the kits name (so ``client.toml`` works)."""
+    old = cluster.coordinator
+    cluster.proc.stop(grace_s=1.0)
+    old.store.close()
+    fed = cluster.fed
+    settings = CoordinatorSettings(state_dir=cluster.state_dir, heartbeat_interval_s=0.3, signing_key=signing_key)
+    cluster.proc = start_coordinator(settings, address=f"127.0.0.1:{fed.port}", tls=fed.server_tls(), crl_path=None)
+
+
+def _one_round_job(cluster: Cluster) -> str:
+    for site in SITES:
+        cluster.node(site)
+    cluster.wait_online(SITES)
+    client = cluster.client()
+    job_id = client.submit_job(job_toml(name="signed", rounds=1, min_nodes=3), "signed.toml")["job_id"]
+    assert wait_job(client, job_id, timeout_s=60)["state"] == "completed"
+    return str(job_id)
+
+
+def test_job_result_out_verifies_the_signature_with_the_kits_key_and_writes_it_beside_the_model(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Arrange: the coordinator signs with the key provisioned in its kit (public half in every kit)
+    _coordinator_on_the_kits_port(cluster, signing_key=cluster.fed.kit("coordinator") / "signing.key")
+    job_id = _one_round_job(cluster)
+    out = tmp_path / "out" / "model.npz"
+
+    # Act
+    code = cli_main(["job", "result", job_id, "--config", str(cluster.fed.client_toml()), "--out", str(out)])
+
+    # Assert: the model and its signature are on disk and verify against the researcher's kit
+    assert code == 0, capsys.readouterr().err
+    assert "signature verified" in capsys.readouterr().out
+    with np.load(out, allow_pickle=False) as npz:
+        model = Parameters.from_numpy({k: npz[k] for k in npz.files})
+    signature = ModelSignature.from_json_bytes((tmp_path / "out" / "model.sig.json").read_bytes())
+    kit_pub = (cluster.fed.kit(RESEARCHER) / "coordinator-signing.pub").read_bytes()
+    assert kit_pub == (cluster.fed.kit("alpha") / "coordinator-signing.pub").read_bytes()
+    assert verify_model(model, signature, kit_pub).job_id == job_id
+
+
+def test_job_result_out_refuses_a_model_signed_by_another_key(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Arrange: this coordinator signs with a key of its own (state_dir), not the one the kits trust
+    _coordinator_on_the_kits_port(cluster, signing_key=None)
+    job_id = _one_round_job(cluster)
+    out = tmp_path / "model.npz"
+
+    # Act
+    code = cli_main(["job", "result", job_id, "--config", str(cluster.fed.client_toml()), "--out", str(out)])
+
+    # Assert: refused with the one opaque signature error; nothing written
+    assert code == 1
+    assert "signature" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "model.sig.json").exists()

@@ -27,6 +27,7 @@ from medfed.security import (
     revoke,
 )
 from medfed.security.fsio import atomic_write
+from medfed.security.provision import COORDINATOR_PUB
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 PLAN = """
@@ -84,9 +85,9 @@ def test_layout(fed: ProvisionResult) -> None:
         "ca/ca.key",
         "ca/crl.pem",
         "ca/serials.json",
-        *(f"coordinator/{f}" for f in (*KIT_FILES, "crl.pem")),
-        *(f"sites/{s}/{f}" for s in ("cleveland", "hungary") for f in (*KIT_FILES, "site.toml")),
-        *(f"users/{u}/{f}" for u in ("alice", "bob") for f in (*KIT_FILES, "client.toml")),
+        *(f"coordinator/{f}" for f in (*KIT_FILES, "crl.pem", "signing.key", "signing.key.pub")),
+        *(f"sites/{s}/{f}" for s in ("cleveland", "hungary") for f in (*KIT_FILES, "site.toml", COORDINATOR_PUB)),
+        *(f"users/{u}/{f}" for u in ("alice", "bob") for f in (*KIT_FILES, "client.toml", COORDINATOR_PUB)),
     ]
 
     assert sorted(_snapshot(root)) == sorted(expected)
@@ -220,7 +221,7 @@ def test_add_site_leaves_other_files_unchanged(fed: ProvisionResult) -> None:
     after = _snapshot(fed.root)
     changed = {k for k in before if before[k] != after[k]}
     assert changed == {"ca/serials.json"}
-    assert set(after) - set(before) == {f"sites/switzerland/{f}" for f in (*KIT_FILES, "site.toml")}
+    assert set(after) - set(before) == {f"sites/switzerland/{f}" for f in (*KIT_FILES, "site.toml", COORDINATOR_PUB)}
     assert issued.kit == "sites/switzerland" and issued.role is Role.NODE
     assert preflight(load_tls_material(fed.root / "sites" / "switzerland"), now=NOW) == []
     assert _mode(fed.root / "sites" / "switzerland" / "key.pem") == 0o600

@@ -4,6 +4,7 @@ One :class:`CoordinatorAudit` per coordinator, in its state directory::
 
     audit.sqlite          hash-chained log (medfed.security.audit), checkpoints signed by ...
     signing.key(.pub)     ... the coordinator's Ed25519 key, which also signs every final model
+                          (unless the kit's provisioned ``signing.key`` is given: ``key_path``)
     models/<job>.sig.json the final model's signature and provenance (job hash, rounds, sites)
 
 It records what a site can check against its own log (``medfed audit participation``): every
@@ -55,8 +56,16 @@ def signature_path(model_path: Path) -> Path:
 class CoordinatorAudit:
     """The coordinator's audit log and signing key; every method is safe to call from any thread."""
 
-    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time, checkpoint_every: int = 100) -> None:
-        self.key: SigningKey = open_signing_key(state_dir / "signing.key")
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        key_path: Path | None = None,
+        clock: Callable[[], float] = time.time,
+        checkpoint_every: int = 100,
+    ) -> None:
+        # the provisioned key (coordinator kit: its public half is in every kit), else one of its own
+        self.key: SigningKey = open_signing_key(key_path or state_dir / "signing.key")
         self.log = AuditLog(state_dir / "audit.sqlite", signer=self.key, clock=clock, checkpoint_every=checkpoint_every)
         self._lock = threading.Lock()
         self._closed = False
@@ -112,6 +121,14 @@ class CoordinatorAudit:
             {"job_id": job_id, "model_sha256": signature.model_sha256, "fingerprint": signature.signer},
         )
         return signature
+
+    def model_signature(self, model_path: Path) -> bytes:
+        """The signature file written next to ``model_path``; empty if the model was never signed."""
+        path = signature_path(model_path)
+        try:
+            return path.read_bytes() if path.is_file() else b""
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         """Sign the head (so entries after the last periodic checkpoint are anchored) and close."""

@@ -4,9 +4,9 @@ Layout written by :func:`provision` (keys are ``0600``, the ``ca/`` directory ``
 
     <out_dir>/
       ca/ca.pem  ca/ca.key  ca/crl.pem  ca/serials.json
-      coordinator/ca.pem  cert.pem  key.pem  crl.pem
-      sites/<name>/ca.pem  cert.pem  key.pem  site.toml
-      users/<name>/ca.pem  cert.pem  key.pem  client.toml
+      coordinator/ca.pem  cert.pem  key.pem  crl.pem  signing.key  signing.key.pub
+      sites/<name>/ca.pem  cert.pem  key.pem  site.toml  coordinator-signing.pub
+      users/<name>/ca.pem  cert.pem  key.pem  client.toml  coordinator-signing.pub
 
 Each kit directory is what one party receives (out of band). The CA key never leaves ``ca/``.
 Every file is written atomically; a new federation is built in a staging directory and renamed
@@ -45,9 +45,21 @@ from medfed.security.plan import (
 )
 from medfed.security.registry import IssuedIdentity, Registry
 
-__all__ = ["ProvisionResult", "add_site", "add_user", "open_signing_key", "provision", "revoke"]
+__all__ = [
+    "COORDINATOR_PUB",
+    "SIGNING_KEY",
+    "ProvisionResult",
+    "add_site",
+    "add_user",
+    "open_signing_key",
+    "provision",
+    "revoke",
+]
 
 PathLike = str | os.PathLike[str]
+#: The coordinator's Ed25519 key in its kit (``.pub`` beside it), and its public half in every other kit.
+SIGNING_KEY = "signing.key"
+COORDINATOR_PUB = "coordinator-signing.pub"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,6 +149,9 @@ def _issue(root: Path, ca: Credential, registry: Registry, spec: IdentitySpec, n
     atomic_write(directory / "ca.pem", ca.cert_pem)
     atomic_write(directory / "key.pem", cred.key_pem, mode=PRIVATE)
     atomic_write(directory / "cert.pem", cred.cert_pem)
+    coordinator_pub = root / COORDINATOR_NAME / f"{SIGNING_KEY}.pub"
+    if spec.role is not Role.COORDINATOR and coordinator_pub.is_file():  # verifies signed models
+        atomic_write(directory / COORDINATOR_PUB, coordinator_pub.read_bytes())
     if spec.role is Role.NODE:
         atomic_write(directory / "site.toml", _site_toml(spec.name, registry).encode())
     elif spec.role in USER_ROLES:
@@ -206,6 +221,7 @@ def _build(plan: FederationPlan, root: Path, now: dt.datetime) -> ProvisionResul
         validity_days=plan.validity_days,
     )
     registry = _issue(root, ca, registry, _coordinator_spec(plan), now)
+    open_signing_key(root / COORDINATOR_NAME / SIGNING_KEY)  # signs models and audit checkpoints
     specs = [IdentitySpec(name=s, role=Role.NODE, validity_days=plan.validity_days) for s in plan.sites]
     specs += [IdentitySpec(name=u.name, role=u.role, validity_days=plan.validity_days) for u in plan.users]
     for spec in specs:

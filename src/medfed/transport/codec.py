@@ -309,16 +309,26 @@ def read_result(frames: Iterable[pb.Frame], *, site: str) -> ResultMessage:
     )
 
 
-def model_frames(params: Parameters) -> Iterator[pb.Frame]:
-    """A bare model stream (layout in an ``ok`` result header), for model downloads."""
-    yield pb.Frame(result=pb.ResultHeader(status="ok", has_parameters=True, layout=layout_of(params)))
+def model_frames(params: Parameters, *, signature: bytes = b"") -> Iterator[pb.Frame]:
+    """A bare model stream (layout in an ``ok`` result header, the coordinator's signature and
+    provenance JSON in its payload), for model downloads."""
+    header = pb.ResultHeader(
+        status="ok", has_parameters=True, layout=layout_of(params), payload=_checked_payload(signature, "model")
+    )
+    yield pb.Frame(result=header)
     for chunk in iter_chunks(params):
         yield pb.Frame(chunk=chunk)
 
 
 def read_model(frames: Iterable[pb.Frame], *, where: str) -> Parameters:
+    return read_signed_model(frames, where=where)[0]
+
+
+def read_signed_model(frames: Iterable[pb.Frame], *, where: str) -> tuple[Parameters, bytes]:
+    """The model and the signature bytes that came with it (empty if the coordinator sent none)."""
     it = iter(frames)
     first = next(it, None)
     if first is None or first.WhichOneof("body") != "result":
         raise TransportError(f"{where}: model stream must start with a header")
-    return _read_tensors(first.result.layout, it, where)
+    signature = _checked_payload(first.result.payload, where)
+    return _read_tensors(first.result.layout, it, where), signature
