@@ -34,6 +34,8 @@ from medfed.learn.base import TabularData
 from medfed.node.analytics import history_path, load_history
 from medfed.node.ledger import PrivacyLedger
 from medfed.node.runtime import DatasetConfig, NodeRuntime, NodeSettings
+from medfed.security.audit import AuditLog
+from medfed.security.audit_chain import AuditEntry
 
 SITES = ("alpha", "beta", "gamma")
 #: Lets every site answer every query (for exactness checks; the default policy is tested too).
@@ -161,6 +163,14 @@ def test_kaplan_meier_and_cox_over_mtls_equal_lifelines_on_pooled_lung(cluster: 
     np.testing.assert_allclose(cox.coef, fitted.params_[list(COX_COVARIATES)].to_numpy(), rtol=0, atol=1e-6)
 
 
+def _audit_entries(state_dir: Path) -> list[AuditEntry]:
+    log = AuditLog(state_dir / "audit.sqlite")
+    try:
+        return log.entries()
+    finally:
+        log.close()
+
+
 def _near_cut(ages: np.ndarray, base: float) -> float:
     """An age cut whose cohort differs from ``age >= base`` by 1..4 patients at this site."""
     for cut in ages[ages > base]:
@@ -195,6 +205,8 @@ def test_small_counts_are_suppressed_and_a_differencing_query_is_refused(cluster
         else json.dumps(result_from_json(second["query_result"]).refusals)
     )
     assert "differencing threshold" in text and "alpha" in text
+    refused = [e for e in _audit_entries(tmp_path / "nodes" / "alpha") if e.action == "task.refused"]
+    assert len(refused) == 1 and "differencing threshold" in str(refused[0].fields["reason"])
     # what alpha answered is persisted in its state directory (it survives a restart)
     history = load_history(history_path(tmp_path / "nodes" / "alpha", "heart"))
     assert len(history.cohorts) == 2  # the small cut and the base cohort; the refused one is not recorded
@@ -223,6 +235,13 @@ def test_a_dp_count_is_charged_to_each_sites_ledger(cluster: Cluster, tmp_path: 
     # a dataset with a budget is released only under DP
     assert plain["state"] == "failed" and "only under differential privacy" in plain["error"]
     assert over["state"] == "failed" and "are left of the site's budget" in over["error"]
+    # the site's hash-chained audit log: the spend, and both refusals with their reasons
+    entries = _audit_entries(tmp_path / "nodes" / "alpha")
+    spent = [e.fields for e in entries if e.action == "budget.spent"]
+    assert spent == [spent[0]] and spent[0]["epsilon"] == 0.5 and spent[0]["kind"] == "query"
+    reasons = [str(e.fields["reason"]) for e in entries if e.action == "task.refused"]
+    assert any("only under differential privacy" in r for r in reasons)
+    assert any("are left of the site's budget" in r for r in reasons)
 
 
 def test_differencing_protection_survives_a_node_restart(cluster: Cluster, tmp_path: Path) -> None:

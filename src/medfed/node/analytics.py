@@ -13,14 +13,19 @@ Differential privacy: a DP query's (ε, δ) is reserved in the dataset's privacy
 data is touched and committed after the answer; a dataset with a budget is released only under
 DP (as for training jobs), and a DP query on a dataset without a budget is refused.
 
-Every query and every answer's digest (never its values) is logged to ``medfed.node.audit``:
-attach a handler there to feed a site's audit log (each record carries ``extra["audit"]``).
+Every query and every answer's digest (never its values) is logged to ``medfed.node.audit`` (each
+record carries ``extra["audit"]``). Where the node keeps a hash-chained audit log (its governance,
+with a state directory), a refusal is appended as ``task.refused`` with its reason and a DP answer
+as ``budget.spent`` with its (ε, δ), both with the query's SHA-256 fingerprint; the governance link
+already records each task's data access and the digest of what was sent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,10 +34,11 @@ import pandas as pd
 
 from medfed.analytics import AnswerHistory, DisclosurePolicy, QuerySpec, answer, epsilon_cost
 from medfed.core.config import parse_job_spec
-from medfed.core.errors import BudgetExhausted, ConfigError, DataError, PermissionDenied
+from medfed.core.errors import BudgetExhausted, ConfigError, DataError, PermissionDenied, ValidationError
 from medfed.core.records import ResultMessage, ResultStatus, TaskKind, TaskMessage
 from medfed.node.middleware import Handler, NodeContext
 from medfed.privacy.mechanisms import secure_rng
+from medfed.security.audit_events import AuditAction
 from medfed.security.fsio import PRIVATE, atomic_write
 
 if TYPE_CHECKING:
@@ -55,13 +61,19 @@ def answer_queries(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultM
         return nxt(task, ctx)
     spec = QuerySpec.from_json(task.payload)
     record = {"site": ctx.site, "job": task.job_id, "round": task.round, "dataset": task.dataset}
+    fingerprint = hashlib.sha256(spec.to_json().encode()).hexdigest()
     try:
-        result = _answer(task, ctx, spec)
+        result, digest = _answer(task, ctx, spec)
     except (PermissionDenied, BudgetExhausted) as exc:
         _audit(record | {"query": spec.to_json(), "refused": str(exc)})
+        _chain(ctx, AuditAction.TASK_REFUSED, task, {"kind": "query", "fingerprint": fingerprint}, reason=str(exc))
         raise
-    _audit(record | {"query": spec.to_json(), "answer_sha256": result[1]})
-    return result[0]
+    _audit(record | {"query": spec.to_json(), "answer_sha256": digest})
+    if spec.dp is not None:
+        eps, delta = epsilon_cost(spec)
+        fields: Fields = {"kind": "query", "fingerprint": fingerprint}
+        _chain(ctx, AuditAction.BUDGET_SPENT, task, fields | {"epsilon": eps, "delta": delta})
+    return result
 
 
 def query_table(ctx: NodeContext, dataset: str, task: TaskMessage | None = None) -> pd.DataFrame:
@@ -191,6 +203,29 @@ def _answer(task: TaskMessage, ctx: NodeContext, spec: QuerySpec) -> tuple[Resul
 
 def _audit(record: dict[str, Any]) -> None:
     audit.info("query %s", json.dumps(record, sort_keys=True), extra={"audit": record})
+
+
+#: What an audit reason may hold (the log's TEXT field); anything else becomes a space.
+_REASON_CHARS = re.compile(r"[^\w .,;:()=<>/'%+-]")
+
+
+Fields = dict[str, str | int | float | bool]
+
+
+def _chain(ctx: NodeContext, action: AuditAction, task: TaskMessage, fields: Fields, reason: str = "") -> None:
+    """Append to the site's hash-chained audit log, if it keeps one (the governance link records
+    every task's data access and result; this adds what only the query link knows)."""
+    gov = ctx.governance
+    if gov is None:
+        return
+    fields = fields | {"job_id": task.job_id, "round": task.round, "dataset": task.dataset}
+    if not reason:
+        gov.record(action, fields)
+        return
+    try:
+        gov.record(action, fields | {"reason": _REASON_CHARS.sub(" ", reason)[:200]})
+    except ValidationError:  # the reason text looks like an identifier to the log's PHI check
+        gov.record(action, fields | {"reason": "refused by the site's disclosure policy or budget"})
 
 
 __all__ = ["TABLE_FILES", "answer_queries", "history_path", "load_history", "query_table"]
