@@ -326,3 +326,18 @@ def test_a_declared_dataset_is_read_through_its_purpose_and_consent_filter(
     out = tmp_path / "share" / "alpha.csv"
     assert main([*release, "--synthetic", str(synth), "--target", "label", "--out", str(out)]) == 0
     assert json.loads((tmp_path / "share" / "alpha.release.json").read_text())["dataset"] == "cardio"
+
+
+def test_a_fit_that_fails_before_measuring_releases_its_hold(
+    sites: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["synth", "fit", "--site-config", str(sites["alpha"]), "--dataset", "heart", "--out", str(tmp_path / "m")]
+    assert main([*argv, "--method", "mst", "--target", "outcome", "--epsilon", "1", "--public-bounds"]) == 1
+    assert "target 'outcome' is not a column" in capsys.readouterr().err
+    ledger = PrivacyLedger(_state(sites["alpha"]) / "ledger.sqlite")
+    try:
+        assert [e["action"] for e in ledger.events("heart")] == ["set-budget", "reserve", "close"]
+        status = ledger.status("heart")
+        assert status is not None and status.epsilon_used == 0.0
+    finally:
+        ledger.close()

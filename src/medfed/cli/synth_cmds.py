@@ -46,6 +46,7 @@ from medfed.core.errors import BudgetExhausted, ConfigError, DataError, Permissi
 if TYPE_CHECKING:
     from medfed.node.governance import NodeGovernance
     from medfed.node.runtime import DatasetConfig, NodeSettings
+    from medfed.synth.domain import Schema
     from medfed.synth.evaluate import Evaluation, Subgroup
     from medfed.synth.release import ReleaseDecision, ReleasePolicy
     from medfed.synth.synthesizer import FittedSynthesizer, SynthConfig
@@ -230,28 +231,34 @@ def _fit(args: argparse.Namespace) -> int:
     at_site = args.site_config is not None or args.dataset is not None
     if at_site == (args.data is not None) or (at_site and not (args.site_config and args.dataset)):
         raise ConfigError("synth fit: give either --data FILE, or --site-config site.toml and --dataset NAME")
+    schema = _read_schema(args.schema) if args.schema else None
     if at_site:
-        return _fit_at_site(args, config)
+        return _fit_at_site(args, config, schema)
+    from medfed.synth.synthesizer import fit
+
     df = _read_csv(args.data, args.dates)
-    fitted = _fit_frame(df, args, config)
+    fitted = fit(df, schema or _inferred(df), config, _rng(args.seed))
     fitted.save(args.out)
     _print_fit(fitted, len(df), args.out)
     return 0
 
 
-def _fit_frame(df: pd.DataFrame, args: argparse.Namespace, config: SynthConfig) -> FittedSynthesizer:
-    from medfed.synth.domain import Schema, infer_schema
-    from medfed.synth.synthesizer import fit, spec_from_dict
+def _read_schema(path: Path) -> Schema:
+    from medfed.synth.domain import Schema
+    from medfed.synth.synthesizer import spec_from_dict
 
-    if args.schema:
-        try:
-            schema = Schema(columns=tuple(spec_from_dict(c) for c in json.loads(args.schema.read_text("utf-8"))))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{args.schema}: bad schema file ({exc})") from exc
-    else:
-        schema = infer_schema(df)
-        print("schema inferred from the data: its bounds and categories are hereby declared public", file=sys.stderr)
-    return fit(df, schema, config, _rng(args.seed))
+    try:
+        return Schema(columns=tuple(spec_from_dict(c) for c in json.loads(path.read_text("utf-8"))))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: bad schema file ({exc})") from exc
+
+
+def _inferred(df: pd.DataFrame) -> Schema:
+    from medfed.synth.domain import infer_schema
+
+    schema = infer_schema(df)
+    print("schema inferred from the data: its bounds and categories are hereby declared public", file=sys.stderr)
+    return schema
 
 
 def _print_fit(fitted: FittedSynthesizer, rows: int, out: Path) -> None:
@@ -261,10 +268,10 @@ def _print_fit(fitted: FittedSynthesizer, rows: int, out: Path) -> None:
     )
 
 
-def _fit_at_site(args: argparse.Namespace, config: SynthConfig) -> int:
+def _fit_at_site(args: argparse.Namespace, config: SynthConfig, schema: Schema | None) -> int:
     """Reserve ``planned_cost`` on the dataset's ledger before reading a row, fit, commit ``fitted.cost``."""
     from medfed.node.runtime import open_ledger
-    from medfed.synth.synthesizer import planned_cost
+    from medfed.synth.synthesizer import fit, planned_cost
 
     site = _open_site(args.site_config, args.dataset)
     if not args.schema and not args.public_bounds:
@@ -287,11 +294,14 @@ def _fit_at_site(args: argparse.Namespace, config: SynthConfig) -> int:
         ledger.reserve(name, job_id, epsilon=cost.epsilon, delta=cost.delta)  # BudgetExhausted: nothing held
         try:
             df, _ = site.frames(purpose=args.purpose, split_key=job_id, dates=args.dates)
+            schema = schema or _inferred(df)
+            if config.target and config.target not in schema.names:
+                raise ConfigError(f"synth config: target {config.target!r} is not a column of the schema")
         except BaseException:
-            ledger.close_job(name, job_id)  # no row was read: nothing spent
+            ledger.close_job(name, job_id)  # nothing was measured, nothing leaves: nothing spent
             raise
         try:
-            fitted = _fit_frame(df, args, config)
+            fitted = fit(df, schema, config, _rng(args.seed))
         except BaseException:
             # the fit may have measured the data before it failed: charge what was reserved
             ledger.commit(name, job_id, epsilon=cost.epsilon, delta=cost.delta, steps=1)
