@@ -199,6 +199,11 @@ def test_released_sites_combine_and_unreleased_files_are_refused(
         s: len(pd.read_csv(p)) for s, p in released.items()
     }  # every released row, labelled with its site
     assert set(table.columns) == {*pd.read_csv(released["alpha"]).columns, "site"}
+    provenance = json.loads((tmp_path / "combined.release.json").read_text())
+    assert provenance["format"] == "medfed-synth-combined/1" and set(provenance["sites"]) == {"alpha", "beta"}
+    assert provenance["sites"]["beta"]["epsilon"] == pytest.approx(1.0, rel=1e-3)
+    assert main(["synth", "combine", str(combined), "--out", str(tmp_path / "again.csv")]) == 1  # not a release
+    assert "not a medfed release manifest" in capsys.readouterr().err
 
     unreleased, out = tmp_path / "alpha" / "synth.csv", tmp_path / "refused.csv"  # sampled, never gated
     assert main(["synth", "combine", str(released["beta"]), str(unreleased), "--out", str(out)]) == 1

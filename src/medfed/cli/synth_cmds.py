@@ -51,12 +51,14 @@ if TYPE_CHECKING:
     from medfed.synth.release import ReleaseDecision, ReleasePolicy
     from medfed.synth.synthesizer import FittedSynthesizer, SynthConfig
 
-__all__ = ["COMMANDS", "MANIFEST_FORMAT", "dispatch", "manifest_path", "read_released", "register"]
+__all__ = ["COMBINED_FORMAT", "COMMANDS", "MANIFEST_FORMAT", "dispatch", "manifest_path", "read_released", "register"]
 
 #: The top-level commands this module adds.
 COMMANDS = ("synth",)
 #: The ``format`` of a release manifest.
 MANIFEST_FORMAT = "medfed-synth-release/1"
+#: The ``format`` of a combined table's provenance (not a release: ``combine`` does not take it again).
+COMBINED_FORMAT = "medfed-synth-combined/1"
 
 #: Where every release decision is logged (attach a handler to feed other systems).
 log = logging.getLogger("medfed.synth.release")
@@ -584,6 +586,7 @@ def _combine(args: argparse.Namespace) -> int:
     from medfed.synth.release import combine_sites
 
     frames: dict[str, pd.DataFrame] = {}
+    sources: dict[str, dict[str, Any]] = {}
     problems = []
     for path in args.released:
         frame, manifest = read_released(path)
@@ -595,9 +598,22 @@ def _combine(args: argparse.Namespace) -> int:
         eps = manifest.get("epsilon")
         print(f"{site}: {len(frame)} rows" + (f", ε = {eps:.4g}" if isinstance(eps, float) else ""))
         frames[site] = frame
+        sources[site] = {
+            k: manifest.get(k) for k in ("file", "sha256", "rows", "dataset", "method", "epsilon", "delta")
+        }
     if problems:
         raise ValidationError(problems, where="synth combine")
     combined = combine_sites(frames, site_column=args.site_column)
-    atomic_write(args.out, combined.to_csv(index=False).encode("utf-8"))
+    data = combined.to_csv(index=False).encode("utf-8")
+    provenance = {
+        "format": COMBINED_FORMAT,
+        "file": args.out.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "rows": len(combined),
+        "site_column": args.site_column,
+        "sites": sources,
+    }
+    atomic_write(args.out, data)
+    atomic_write(manifest_path(args.out), json.dumps(provenance, indent=1).encode("utf-8"))
     print(f"{len(combined)} rows from {len(frames)} sites written to {args.out}")
     return 0
