@@ -30,6 +30,8 @@ from medfed.transport.api import Hello
 
 pytestmark = pytest.mark.timeout(180)
 
+#: beta's export as Parquet this time (the declared-datasets test trains on its CSV twin)
+PARQUET_SITE = CSV_SITE.replace('format = "csv"', 'format = "parquet"').replace("export.csv", "export.parquet")
 COARSE = re.compile(r"^(0|<5|5-9|[1-9]\d*0)$")  # what catalog.coarse_count may say
 ENTRY_KEYS = {"site", "dataset", "rows", "columns", "tags", "features", "codes", "purposes", "fingerprint"}
 
@@ -38,9 +40,9 @@ ENTRY_KEYS = {"site", "dataset", "rows", "columns", "tags", "features", "codes",
 def published(tmp_path: Path, heart: dict[str, TabularData]) -> Iterator[tuple[Cluster, list[str]]]:
     fed = make_federation(tmp_path / "fed", heart, sites=SITES)
     _write_fhir(fed.kit("alpha") / "data" / "fhir", seed=21)
-    wide = _write_csv_export(fed.kit("beta") / "data" / "export.csv", seed=22, scratch=tmp_path / "beta-fhir")
+    wide = _write_csv_export(fed.kit("beta") / "data" / "export.parquet", seed=22, scratch=tmp_path / "beta-fhir")
     _declare(fed.kit("alpha"), FHIR_SITE)
-    _declare(fed.kit("beta"), CSV_SITE)
+    _declare(fed.kit("beta"), PARQUET_SITE)
     cluster = start_cluster(fed, tmp_path / "coordinator-state")
     try:
         _start_nodes(cluster)
@@ -70,6 +72,7 @@ def test_a_researcher_finds_per_site_metadata_and_never_rows(published: tuple[Cl
         assert set(entry) == ENTRY_KEYS and entry["site"] == hit["site"]
         assert [c["name"] for c in entry["columns"]] == ["patient_id", "age", "glucose", "hba1c", "diabetes"]
         assert {c["name"]: c["unit"] for c in entry["columns"]}["glucose"] == "mmol/L"  # beta sent mg/dL: harmonised
+        assert entry["fingerprint"] and len(entry["fingerprint"]) == 64
         assert entry["rows"] == "80" and set(entry["tags"]) == {"endocrinology", "diabetes"}
         assert all(COARSE.match(n) for n in _counts(entry)), _counts(entry)
         assert dict(hit["estimates"])["hba1c>6"] not in ("0", "")

@@ -101,7 +101,7 @@ def _write_fhir(directory: Path, seed: int) -> None:
 
 
 def _write_csv_export(path: Path, seed: int, scratch: Path) -> pd.DataFrame:
-    """Another generated hospital, exported the way its own system codes things."""
+    """Another generated hospital, exported (CSV or Parquet) the way its own system codes things."""
     _write_fhir(scratch, seed)
     feats = parse_features(
         {
@@ -122,12 +122,15 @@ def _write_csv_export(path: Path, seed: int, scratch: Path) -> pd.DataFrame:
         }
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    export.to_csv(path, index=False)
+    if path.suffix == ".parquet":
+        export.to_parquet(path, index=False)
+    else:
+        export.to_csv(path, index=False)
     return wide
 
 
 def _declare(kit: Path, text: str) -> None:
-    """Replace the kit's legacy heart dataset by a declared one; give the node a state_dir."""
+    """Declare a dataset next to the kit's legacy heart directory; give the node a state_dir."""
     toml = (kit / "site.toml").read_text()
     toml = toml.replace("[node]\n", '[node]\nstate_dir = "state"\n')
     (kit / "site.toml").write_text(toml + text)
@@ -249,3 +252,20 @@ def test_a_declared_dataset_with_an_error_is_named_at_load_and_legacy_csv_still_
     site.write_text(base + '[datasets.heart]\nkind = "csv"\npath = "data"\nlabel = "label"\n')
     legacy = load_node_config(site).settings.datasets["heart"]
     assert legacy.decl is None and legacy.path == tmp_path / "data"
+
+
+def test_a_declared_dataset_that_fails_validation_is_not_offered_and_the_site_log_says_why(
+    declared: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    export = declared.fed.kit("beta") / "data" / "export.csv"
+    lines = export.read_text().splitlines()
+    cells = lines[4].split(",")
+    cells[3] = "high"  # HBA1C on line 5: not a number
+    lines[4] = ",".join(cells)
+    export.write_text("\n".join(lines) + "\n")
+    _start_nodes(declared)
+    offered = {n.site: n.datasets for n in declared.coordinator.nodes.online()}
+    assert offered == {"alpha": ("diabetes", "heart"), "beta": ("heart",)}  # the legacy CSV dirs stay
+    assert [h["site"] for h in declared.client().search_catalog("diabetes")["hits"]] == ["alpha"]
+    refusal = next(r.getMessage() for r in caplog.records if "is not offered" in r.getMessage())
+    assert "site beta: dataset diabetes is not offered" in refusal and "export.csv" in refusal and "line 5" in refusal

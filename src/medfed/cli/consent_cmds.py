@@ -65,13 +65,15 @@ def _day(text: str) -> dt.date:
 def _audit(state: Path, args: argparse.Namespace, *, outcome: str, count: int, purpose: str = "") -> None:
     from medfed.security.audit import AuditLog
     from medfed.security.audit_events import AuditAction, AuditEvent
+    from medfed.security.provision import open_signing_key
 
     site = load_site_name(args.config)
     fields: dict[str, str | int | float | bool] = {"site": site, "resource": "consent", "outcome": outcome}
     fields["count"] = count
     if re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", purpose.lower()):  # a token the audit vocabulary accepts
         fields["purpose"] = purpose.lower()
-    log = AuditLog(state / "audit.sqlite")
+    # the node's own log and signing key (as medfed.node.governance opens them): one chain, signed checkpoints
+    log = AuditLog(state / "audit.sqlite", signer=open_signing_key(state / "audit-signing.key"))
     try:
         # no consent-specific action in the vocabulary yet: a change to who may be used
         log.append(AuditEvent(action=AuditAction.USER_CHANGED, actor=f"{site}-admin", fields=fields))
