@@ -6,6 +6,7 @@ withdrawal made with ``medfed consent withdraw`` takes effect on the next job.""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from medfed.core.errors import ConfigError
 from medfed.data.fhir import fhir_features
 from medfed.data.schema import parse_features
 from medfed.learn.base import TabularData
+from medfed.node.datasets import Publisher
 from medfed.security.audit import read_log
 
 pytestmark = pytest.mark.timeout(240)
@@ -269,3 +271,23 @@ def test_a_declared_dataset_that_fails_validation_is_not_offered_and_the_site_lo
     assert [h["site"] for h in declared.client().search_catalog("diabetes")["hits"]] == ["alpha"]
     refusal = next(r.getMessage() for r in caplog.records if "is not offered" in r.getMessage())
     assert "site beta: dataset diabetes is not offered" in refusal and "export.csv" in refusal and "line 5" in refusal
+
+
+def test_the_catalog_is_read_again_only_when_consent_data_or_the_day_changed(
+    declared: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = load_node_config(declared.fed.site_toml("alpha")).settings
+    publisher = Publisher(cfg.site, cfg.datasets, cfg.state_dir)
+    day = dt.date(2026, 6, 1)
+    first = publisher.current(on=day)
+    assert first.offered == ("diabetes", "heart") and [e.dataset for e in first.entries] == ["diabetes"]
+    assert publisher.current(on=day) is first and publisher.computed == 1  # a re-registration: nothing re-read
+    assert main(["consent", "withdraw", "someone", "--config", str(declared.fed.site_toml("alpha"))]) == 0
+    assert publisher.current(on=day) is not first and publisher.computed == 2
+    publisher.current(on=day + dt.timedelta(days=1))
+    assert publisher.computed == 3
+    bundle = next((declared.fed.kit("alpha") / "data" / "fhir").glob("*.json"))
+    bundle.write_text(bundle.read_text() + " ")
+    publisher.current(on=day + dt.timedelta(days=1))
+    assert publisher.computed == 4
+    capsys.readouterr()

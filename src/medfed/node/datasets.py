@@ -162,3 +162,32 @@ def publish(site: str, datasets: Mapping[str, DatasetConfig], registry: ConsentR
             continue
         offered.append(name)
     return Publication(offered=tuple(offered), entries=tuple(entries), refused=refused)
+
+
+def _version(path: Path | None) -> tuple[int, int]:
+    """(latest mtime in ns, total size) of a file or of a directory's files; (0, 0) if absent."""
+    if path is None or not path.exists():
+        return (0, 0)
+    stats = [f.stat() for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path.stat()]
+    return (max((st.st_mtime_ns for st in stats), default=0), sum(st.st_size for st in stats))
+
+
+class Publisher:
+    """:func:`publish`, computed again only when the day, the consent decisions or a declared
+    dataset's files changed: a node that re-registers after a dropped connection does not re-read
+    its datasets."""
+
+    def __init__(self, site: str, datasets: Mapping[str, DatasetConfig], state_dir: Path | None) -> None:
+        self._site, self._datasets, self._state_dir = site, datasets, state_dir
+        self._key: tuple[object, ...] | None = None
+        self._last: Publication | None = None
+        self.computed = 0  # how many times the datasets were read (for tests and logs)
+
+    def current(self, *, on: dt.date) -> Publication:
+        paths = [d.decl.path for d in self._datasets.values() if d.decl is not None and not d.decl.dsn]
+        key = (on, _version(consent_path(self._state_dir)), *(_version(p) for p in paths))
+        if self._last is None or key != self._key:
+            self._last = publish(self._site, self._datasets, read_registry(self._state_dir), on=on)
+            self._key = key
+            self.computed += 1
+        return self._last

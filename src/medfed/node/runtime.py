@@ -38,6 +38,7 @@ from medfed.transport.api import CoordinatorLink, Hello
 
 if TYPE_CHECKING:
     from medfed.data.sources import DatasetDecl
+    from medfed.node.datasets import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class NodeSettings:
     state_dir: Path | None = None  # where the node keeps its ledger; None: no ledger (no DP jobs)
     disclosure: DisclosurePolicy = field(default_factory=DisclosurePolicy)  # [disclosure]: what queries may release
     policy: NodePolicy | None = None  # [policy]: which jobs may touch data here (+ approvals); None: no checks
+    coordinator_key: bytes | None = None  # the kit's coordinator-signing.pub: models must verify; None: unchecked
 
 
 def open_ledger(settings: NodeSettings) -> PrivacyLedger | None:
@@ -110,12 +112,18 @@ class NodeRuntime:
             ledger=open_ledger(settings),
             disclosure=settings.disclosure,
             state_dir=settings.state_dir,
-            governance=open_governance(settings.site, state_dir=settings.state_dir, policy=settings.policy),
+            governance=open_governance(
+                settings.site,
+                state_dir=settings.state_dir,
+                policy=settings.policy,
+                coordinator_key=settings.coordinator_key,
+            ),
         )
         self._handler: Handler = build_chain(run_task, default_middleware() if middleware is None else middleware)
         self._registered = threading.Event()
         self._heartbeat_s = 1.0  # until the coordinator's Welcome says otherwise
         self.tasks_done = 0
+        self.publisher: Publisher | None = None  # the catalog of declared datasets, sent when registering
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -148,14 +156,11 @@ class NodeRuntime:
     def _register(self) -> None:
         hello = Hello(version=__version__, datasets=tuple(sorted(self.settings.datasets)), tasks=self.settings.tasks)
         if any(d.decl is not None for d in self.settings.datasets.values()):
-            from medfed.node.datasets import publish, read_registry
+            if self.publisher is None:
+                from medfed.node.datasets import Publisher
 
-            offer = publish(
-                self.settings.site,
-                self.settings.datasets,
-                read_registry(self.settings.state_dir),
-                on=self.context.today(),
-            )
+                self.publisher = Publisher(self.settings.site, self.settings.datasets, self.settings.state_dir)
+            offer = self.publisher.current(on=self.context.today())
             hello = Hello(
                 version=hello.version, datasets=offer.offered, tasks=hello.tasks, catalog_json=offer.catalog_json()
             )
