@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,13 @@ from medfed.analytics import (
 )
 from medfed.coordinator.queries import ask_federation, result_from_json
 from medfed.coordinator.store import Store
-from medfed.core.records import JobState
+from medfed.core.errors import DataError
+from medfed.core.params import Parameters
+from medfed.core.records import JobState, ResultMessage, TaskKind, TaskMessage
 from medfed.learn.base import TabularData
-from medfed.node.analytics import history_path, load_history
+from medfed.node.analytics import answer_queries, history_path, load_history
 from medfed.node.ledger import PrivacyLedger
+from medfed.node.middleware import NodeContext
 from medfed.node.runtime import DatasetConfig, NodeRuntime, NodeSettings
 from medfed.security.audit import AuditLog
 from medfed.security.audit_chain import AuditEntry
@@ -83,7 +87,11 @@ def _run(cluster: Cluster, query: str, **job: Any) -> dict[str, Any]:
 
 
 def _site_rows(cluster: Cluster, site: str) -> pd.DataFrame:
-    path = cluster.fed.dataset(site).path
+    return _site_rows_of(cluster.fed, site)
+
+
+def _site_rows_of(fed: Federation, site: str) -> pd.DataFrame:
+    path = fed.dataset(site).path
     return pd.concat([pd.read_csv(path / "train.csv"), pd.read_csv(path / "test.csv")], ignore_index=True)
 
 
@@ -363,3 +371,35 @@ def test_cox_and_km_with_each_lung_institution_as_its_own_node_equal_lifelines(
         np.testing.assert_allclose(curve.survival, fitted.survival_function_.iloc[:, 0].to_numpy(), rtol=1e-12)
     logrank = multivariate_logrank_test(lung["time"], lung["sex"], lung["status"])
     assert km.logrank.statistic == pytest.approx(logrank.test_statistic, rel=1e-10)
+
+
+def test_a_node_reads_a_jobs_rows_once_and_afresh_for_the_next_job(fed: Federation, tmp_path: Path) -> None:
+    """Handler level (no network): the steps of one fit share one read of the rows."""
+    directory = tmp_path / "rows"
+    directory.mkdir()
+    _site_rows_of(fed, "alpha").to_csv(directory / "train.csv", index=False)
+    ctx = NodeContext(
+        site="alpha-handler",
+        datasets={"heart": DatasetConfig(name="heart", path=directory)},
+        task_loader=lambda name: pytest.fail(f"a query loads no task ({name})"),
+        state_dir=tmp_path / "node",
+        disclosure=OPEN,
+    )
+    spec = QuerySpec(kind=QueryKind.DESCRIBE, columns=("chol",)).to_json().encode()
+
+    def task(job: str, rnd: int) -> TaskMessage:
+        return TaskMessage(
+            task_id=f"{job}-{rnd}", job_id=job, round=rnd, kind=TaskKind.QUERY, task="query", dataset="heart",
+            seed=0, config={}, parameters=Parameters.from_arrays((), ()), payload=spec,
+        )  # fmt: skip
+
+    def unreachable(t: TaskMessage, c: NodeContext) -> ResultMessage:
+        raise AssertionError("a query task must not reach the training handler")
+
+    first = answer_queries(task("job1", 1), ctx, unreachable)
+    (directory / "train.csv").unlink()
+    again = answer_queries(task("job1", 2), ctx, unreachable)  # the same job: its rows are held
+    assert first.ok and again.ok and first.parameters is not None and again.parameters is not None
+    assert first.parameters.allclose(again.parameters, atol=0, rtol=0)
+    with pytest.raises(DataError, match=re.escape("no ['train.csv', 'test.csv']")):
+        answer_queries(task("job2", 1), ctx, unreachable)  # the next job reads afresh

@@ -140,6 +140,24 @@ def load_history(path: Path) -> AnswerHistory:
     return AnswerHistory.from_json(text)
 
 
+#: (site, dataset) -> (job id, table): one job's rows, read once for all steps of an iterative fit
+_tables: dict[tuple[str, str], tuple[str, pd.DataFrame]] = {}
+
+
+def _job_table(ctx: NodeContext, task: TaskMessage) -> pd.DataFrame:
+    """:func:`query_table` once per job: the steps of one fit see the same rows (as training reads
+    a dataset once per job); the next job reads afresh (a consent withdrawal counts from then)."""
+    key = (ctx.site, task.dataset)
+    with _locks_guard:
+        held = _tables.get(key)
+    if held is not None and held[0] == task.job_id:
+        return held[1]
+    table = query_table(ctx, task.dataset, task)
+    with _locks_guard:
+        _tables[key] = (task.job_id, table)
+    return table
+
+
 def _lock(path: Path) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault(path, threading.Lock())
@@ -163,7 +181,7 @@ def _answer(task: TaskMessage, ctx: NodeContext, spec: QuerySpec) -> tuple[Resul
             f"dataset {task.dataset!r} at site {ctx.site!r} has no privacy budget: the site admin must set "
             "epsilon_budget for it before a differentially private query may run"
         )
-    table = query_table(ctx, task.dataset, task)
+    table = _job_table(ctx, task)
     path = history_path(ctx.state_dir, task.dataset)
     charge = f"query-{task.task_id}"
     eps, delta = epsilon_cost(spec)
