@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -291,3 +292,18 @@ def test_the_catalog_is_read_again_only_when_consent_data_or_the_day_changed(
     publisher.current(on=day + dt.timedelta(days=1))
     assert publisher.computed == 4
     capsys.readouterr()
+
+
+def test_node_check_validates_declared_datasets(declared: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    export = declared.fed.kit("beta") / "data" / "export.csv"
+    export.write_text(export.read_text().replace("\nMRN00003,", "\n,", 1))  # a patient without an id
+    checks = {}
+    for site in SITES:
+        toml = declared.fed.site_toml(site)
+        local = toml.with_name("site-check.toml")  # the kit names the plan's port; this cluster picked one
+        local.write_text(re.sub(r'coordinator = "[^"]+"', f'coordinator = "{declared.target}"', toml.read_text()))
+        checks[site] = main(["node", "check", "--config", str(local)]), capsys.readouterr().out
+    assert checks["alpha"][0] == 0, checks["alpha"][1]
+    assert "dataset diabetes: ok (fhir, 80 rows, 0 excluded by policy)" in checks["alpha"][1]
+    assert checks["beta"][0] == 1
+    assert "dataset diabetes: not offered to jobs: dataset diabetes: 1 row(s) without a patient id" in checks["beta"][1]

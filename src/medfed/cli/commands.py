@@ -216,6 +216,19 @@ def _identity_problems(cert_pem: bytes, ca_pem: bytes) -> list[str]:
     return check_identity(cert_pem, ca_pem, now=dt.datetime.now(dt.UTC))
 
 
+def _declared_check(name: str, decl: Any, state_dir: Path | None) -> bool:
+    from medfed.core.errors import DataError, ValidationError
+    from medfed.node.datasets import local_profile, read_registry
+
+    try:
+        profile = local_profile(decl, read_registry(state_dir), on=dt.datetime.now(dt.UTC).date())
+    except (DataError, ValidationError) as exc:
+        print(f"dataset {name}: not offered to jobs: {exc}")
+        return False
+    print(f"dataset {name}: ok ({decl.format.value}, {profile.rows} rows, {profile.excluded} excluded by policy)")
+    return True
+
+
 def _node_check(cfg: Any) -> int:
     from medfed.data.tabular import load_csv_dataset
     from medfed.transport.grpc_client import GrpcCoordinatorLink
@@ -230,6 +243,9 @@ def _node_check(cfg: Any) -> int:
     else:
         print(f"policy: ok (approvals in {cfg.settings.state_dir / 'approvals.db'})")
     for name, ds in cfg.settings.datasets.items():
+        if ds.decl is not None:  # declared (csv, parquet, fhir, omop): validated as jobs and the catalog read it
+            ok &= _declared_check(name, ds.decl, cfg.settings.state_dir)
+            continue
         try:
             data = load_csv_dataset(ds.path, label=ds.label)
             print(

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,7 @@ import pandas as pd
 from medfed.core.errors import ConfigError, DataError, PermissionDenied, ValidationError
 from medfed.data.catalog import CatalogEntry, entry_for
 from medfed.data.consent import ANY_PURPOSE, ConsentRegistry, ConsentReport, ConsentStore, apply_consent, table_for_task
-from medfed.data.profile import profile_frames
+from medfed.data.profile import DatasetProfile, profile_frames
 from medfed.data.schema import ColumnType
 from medfed.data.sources import DatasetDecl, fingerprint, read_table, to_tabular
 from medfed.learn.base import TabularData
@@ -76,6 +76,22 @@ def split_seed(job_id: str, dataset: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{job_id}/{dataset}".encode()).digest()[:8], "big")
 
 
+def _id_column(decl: DatasetDecl) -> str:
+    return decl.patient_id or ("patient_id" if "patient_id" in decl.schema.names else "")
+
+
+def _require_ids(decl: DatasetDecl, frame: pd.DataFrame, id_column: str) -> None:
+    """Refuse rows that reached past the consent filter without a patient id: no decision can
+    apply to them, so they would pass under the registry's default."""
+    ids = frame[id_column]
+    missing = int((ids.isna() | (ids.astype(str).str.strip() == "")).sum())
+    if missing:
+        raise DataError(
+            f"dataset {decl.name}: {missing} row(s) without a patient id ({id_column!r}): consent cannot be "
+            f'applied to them (declare the column with missing = "error" to find them)'
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobData:
     """What a task receives for one job, and the counts (never identities) of what was left out."""
@@ -110,6 +126,7 @@ def load_for_job(decl: DatasetDecl, registry: ConsentRegistry, *, purpose: str, 
         raise ConfigError(f"dataset {decl.name}: a model needs label = ... and numeric columns (features: {features})")
     as_of = None if decl.as_of else pd.Timestamp(on, tz="UTC")
     table = table_for_task(decl, registry, purpose=purpose, on=on, as_of=as_of)
+    _require_ids(decl, table.frame, _id_column(decl))
     data = to_tabular(table.frame, decl.schema, features, decl.label, TEST_FRACTION, split_seed(job_id, decl.name))
     return JobData(data=data, consent=table.consent, dropped_by_policy=sum(table.dropped_by_policy.values()))
 
@@ -126,23 +143,29 @@ class Publication:
         return json.dumps([e.to_dict() for e in self.entries], sort_keys=True)
 
 
-def catalog_entry(site: str, decl: DatasetDecl, registry: ConsentRegistry, *, on: dt.date) -> CatalogEntry:
-    """The catalog entry of ``decl``, profiled on the rows of patients who did not opt out of
-    every purpose.
+def local_profile(decl: DatasetDecl, registry: ConsentRegistry, *, on: dt.date) -> DatasetProfile:
+    """The profile of ``decl`` on the rows of patients who did not opt out of every purpose (what
+    the catalog is built from; shown exactly only at the site).
 
     Raises
     ------
     DataError, ValidationError
-        The dataset cannot be read or fails its schema, or declares no patient id.
+        The dataset cannot be read or fails its schema, declares no patient id, or has rows without one.
     """
-    id_column = decl.patient_id or ("patient_id" if "patient_id" in decl.schema.names else "")
+    id_column = _id_column(decl)
     if not id_column:
         raise DataError(f"dataset {decl.name}: declares no patient_id column, so consent cannot be applied")
     table = read_table(decl, as_of=None if decl.as_of else pd.Timestamp(on, tz="UTC"))
     frame, _ = apply_consent(table.frame, registry, purpose=ANY_PURPOSE, id_column=id_column, on=on)
+    _require_ids(decl, frame, id_column)
     profile = profile_frames(decl.name, decl.schema, [frame])
+    return replace(profile, excluded=sum(table.dropped.values()))
+
+
+def catalog_entry(site: str, decl: DatasetDecl, registry: ConsentRegistry, *, on: dt.date) -> CatalogEntry:
+    """The catalog entry of ``decl``: metadata and coarse counts of :func:`local_profile`."""
     digest = "" if decl.dsn else fingerprint(decl.path)
-    return entry_for(site, decl, profile, fingerprint=digest)
+    return entry_for(site, decl, local_profile(decl, registry, on=on), fingerprint=digest)
 
 
 def publish(site: str, datasets: Mapping[str, DatasetConfig], registry: ConsentRegistry, *, on: dt.date) -> Publication:
