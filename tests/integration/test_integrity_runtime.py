@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,17 @@ from integration.support import (
 )
 from medfed.cli.main import main as cli_main
 from medfed.coordinator.app import start_coordinator
+from medfed.coordinator.audit_hooks import CoordinatorAudit
 from medfed.coordinator.checkpoints import load_checkpoint
 from medfed.coordinator.service import CoordinatorSettings
 from medfed.core.config import parse_job_spec
 from medfed.core.errors import StoreError
 from medfed.core.params import Parameters
+from medfed.core.records import TaskKind, TaskMessage
 from medfed.crypto.aead import is_envelope
-from medfed.crypto.signing import ModelSignature, verify_model
+from medfed.crypto.signing import ModelSignature, generate_signing_key, verify_model
+from medfed.node.governance import NodeGovernance
+from medfed.node.ledger import PrivacyLedger
 from medfed.node.runtime import NodeRuntime, NodeSettings
 from medfed.security.audit import read_log, verify_chain
 from medfed.security.audit_chain import compare_participation
@@ -264,3 +269,85 @@ def test_job_result_out_refuses_a_model_signed_by_another_key(
     assert code == 1
     assert "signature" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "model.sig.json").exists()
+
+
+def _verifying_node(cluster: Cluster, site: str, key: bytes, state: Path) -> NodeThread:
+    settings = NodeSettings(
+        site=site, datasets={"heart": cluster.fed.dataset(site)}, poll_wait_s=1.0, backoff_initial_s=0.05,
+        backoff_max_s=0.5, state_dir=state / site, coordinator_key=key,
+    )  # fmt: skip
+    node = NodeThread(NodeRuntime(settings, cluster.link(site)))
+    cluster.nodes.append(node)
+    node.start()
+    return node
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["coordinators-key", "another-key"])
+def test_nodes_train_only_on_models_the_coordinator_signed(cluster: Cluster, tmp_path: Path, trusted: bool) -> None:
+    # Arrange: nodes that hold the coordinator's public key, or some other key
+    key = (cluster.state_dir / "signing.key.pub").read_bytes() if trusted else generate_signing_key().public_pem
+    for site in SITES:
+        _verifying_node(cluster, site, key, tmp_path / "nodes")
+    cluster.wait_online(SITES)
+    client = cluster.client()
+
+    # Act
+    job_id = client.submit_job(job_toml(name="verified", rounds=2, min_nodes=3, retries=0), "v.toml")["job_id"]
+    view = wait_job(client, job_id, timeout_s=60)
+
+    # Assert: every round's model verified at every site, or none did and the refusals are audited
+    if trusted:
+        assert view["state"] == "completed", view["error"]
+        return
+    assert view["state"] == "failed" and "signature check failed" in view["error"], view["error"]
+    for site in SITES:
+        entries, _ = read_log(tmp_path / "nodes" / site / "audit.sqlite")
+        assert [e.action for e in entries] == ["model.refused"]
+
+
+def test_a_signed_model_is_refused_when_altered_or_replayed_into_another_round(tmp_path: Path) -> None:
+    # Arrange: a round-2 model signed by the coordinator's audit key
+    coordinator = CoordinatorAudit(tmp_path / "coordinator")
+    spec = parse_job_spec(job_toml(name="replay", rounds=3))
+    params = Parameters.from_numpy({"w": np.arange(4, dtype=np.float32)})
+    signed = coordinator.sign_round_model(job_id="j1", spec=spec, aggregated=1, params=params)
+    task = TaskMessage(
+        task_id="t", job_id="j1", round=2, kind=TaskKind.FIT, task="logistic_regression", dataset="heart", seed=0,
+        config={}, parameters=params, job_rounds=3, spec_toml=spec.source, model_signature=signed,
+    )  # fmt: skip
+    node = NodeGovernance(site="alpha", coordinator_key=coordinator.key.public_pem)
+
+    # Act / Assert: the genuine task passes; each forgery is refused with one opaque reason
+    node.check_model(task)
+    altered = replace(task, parameters=Parameters.from_numpy({"w": np.arange(4, dtype=np.float32) + 1}))
+    for forged in (altered, replace(task, round=3), replace(task, job_id="j2"), replace(task, model_signature=b"")):
+        with pytest.raises(StoreError, match="signature check failed"):
+            node.check_model(forged)
+    coordinator.close()
+
+
+def test_each_sites_log_records_the_privacy_budget_its_ledger_charged(cluster: Cluster, tmp_path: Path) -> None:
+    # Arrange: DP-SGD job, each site with a budget and a state directory
+    for site in SITES:
+        ds = replace(cluster.fed.dataset(site), epsilon_budget=10.0, delta_budget=1e-5)
+        cluster.node(site, datasets={"heart": ds}, state_dir=tmp_path / "nodes" / site)
+    cluster.wait_online(SITES)
+    client = cluster.client()
+    options = {"input_dim": 13, "local_steps": 5, "batch_size": 8, "lr": 0.05}
+    spec = job_toml(name="dp", rounds=2, task_options=options, min_nodes=3, retries=2)
+    spec += "\n[privacy]\nnoise_multiplier = 1.0\nclip_norm = 1.0\ndelta = 1e-6\n"
+
+    # Act
+    job_id = client.submit_job(spec, "dp.toml")["job_id"]
+    view = wait_job(client, job_id, timeout_s=120)
+
+    # Assert: the ε each site's audit log says it spent adds up to what its ledger charged
+    assert view["state"] == "completed", view["error"]
+    for site in SITES:
+        entries, _ = read_log(tmp_path / "nodes" / site / "audit.sqlite")
+        spent = [e for e in entries if e.action == "budget.spent" and e.fields["job_id"] == job_id]
+        ledger = PrivacyLedger(tmp_path / "nodes" / site / "ledger.sqlite")
+        charged = ledger.job("heart", job_id)
+        ledger.close()
+        assert charged is not None and len(spent) == 3  # two fit rounds and the final evaluation
+        assert sum(float(e.fields["epsilon"]) for e in spent) == pytest.approx(charged.epsilon_spent)

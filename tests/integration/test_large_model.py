@@ -69,6 +69,9 @@ class BigModelAPI:
     def fetch_model(self, peer: Peer, job_id: str) -> Parameters:
         return self.model
 
+    def model_signature(self, peer: Peer, job_id: str) -> bytes:
+        return b""  # unsigned: this test measures transfer, not signatures
+
     def submit_job(self, peer: Peer, spec_toml: str, source_name: str) -> dict[str, Any]:
         raise PermissionDenied("not in this test")
 

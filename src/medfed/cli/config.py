@@ -16,6 +16,7 @@ from medfed.analytics.policy import DisclosurePolicy
 from medfed.core.errors import ConfigError, ValidationError
 from medfed.node.runtime import DatasetConfig, NodeSettings
 from medfed.security.node_policy import NodePolicy, parse_node_policy
+from medfed.security.provision import COORDINATOR_PUB
 from medfed.transport.grpc_client import ClientTls
 from medfed.transport.grpc_server import ServerTls
 
@@ -97,6 +98,7 @@ def load_node_config(path: Path) -> NodeConfig:
         state_dir=path.parent / str(node.get("state_dir", "state")),
         disclosure=_disclosure(doc.get("disclosure"), path),
         policy=_node_policy(doc.get("policy"), name, path),
+        coordinator_key=_coordinator_key(path.parent / COORDINATOR_PUB),
     )
     tls = ClientTls(
         ca_pem=read_pem(ca, "CA certificate"),
@@ -108,6 +110,12 @@ def load_node_config(path: Path) -> NodeConfig:
     return NodeConfig(
         settings=settings, coordinator=target, tls=tls, log_file=path.parent / log_file if log_file else None
     )
+
+
+def _coordinator_key(pub: Path) -> bytes | None:
+    """The coordinator's public signing key from the site's kit: with it the node refuses every
+    model the coordinator did not sign. Absent (kits provisioned before signing): unchecked."""
+    return read_pem(pub, "coordinator signing key") if pub.is_file() else None
 
 
 def _node_policy(table: object, site: str, path: Path) -> NodePolicy | None:

@@ -105,6 +105,12 @@ class CoordinatorAudit:
         }
         return tuple(sorted(sites))
 
+    def sign_round_model(self, *, job_id: str, spec: JobSpec, aggregated: int, params: Parameters) -> bytes:
+        """The signature (JSON) of the global model sent out after ``aggregated`` rounds: a node
+        holding the coordinator's public key refuses a task whose model does not verify."""
+        provenance = Provenance(job_id=job_id, job_hash=spec.spec_hash, rounds=aggregated, sites=())
+        return sign_model(params, provenance, self.key).to_json_bytes()
+
     def sign_final_model(self, *, job_id: str, spec: JobSpec, params: Parameters, model_path: Path) -> ModelSignature:
         """Sign the final model with its provenance, write it next to the model, audit it."""
         provenance = Provenance(

@@ -326,8 +326,13 @@ class JobRunner(threading.Thread):
         round_ = RoundInProgress(key, tasks, expected, keep_updates=keep, unit_weights=unit_weights, keep_raw=keep_raw)
         with self.ctx.lock:
             self.ctx.rounds_by_task.update({tid: round_ for tid in tasks})
+        signed = b""
+        if self.ctx.audit is not None:  # one signature per round: every site gets the same model
+            signed = self.ctx.audit.sign_round_model(
+                job_id=self.ctx.job_id, spec=self.spec, aggregated=key.round - 1, params=params
+            )
         for task_id, site in tasks.items():
-            message = self._task(task_id, key, config, params)
+            message = replace(self._task(task_id, key, config, params), model_signature=signed)
             if payloads is not None:
                 message = replace(message, payload=payloads[site])
             self.ctx.nodes.enqueue(site, message)

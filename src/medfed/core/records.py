@@ -320,6 +320,7 @@ class TaskMessage:
     payload: bytes = b""  # secure-aggregation stage message (schema-checked JSON), else empty
     spec_toml: str = ""  # the job's spec text: a site derives policy facts from it, not from labels
     owner: str = ""  # the submitting user, from the coordinator's authenticated record
+    model_signature: bytes = b""  # the coordinator's signature of ``parameters`` (JSON), else empty
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

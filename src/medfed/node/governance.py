@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medfed.core.config import parse_job_spec
-from medfed.core.errors import ConfigError, PermissionDenied
+from medfed.core.errors import ConfigError, PermissionDenied, StoreError, ValidationError
 from medfed.core.records import ResultMessage, TaskKind, TaskMessage
-from medfed.crypto.signing import model_digest
+from medfed.crypto.signing import BAD_SIGNATURE, ModelSignature, model_digest, verify_model
 from medfed.security.approvals import ApprovalStore, Clearance
 from medfed.security.audit import AuditLog
 from medfed.security.audit_events import AuditAction, AuditEvent
@@ -64,6 +64,22 @@ class NodeGovernance:
     audit: AuditLog | None = None
     policy: NodePolicy | None = None
     approvals: ApprovalStore | None = None
+    coordinator_key: bytes | None = None  # the kit's coordinator-signing.pub: every model must verify
+
+    def check_model(self, task: TaskMessage) -> None:
+        """Refuse (:class:`StoreError`, one opaque reason) a model the coordinator did not sign for
+        this job and round: unsigned, altered, signed by another key, or replayed from elsewhere."""
+        if self.coordinator_key is None or task.kind is TaskKind.QUERY:  # a query carries no model
+            return
+        try:
+            signature = ModelSignature.from_json_bytes(task.model_signature) if task.model_signature else None
+            provenance = verify_model(task.parameters, signature, self.coordinator_key)
+            if (provenance.job_id, provenance.rounds) != (task.job_id, task.round - 1):
+                raise StoreError(BAD_SIGNATURE)
+        except (StoreError, ValidationError):
+            self.record(AuditAction.MODEL_REFUSED, {"job_id": task.job_id, "round": task.round})
+            raise StoreError(f"site {self.site!r} refuses the model of job {task.job_id!r}, round {task.round}: "
+                             f"{BAD_SIGNATURE}") from None  # fmt: skip
 
     def record(self, action: AuditAction, fields: Fields) -> None:
         """Append to the site's audit log (no-op without one). A failure to audit fails the task."""
@@ -140,19 +156,30 @@ def job_facts(task: TaskMessage) -> JobFacts:
 
 
 def open_governance(
-    site: str, *, state_dir: Path | None, policy: NodePolicy | None, clock: Callable[[], float] = time.time
+    site: str,
+    *,
+    state_dir: Path | None,
+    policy: NodePolicy | None,
+    coordinator_key: bytes | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> NodeGovernance | None:
-    """The site's governance: ``None`` without a state directory (nothing to keep a log in)."""
+    """The site's governance; ``None`` when it has nothing to check and no state directory to log in."""
     if state_dir is None:
         if policy is not None:
             raise ConfigError(f"site {site!r} sets a [policy]: the node needs [node] state_dir for its approvals")
-        return None
+        return None if coordinator_key is None else NodeGovernance(site=site, coordinator_key=coordinator_key)
     key = open_signing_key(state_dir / "audit-signing.key")
     audit = AuditLog(state_dir / "audit.sqlite", signer=key, clock=clock)
     approvals = None
     if policy is not None:
         approvals = ApprovalStore(state_dir / "approvals.db", site=site, audit=_approval_note, clock=clock)
-    return NodeGovernance(site=site, audit=audit, policy=policy, approvals=approvals)
+    return NodeGovernance(site=site, audit=audit, policy=policy, approvals=approvals, coordinator_key=coordinator_key)
+
+
+def _spent(ctx: NodeContext, task: TaskMessage) -> tuple[float, float]:
+    """(ε, δ) the ledger records as spent by ``task``'s job on its dataset; zeros without one."""
+    job = ctx.ledger.job(task.dataset, task.job_id) if ctx.ledger is not None else None
+    return (0.0, 0.0) if job is None else (job.epsilon_spent, job.delta_spent)
 
 
 def _result_digest(result: ResultMessage) -> str:
@@ -176,13 +203,20 @@ def governance(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessa
     if gov is None:
         return nxt(task, ctx)
     clearance = gov.clear(task)
+    gov.check_model(task)
     access: Fields = {"job_id": task.job_id, "round": task.round, "kind": task.kind.value}
     if task.kind is not TaskKind.SECAGG_KEYS and task.kind is not TaskKind.SECAGG_SHARES:
         access["dataset"] = task.dataset
     if clearance is not None:
         access["spec_hash"] = clearance.spec_hash
     gov.record(AuditAction.DATA_ACCESSED, access)
+    before = _spent(ctx, task)
     result = nxt(task, ctx)
+    after = _spent(ctx, task)
+    # the privacy link committed a spend: say how much (a query's spend is recorded by the query link)
+    if task.kind is not TaskKind.QUERY and (after[0] > before[0] or after[1] > before[1]):
+        spend: Fields = {"job_id": task.job_id, "round": task.round, "dataset": task.dataset}
+        gov.record(AuditAction.BUDGET_SPENT, spend | {"epsilon": after[0] - before[0], "delta": after[1] - before[1]})
     if result.ok:
         sent: Fields = {"job_id": task.job_id, "round": task.round, "ok": True}
         digest = _result_digest(result)

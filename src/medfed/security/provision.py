@@ -371,6 +371,7 @@ def open_signing_key(path: Path) -> SigningKey:
     pub = path.with_name(path.name + ".pub")
     try:
         if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
             fresh = generate_signing_key()
             atomic_write(path, fresh.private_pem, mode=PRIVATE)
             atomic_write(pub, fresh.public_pem, mode=PUBLIC)

@@ -210,6 +210,7 @@ def task_frames(task: TaskMessage) -> Iterator[pb.Frame]:
         payload=_checked_payload(task.payload, f"task {task.task_id}"),
         spec_toml=_checked_spec(task.spec_toml, f"task {task.task_id}"),
         owner=task.owner,
+        model_signature=_checked_payload(task.model_signature, f"task {task.task_id}"),
     )
     yield pb.Frame(task=header)
     for chunk in iter_chunks(task.parameters):
@@ -278,6 +279,7 @@ def read_task(frames: Iterable[pb.Frame]) -> TaskMessage | float:
         payload=_checked_payload(h.payload, where),
         spec_toml=_checked_spec(h.spec_toml, where),
         owner=h.owner,
+        model_signature=_checked_payload(h.model_signature, where),
     )
 
 

@@ -51,7 +51,7 @@ class PrivacyHeader(_message.Message):
     def __init__(self, noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., delta: _Optional[float] = ..., eval_epsilon: _Optional[float] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("task_id", "job_id", "round", "kind", "task", "dataset", "seed", "config", "layout", "job_rounds", "privacy", "payload", "spec_toml", "owner")
+    __slots__ = ("task_id", "job_id", "round", "kind", "task", "dataset", "seed", "config", "layout", "job_rounds", "privacy", "payload", "spec_toml", "owner", "model_signature")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class TaskHeader(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     SPEC_TOML_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     job_id: str
     round: int
@@ -87,7 +88,8 @@ class TaskHeader(_message.Message):
     payload: bytes
     spec_toml: str
     owner: str
-    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[str] = ..., dataset: _Optional[str] = ..., seed: _Optional[int] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., layout: _Optional[_Union[TensorLayout, _Mapping]] = ..., job_rounds: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyHeader, _Mapping]] = ..., payload: _Optional[bytes] = ..., spec_toml: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+    model_signature: bytes
+    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[str] = ..., dataset: _Optional[str] = ..., seed: _Optional[int] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., layout: _Optional[_Union[TensorLayout, _Mapping]] = ..., job_rounds: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyHeader, _Mapping]] = ..., payload: _Optional[bytes] = ..., spec_toml: _Optional[str] = ..., owner: _Optional[str] = ..., model_signature: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
     __slots__ = ("task_id", "job_id", "round", "status", "num_examples", "metrics", "has_parameters", "layout", "error_kind", "error_message", "payload")
