@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.support import Cluster, make_federation, start_cluster
+from integration.support import Cluster, Processes, make_federation, sites_online, start_cluster, wait_until
 from integration.test_declared_datasets import (
     CSV_SITE,
     FHIR_SITE,
@@ -111,3 +111,32 @@ def test_a_node_cannot_publish_for_another_site_nor_search(published: tuple[Clus
         cluster.link("alpha").register(Hello(version=__version__, catalog_json="[{"))
     with pytest.raises(PermissionDenied, match="has role 'node'"):
         cluster.client("alpha").search_catalog("diabetes")
+
+
+def test_real_node_processes_publish_and_the_researcher_cli_finds_them(
+    tmp_path: Path, heart: dict[str, TabularData], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``medfed coordinator start`` and ``medfed node start --config site.toml`` processes; the
+    researcher's kit client.toml, unchanged."""
+    fed = make_federation(tmp_path / "fed", heart, sites=SITES)
+    _write_fhir(fed.kit("alpha") / "data" / "fhir", seed=21)
+    _write_csv_export(fed.kit("beta") / "data" / "export.parquet", seed=22, scratch=tmp_path / "beta-fhir")
+    _declare(fed.kit("alpha"), FHIR_SITE)
+    _declare(fed.kit("beta"), PARQUET_SITE)
+    procs = Processes(fed, tmp_path / "work")
+    try:
+        procs.coordinator(tmp_path / "state", heartbeat_s=1.0)
+        for site in SITES:
+            procs.node(site)
+        client = procs.client()
+        try:
+            wait_until(lambda: sites_online(client, set(SITES)), timeout_s=90, what="both nodes online", interval_s=0.2)
+        finally:
+            client.close()
+        capsys.readouterr()
+        args = ["catalog", "search", "diabetes hba1c>6", "--federation", "--config", str(fed.client_toml()), "--json"]
+        assert main(args) == 0
+        found = json.loads(capsys.readouterr().out)
+        assert [(h["site"], h["rows"]) for h in found["hits"]] == [("alpha", "80"), ("beta", "80")]
+    finally:
+        procs.stop_all()
