@@ -307,3 +307,24 @@ def test_node_check_validates_declared_datasets(declared: Cluster, capsys: pytes
     assert "dataset diabetes: ok (fhir, 80 rows, 0 excluded by policy)" in checks["alpha"][1]
     assert checks["beta"][0] == 1
     assert "dataset diabetes: not offered to jobs: dataset diabetes: 1 row(s) without a patient id" in checks["beta"][1]
+
+
+def test_consent_cli_shows_one_patient_and_refuses_a_bad_file_whole(
+    declared: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = str(declared.fed.site_toml("alpha"))
+    good = declared.fed.kit("alpha") / "good.csv"
+    good.write_text("patient_id,purpose,status,date\np1,research,opt-in,2025-01-01\n")
+    assert main(["consent", "import", str(good), "--config", toml]) == 0
+    assert main(["consent", "withdraw", "p1", "--purpose", "research", "--on", "2026-02-01", "--config", toml]) == 0
+    capsys.readouterr()
+    assert main(["consent", "list", "--patient", "p1", "--on", "2026-01-15", "--config", toml]) == 0
+    assert capsys.readouterr().out.strip() == "research: permit on 2026-01-15"
+    assert main(["consent", "list", "--patient", "p1", "--on", "2026-02-01", "--config", toml]) == 0
+    assert capsys.readouterr().out.strip() == "research: deny on 2026-02-01"
+    bad = declared.fed.kit("alpha") / "bad.csv"
+    bad.write_text("patient_id,purpose,status,date\np2,*,opt-out,2025-01-01\np3,*,maybe,2025-01-01\n")
+    assert main(["consent", "import", str(bad), "--config", toml]) == 1
+    assert f"{bad}: line 3: status: 'maybe'" in capsys.readouterr().err
+    assert main(["consent", "list", "--config", toml]) == 0
+    assert capsys.readouterr().out.strip().endswith(": 1 deny, 1 permit")  # nothing of the bad file was stored
