@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,17 @@ SITES = ("alpha", "beta", "gamma")
 #: Lets every site answer every query (for exactness checks; the default policy is tested too).
 OPEN = DisclosurePolicy(min_cell=1, min_cohort=1, differencing_threshold=1)
 COX_COVARIATES = ("age", "sex", "ph.ecog")
+
+
+@pytest.fixture
+def cluster(fed: Federation, tmp_path: Path) -> Iterator[Cluster]:
+    """As the shared fixture, with a 2 s heartbeat: in-process nodes share one GIL, and on a loaded
+    machine a 0.3 s heartbeat can mark a busy node stale mid-query (as in test_privacy.py)."""
+    c = start_cluster(fed, tmp_path / "state", heartbeat_s=2.0)
+    try:
+        yield c
+    finally:
+        c.close()
 
 
 def _start(
@@ -312,7 +324,7 @@ def test_a_query_job_left_running_resumes_when_the_coordinator_restarts(fed: Fed
     store.set_job_state("q0", JobState.RUNNING)
     store.close()
 
-    restarted = start_cluster(fed, state)
+    restarted = start_cluster(fed, state, heartbeat_s=2.0)
     try:
         _start(restarted, tmp_path, _heart(restarted))
         view = wait_job(restarted.client(), "q0", timeout_s=60)

@@ -225,6 +225,8 @@ def _audit(record: dict[str, Any]) -> None:
 
 #: What an audit reason may hold (the log's TEXT field); anything else becomes a space.
 _REASON_CHARS = re.compile(r"[^\w .,;:()=<>/'%+-]")
+#: Digit runs the log would take for record numbers (in random task ids): shortened.
+_LONG_DIGITS = re.compile(r"\d{6,}")
 
 
 Fields = dict[str, str | int | float | bool]
@@ -241,7 +243,8 @@ def _chain(ctx: NodeContext, action: AuditAction, task: TaskMessage, fields: Fie
         gov.record(action, fields)
         return
     try:
-        gov.record(action, fields | {"reason": _REASON_CHARS.sub(" ", reason)[:200]})
+        text = _LONG_DIGITS.sub(lambda m: m.group()[:5] + "x", _REASON_CHARS.sub(" ", reason))
+        gov.record(action, fields | {"reason": text[:200]})
     except ValidationError:  # the reason text looks like an identifier to the log's PHI check
         gov.record(action, fields | {"reason": "refused by the site's disclosure policy or budget"})
 
