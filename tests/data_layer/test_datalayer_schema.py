@@ -193,3 +193,13 @@ def test_many_bad_cells_are_listed_up_to_a_limit_then_counted() -> None:
         conform(frame, schema, where="big.csv")
     assert len(info.value.problems) == 51
     assert info.value.problems[-1] == "column 'age': ... and 10 more like this"
+
+
+def test_a_unit_converted_column_refuses_a_non_numeric_cell_instead_of_dropping_it() -> None:
+    schema = Schema.from_dicts(
+        "labs", [{"name": "glucose", "type": "float", "unit": "mmol/L", "missing": "allow"}], where="test"
+    )
+    frame = pd.DataFrame({"GLU": ["100", "high", "", "90"]}, index=[2, 3, 4, 5])
+    mapping = (ColumnMapping(target="glucose", source="GLU", unit="mg/dL"),)
+    with pytest.raises(ValidationError, match=r"'GLU': 1 value\(s\) are not numbers .* \(rows 3\), e.g. 'high'"):
+        harmonise(frame, schema, mapping, where="test")

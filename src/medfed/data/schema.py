@@ -285,7 +285,17 @@ def harmonise(frame: pd.DataFrame, schema: Schema, mappings: tuple[ColumnMapping
             if factor is None:
                 problems.append(f"column {m.source!r}: cannot convert {m.unit!r} to {col.unit!r} for {col.name!r}")
                 continue
-            series = pd.to_numeric(series, errors="coerce").astype("float64") * factor[0] + factor[1]
+            numeric = pd.to_numeric(series, errors="coerce")
+            bad = _present_mask(series) & numeric.isna()
+            if bad.any():  # converting must not turn a malformed cell into a silent missing value
+                rows = ", ".join(str(i) for i in list(series.index[bad])[:5])
+                problems.append(
+                    f"column {m.source!r}: {int(bad.sum())} value(s) are not numbers and cannot be converted "
+                    f"from {m.unit!r} (rows {rows}{', ...' if int(bad.sum()) > 5 else ''}), "
+                    f"e.g. {series[bad].iloc[0]!r}"
+                )
+                continue
+            series = numeric.astype("float64") * factor[0] + factor[1]
         out[col.name] = series
     if problems:
         raise ValidationError(problems, where=where)
