@@ -131,6 +131,9 @@ def _coordinator(args: argparse.Namespace) -> int:
         if "query_result" in view:  # a query job: its runner wrote reports/query-<job_id>.html
             log.info("query job %s finished (%s); report %s", job_id, view["state"], state / "reports")
             return
+        if "synthesis_result" in view:  # a synthesis job: its runner wrote reports/synthesis-<job_id>.csv
+            log.info("synthesis job %s finished (%s); table in %s", job_id, view["state"], state / "reports")
+            return
         path = write_job_report(view, state / "reports" / f"{job_id}.html")
         log.info("job %s finished (%s); report %s", job_id, view["state"], path)
 
@@ -145,13 +148,34 @@ def _coordinator(args: argparse.Namespace) -> int:
         keyring=keyring,
         signing_key=kit_key if kit_key.is_file() else None,
     )
-    proc = start_coordinator(settings, address=args.listen, tls=tls, crl_path=crl, on_job_finished=report)
+    users = _coordinator_users(args, state)
+    proc = start_coordinator(settings, address=args.listen, tls=tls, crl_path=crl, on_job_finished=report, users=users)
+    if proc.users is not None:
+        print(f"people log in against {proc.users.path} (medfed login --config client.toml)", flush=True)
     print(f"coordinator ready on port {proc.port}", flush=True)
     try:
         _wait_for_signal()
     finally:
         proc.stop()
     return 0
+
+
+def _coordinator_users(args: argparse.Namespace, state: Path) -> Any:
+    """The user store opener for ``--users`` (or ``<state>/users.db`` when present), else ``None``.
+
+    Its TOTP secrets are sealed under the ``--key-file`` keyring or ``$MEDFED_DATA_KEY``."""
+    path: Path | None = getattr(args, "users", None)
+    if path is None and (state / "users.db").is_file():
+        path = state / "users.db"
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ConfigError(f"--users {path}: no such user store (create it with medfed users add --users-db {path})")
+    from medfed.coordinator.people import open_user_store
+    from medfed.security.keys import load_keyring
+
+    keyring = load_keyring(args.key_file, os.environ, data_dirs=(state, path.resolve().parent))
+    return lambda audit: open_user_store(path, keyring=keyring, audit=audit)
 
 
 # --- node ----------------------------------------------------------------------------------
@@ -273,11 +297,13 @@ def _node_check(cfg: Any) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from medfed.cli.config import load_client_config
+    from medfed.cli.config import load_client_config, read_session
     from medfed.transport.grpc_client import ResearcherClient
 
-    cfg = load_client_config(_client_path(args))
-    return ResearcherClient(cfg.coordinator, cfg.tls)
+    path = _client_path(args)
+    cfg = load_client_config(path)
+    # the session of `medfed login --config` (needed when the coordinator has a user store)
+    return ResearcherClient(cfg.coordinator, cfg.tls, session=read_session(path))
 
 
 def _client_path(args: argparse.Namespace) -> Path:
@@ -314,6 +340,9 @@ def _job(args: argparse.Namespace) -> int:
                 from medfed.cli.query_cmds import print_query
 
                 print_query(view)
+            elif "synthesis_result" in view:  # a synthesis job: the combined table, not a model
+                _synthesis_result(view, args.out)
+                return 0
             else:
                 print_job(view, detail=True)
             if args.out:
@@ -321,6 +350,19 @@ def _job(args: argparse.Namespace) -> int:
     finally:
         client.close()
     return 0
+
+
+def _synthesis_result(view: dict[str, Any], out: Path | None) -> None:
+    """Print a synthesis job's sites and reasons; with ``out``, write its combined table (CSV)."""
+    from medfed.coordinator.synthesis import describe, result_from_json
+    from medfed.security.fsio import atomic_write
+
+    outcome = result_from_json(view["synthesis_result"])
+    print(f"job {view['job_id']} ({view['name']}): {view['state']}")
+    print("\n".join(describe(outcome)))
+    if out is not None:
+        atomic_write(out, outcome.combined.to_csv(index=False).encode("utf-8"))
+        print(f"combined synthetic table written to {out}")
 
 
 def _save_model(client: Any, job_id: str, out: Path, *, kit: Path) -> None:

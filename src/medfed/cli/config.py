@@ -97,6 +97,7 @@ def load_node_config(path: Path) -> NodeConfig:
         backoff_max_s=float(node.get("backoff_max_s", 10.0)),
         state_dir=path.parent / str(node.get("state_dir", "state")),
         disclosure=_disclosure(doc.get("disclosure"), path),
+        synthetic=load_synthetic_policy(path) if "synthetic" in doc else None,
         policy=_node_policy(doc.get("policy"), name, path),
         coordinator_key=_coordinator_key(path.parent / COORDINATOR_PUB),
     )
@@ -214,6 +215,21 @@ class ClientConfig:
     name: str
     coordinator: str
     tls: ClientTls
+
+
+def session_path(client_config: Path) -> Path:
+    """Where ``medfed login --config client.toml`` keeps the session: ``client.session``, mode 0600."""
+    return client_config.with_name(client_config.stem + ".session")
+
+
+def read_session(client_config: Path) -> str:
+    """The session saved next to ``client_config`` by ``medfed login``, or '' when there is none."""
+    try:
+        return session_path(client_config).read_text().strip()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ConfigError(f"{session_path(client_config)}: {exc.strerror or exc}") from None
 
 
 def load_client_config(path: Path) -> ClientConfig:

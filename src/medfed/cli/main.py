@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     cstart.add_argument(
         "--key-file", type=Path, help="keyring (medfed keys generate) to encrypt checkpoints and models at rest"
     )
+    cstart.add_argument(
+        "--users",
+        type=Path,
+        help="user store (medfed users add --users-db): people then log in (medfed login --config) and the role "
+        "matrix decides each call; default: <state>/users.db if it exists, else certificates alone",
+    )
 
     node = sub.add_parser("node", help="run or check a site's node")
     nsub = node.add_subparsers(dest="action", required=True)

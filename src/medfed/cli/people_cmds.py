@@ -62,12 +62,17 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private; type
     issue.add_argument("--label", default="")
     revoke = token.add_parser("revoke", help="revoke a token by id (yours, or anyone's as federation admin)")
     revoke.add_argument("token_id")
-    login = sub.add_parser("login", help="password + TOTP login; writes a 12-hour token for the CLI")
-    login.add_argument("--user", required=True)
+    login = sub.add_parser(
+        "login",
+        help="password + TOTP login: at the coordinator (--config client.toml: a session next to it) or on a "
+        "local user store (--users-db: a 12-hour token for these commands)",
+    )
+    login.add_argument("--user", help="user id (default: the name in client.toml)")
+    login.add_argument("--config", type=Path, help="client.toml: log in at its coordinator over mTLS")
     for p in (add, enrol, login):
         p.add_argument("--password-stdin", action="store_true", help="line 1: password; line 2: TOTP code")
     for p in (add, usub.choices["list"], enrol, issue, revoke, login):
-        p.add_argument("--users-db", type=Path, required=True, help="the user store (SQLite)")
+        p.add_argument("--users-db", type=Path, required=p is not login, help="the user store (SQLite)")
         p.add_argument("--key-file", type=Path, help="keyring sealing TOTP secrets (default: $MEDFED_DATA_KEY)")
         p.set_defaults(people=_users)
     login.set_defaults(people=_login)
@@ -219,6 +224,10 @@ def _enrol(args: argparse.Namespace, store: Any) -> int:
 def _login(args: argparse.Namespace) -> int:
     from medfed.security.users import Credentials
 
+    if args.config is not None:
+        return _remote_login(args)
+    if args.users_db is None or not args.user:
+        raise ConfigError("medfed login needs --config client.toml (the coordinator), or --users-db and --user")
     store = _store(args)
     password, code = _secrets(args, code=True)
     session = store.login(Credentials(user_id=args.user, password=password, code=code))
@@ -228,6 +237,28 @@ def _login(args: argparse.Namespace) -> int:
     path = _token_file()
     _write_token(path, tok.secret)
     print(f"logged in as {me.role.value} {me.user_id!r}; token {tok.token_id} in {path} until {_when(tok.expires_at)}")
+    return 0
+
+
+def _remote_login(args: argparse.Namespace) -> int:
+    """Password + TOTP at the coordinator, over this person's mTLS certificate; the session goes
+    to ``client.session`` (0600) next to client.toml, where the job commands pick it up."""
+    from medfed.cli.config import load_client_config, session_path
+    from medfed.transport.grpc_client import ResearcherClient
+
+    cfg = load_client_config(args.config)
+    user = args.user or cfg.name
+    if not user:
+        raise ConfigError(f"{args.config}: no [client] name; give --user")
+    password, code = _secrets(args, code=True)
+    client = ResearcherClient(cfg.coordinator, cfg.tls)
+    try:
+        grant = client.login(user, password, code)
+    finally:
+        client.close()
+    path = session_path(args.config)
+    _write_token(path, grant.session)
+    print(f"logged in at {cfg.coordinator} as {grant.role} {user!r}; session in {path} until {_when(grant.expires_at)}")
     return 0
 
 

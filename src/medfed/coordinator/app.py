@@ -10,9 +10,12 @@ from pathlib import Path
 
 import grpc
 
+from medfed.coordinator.audit_hooks import CoordinatorAudit
+from medfed.coordinator.people import PeopleGuard
 from medfed.coordinator.service import Coordinator, CoordinatorSettings
 from medfed.core.errors import AuthenticationError, ValidationError
 from medfed.crypto.pki import load_crl
+from medfed.security.users import UserStore
 from medfed.transport.api import JobViewDict
 from medfed.transport.grpc_server import ServerTls, serve
 
@@ -55,10 +58,13 @@ class CoordinatorProcess:
     coordinator: Coordinator
     server: grpc.Server
     port: int
+    users: UserStore | None = None
 
     def stop(self, grace_s: float = 2.0) -> None:
         self.coordinator.stop()
         self.server.stop(grace_s).wait(grace_s + 1)
+        if self.users is not None:
+            self.users.close()
 
 
 def start_coordinator(
@@ -68,14 +74,26 @@ def start_coordinator(
     tls: ServerTls,
     crl_path: Path | None,
     on_job_finished: Callable[[str, JobViewDict], None] | None = None,
+    users: Callable[[CoordinatorAudit], UserStore] | None = None,
 ) -> CoordinatorProcess:
-    """Open the store, resume unfinished jobs, and listen on ``address`` (mTLS only)."""
+    """Open the store, resume unfinished jobs, and listen on ``address`` (mTLS only).
+
+    ``users`` opens the federation's user store (given the coordinator's audit log, see
+    :func:`medfed.coordinator.people.open_user_store`): people then log in and every people call is
+    authorised by the role matrix. Without it the certificate's role alone decides, as before.
+    """
     coordinator = Coordinator(settings, on_job_finished=on_job_finished)
-    server, port = serve(coordinator, address=address, tls=tls, revoked=CrlWatcher(crl_path, tls.ca_pem))
+    revoked = CrlWatcher(crl_path, tls.ca_pem)
+    store = None if users is None else users(coordinator.audit)
+    if store is None:
+        server, port = serve(coordinator, address=address, tls=tls, revoked=revoked)
+    else:
+        guard = PeopleGuard(coordinator, store)
+        server, port = serve(guard, address=address, tls=tls, revoked=revoked, login=guard.login)
     coordinator.start()
     log.info(
         "coordinator listening on %s (mutual TLS), state in %s",
         address.rsplit(":", 1)[0] + f":{port}",
         settings.state_dir,
     )
-    return CoordinatorProcess(coordinator=coordinator, server=server, port=port)
+    return CoordinatorProcess(coordinator=coordinator, server=server, port=port, users=store)

@@ -21,6 +21,8 @@ class Peer:
     name: str
     role: Role
     serial: int = 0
+    session: str = field(default="", repr=False)  # a person's login session ("medfed-session" metadata), if sent
+    source: str = ""  # the caller's IP address, for login rate limits and the audit log
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +52,21 @@ class PollOutcome:
     task: TaskMessage | None = None
     retry_after_s: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoginGrant:
+    """A person's session after password + TOTP over their mTLS certificate."""
+
+    session: str = field(repr=False)
+    expires_at: float
+    role: str
+
+
+class Login(Protocol):
+    """Implemented by a coordinator with a user store (medfed.coordinator.people)."""
+
+    def __call__(self, peer: Peer, *, user_id: str, password: str, code: str) -> LoginGrant: ...
 
 
 class CoordinatorAPI(Protocol):

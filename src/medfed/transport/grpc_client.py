@@ -17,8 +17,8 @@ from medfed.crypto.pki import check_identity
 from medfed.transport import codec
 from medfed.transport import medfed_pb2 as pb
 from medfed.transport import medfed_pb2_grpc as pb_grpc
-from medfed.transport.api import Hello, Welcome
-from medfed.transport.grpc_server import ERROR_KIND_KEY
+from medfed.transport.api import Hello, LoginGrant, Welcome
+from medfed.transport.grpc_server import ERROR_KIND_KEY, SESSION_KEY
 
 T = TypeVar("T")
 
@@ -139,7 +139,25 @@ class GrpcCoordinatorLink(_Client):
 
 
 class ResearcherClient(_Client):
-    """What the CLI uses: submit, inspect and cancel jobs, download models."""
+    """What the CLI uses: submit, inspect and cancel jobs, download models.
+
+    ``session`` (from :meth:`login`) goes with every call as gRPC metadata; a coordinator with a
+    user store refuses people's calls without one.
+    """
+
+    def __init__(self, target: str, tls: ClientTls, *, timeout_s: float = 30.0, session: str = "") -> None:
+        super().__init__(target, tls, timeout_s=timeout_s)
+        self.session = session
+
+    def _meta(self) -> tuple[tuple[str, str], ...]:
+        return ((SESSION_KEY, self.session),) if self.session else ()
+
+    def login(self, user_id: str, password: str, code: str = "") -> LoginGrant:
+        """Password + TOTP over this certificate: a session, also used by this client from now on."""
+        req = pb.LoginRequest(user_id=user_id, password=password, totp_code=code)
+        reply = self._rpc(lambda: self._stub.Login(req, timeout=self._timeout))
+        self.session = reply.session
+        return LoginGrant(session=reply.session, expires_at=reply.expires_at, role=reply.role)
 
     def _json(self, view: pb.JobView) -> dict[str, Any]:
         try:
@@ -152,21 +170,33 @@ class ResearcherClient(_Client):
 
     def submit_job(self, spec_toml: str, source_name: str = "<job>") -> dict[str, Any]:
         req = pb.JobRequest(spec_toml=spec_toml, source_name=source_name)
-        return self._json(self._rpc(lambda: self._stub.SubmitJob(req, timeout=self._timeout)))
+        return self._json(self._rpc(lambda: self._stub.SubmitJob(req, timeout=self._timeout, metadata=self._meta())))
 
     def get_job(self, job_id: str) -> dict[str, Any]:
-        return self._json(self._rpc(lambda: self._stub.GetJob(pb.JobQuery(job_id=job_id), timeout=self._timeout)))
+        return self._json(
+            self._rpc(
+                lambda: self._stub.GetJob(pb.JobQuery(job_id=job_id), timeout=self._timeout, metadata=self._meta())
+            )
+        )
 
     def list_jobs(self) -> dict[str, Any]:
-        return self._json(self._rpc(lambda: self._stub.ListJobs(pb.JobQuery(), timeout=self._timeout)))
+        return self._json(
+            self._rpc(lambda: self._stub.ListJobs(pb.JobQuery(), timeout=self._timeout, metadata=self._meta()))
+        )
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return self._json(self._rpc(lambda: self._stub.CancelJob(pb.JobQuery(job_id=job_id), timeout=self._timeout)))
+        return self._json(
+            self._rpc(
+                lambda: self._stub.CancelJob(pb.JobQuery(job_id=job_id), timeout=self._timeout, metadata=self._meta())
+            )
+        )
 
     def search_catalog(self, query: str) -> dict[str, Any]:
         """Per-site dataset metadata matching ``query`` (coarse counts; the coordinator holds no rows)."""
         req = pb.CatalogQuery(query=query)
-        return self._json(self._rpc(lambda: self._stub.SearchCatalog(req, timeout=self._timeout)))
+        return self._json(
+            self._rpc(lambda: self._stub.SearchCatalog(req, timeout=self._timeout, metadata=self._meta()))
+        )
 
     def fetch_model(self, job_id: str) -> Parameters:
         return self.fetch_signed_model(job_id)[0]
@@ -175,7 +205,9 @@ class ResearcherClient(_Client):
         """The final model and the coordinator's signature and provenance (JSON; empty if unsigned)."""
 
         def call() -> tuple[Parameters, bytes]:
-            frames: Iterator[pb.Frame] = self._stub.FetchModel(pb.JobQuery(job_id=job_id), timeout=self._timeout * 10)
+            frames: Iterator[pb.Frame] = self._stub.FetchModel(
+                pb.JobQuery(job_id=job_id), timeout=self._timeout * 10, metadata=self._meta()
+            )
             return codec.read_signed_model(frames, where=f"model of job {job_id}")
 
         return self._rpc(call)

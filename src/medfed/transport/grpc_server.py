@@ -37,7 +37,7 @@ from medfed.crypto.pki import describe_certificate
 from medfed.transport import codec
 from medfed.transport import medfed_pb2 as pb
 from medfed.transport import medfed_pb2_grpc as pb_grpc
-from medfed.transport.api import CoordinatorAPI, Hello, Peer
+from medfed.transport.api import CoordinatorAPI, Hello, Login, Peer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ _STATUS: dict[type[MedfedError], grpc.StatusCode] = {
 }
 
 ERROR_KIND_KEY = "medfed-error-kind"
+SESSION_KEY = "medfed-session"  # a person's login session, when the coordinator has a user store
 NODE_ROLES = frozenset({Role.NODE})
 PEOPLE_ROLES = frozenset({Role.RESEARCHER, Role.ADMIN})
 
@@ -99,6 +100,16 @@ class ServerTls:
     key_pem: bytes
 
 
+def _source(peer: str) -> str:
+    """The IP address in a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``), else ''."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return ""
+
+
 def _abort(context: grpc.ServicerContext, exc: MedfedError) -> NoReturn:
     code = next((c for t, c in _STATUS.items() if isinstance(exc, t)), grpc.StatusCode.UNKNOWN)
     context.set_trailing_metadata(((ERROR_KIND_KEY, error_kind(exc)),))
@@ -110,11 +121,17 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
     """Authenticates every call by certificate, checks the role, calls the CoordinatorAPI."""
 
     def __init__(
-        self, api: CoordinatorAPI, revoked: Callable[[], frozenset[int]], *, upload_budget: ByteBudget | None = None
+        self,
+        api: CoordinatorAPI,
+        revoked: Callable[[], frozenset[int]],
+        *,
+        upload_budget: ByteBudget | None = None,
+        login: Login | None = None,
     ) -> None:
         self._api = api
         self._revoked = revoked
         self._budget = upload_budget or ByteBudget(DEFAULT_UPLOAD_BUDGET)
+        self._login = login
 
     def _peer(self, context: grpc.ServicerContext, roles: frozenset[Role]) -> Peer:
         auth = context.auth_context()
@@ -137,7 +154,10 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
             _abort(
                 context, PermissionDenied(f"{info.common_name!r} has role {role.value!r}; this call needs {allowed}")
             )
-        return Peer(name=info.common_name, role=role, serial=info.serial)
+        session = next((str(v) for k, v in context.invocation_metadata() or () if k == SESSION_KEY), "")
+        return Peer(
+            name=info.common_name, role=role, serial=info.serial, session=session, source=_source(context.peer())
+        )
 
     def _call(self, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
         try:
@@ -219,6 +239,17 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
         peer = self._peer(context, PEOPLE_ROLES)
         return self._view("", self._call(context, lambda: self._api.search_catalog(peer, request.query)))
 
+    def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginReply:  # noqa: N802
+        peer = self._peer(context, PEOPLE_ROLES)
+        login = self._login
+        if login is None:
+            _abort(context, ConfigError("this coordinator has no user store: the certificate alone identifies you"))
+        grant = self._call(
+            context,
+            lambda: login(peer, user_id=request.user_id, password=request.password, code=request.totp_code),
+        )
+        return pb.LoginReply(session=grant.session, expires_at=grant.expires_at, role=grant.role)
+
 
 def serve(
     api: CoordinatorAPI,
@@ -228,13 +259,14 @@ def serve(
     revoked: Callable[[], frozenset[int]],
     max_workers: int = 256,
     upload_budget_bytes: int = DEFAULT_UPLOAD_BUDGET,
+    login: Login | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start the Federation service on ``address`` (``host:port``; port 0 picks one) over mTLS.
 
     Returns the started server and the bound port.
     """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=codec.grpc_options())
-    servicer = FederationServicer(api, revoked, upload_budget=ByteBudget(upload_budget_bytes))
+    servicer = FederationServicer(api, revoked, upload_budget=ByteBudget(upload_budget_bytes), login=login)
     pb_grpc.add_FederationServicer_to_server(servicer, server)
     creds = grpc.ssl_server_credentials(
         [(tls.key_pem, tls.cert_pem)], root_certificates=tls.ca_pem, require_client_auth=True

@@ -217,3 +217,23 @@ class JobView(_message.Message):
     job_id: str
     json: str
     def __init__(self, job_id: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
+class LoginRequest(_message.Message):
+    __slots__ = ("user_id", "password", "totp_code")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    TOTP_CODE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    password: str
+    totp_code: str
+    def __init__(self, user_id: _Optional[str] = ..., password: _Optional[str] = ..., totp_code: _Optional[str] = ...) -> None: ...
+
+class LoginReply(_message.Message):
+    __slots__ = ("session", "expires_at", "role")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    expires_at: float
+    role: str
+    def __init__(self, session: _Optional[str] = ..., expires_at: _Optional[float] = ..., role: _Optional[str] = ...) -> None: ...

@@ -84,6 +84,11 @@ class FederationStub:
                 request_serializer=medfed_dot_transport_dot_medfed__pb2.CatalogQuery.SerializeToString,
                 response_deserializer=medfed_dot_transport_dot_medfed__pb2.JobView.FromString,
                 _registered_method=True)
+        self.Login = channel.unary_unary(
+                '/medfed.v1.Federation/Login',
+                request_serializer=medfed_dot_transport_dot_medfed__pb2.LoginRequest.SerializeToString,
+                response_deserializer=medfed_dot_transport_dot_medfed__pb2.LoginReply.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -152,6 +157,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Login(self, request, context):
+        """password + TOTP -> session (user store configured)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +216,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SearchCatalog,
                     request_deserializer=medfed_dot_transport_dot_medfed__pb2.CatalogQuery.FromString,
                     response_serializer=medfed_dot_transport_dot_medfed__pb2.JobView.SerializeToString,
+            ),
+            'Login': grpc.unary_unary_rpc_method_handler(
+                    servicer.Login,
+                    request_deserializer=medfed_dot_transport_dot_medfed__pb2.LoginRequest.FromString,
+                    response_serializer=medfed_dot_transport_dot_medfed__pb2.LoginReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -476,6 +493,33 @@ class Federation:
             '/medfed.v1.Federation/SearchCatalog',
             medfed_dot_transport_dot_medfed__pb2.CatalogQuery.SerializeToString,
             medfed_dot_transport_dot_medfed__pb2.JobView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Login(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medfed.v1.Federation/Login',
+            medfed_dot_transport_dot_medfed__pb2.LoginRequest.SerializeToString,
+            medfed_dot_transport_dot_medfed__pb2.LoginReply.FromString,
             options,
             channel_credentials,
             insecure,

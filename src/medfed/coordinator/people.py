@@ -1,0 +1,201 @@
+"""People at the coordinator's API: certificate + password/TOTP session, then the role matrix.
+
+Opt-in: a coordinator started with a user store (``--users``) wraps its :class:`Coordinator` in a
+:class:`PeopleGuard`. Then every people call must carry a live session (the ``medfed-session``
+gRPC metadata, from the ``Login`` RPC) whose user is the certificate's common name: two factors,
+the certificate (something you have, checked by mTLS) and the password + TOTP (something you know
+and something else you have). The session gives a :class:`Principal`; :func:`authorize` decides
+each call by role x action x resource; a denial is a ``PERMISSION_DENIED`` with the rule's reason
+and an ``access.denied`` event in the coordinator's tamper-evident audit log. Logins, failures and
+ended sessions are audited there too (no passwords, codes or session secrets, only hashes of none).
+Without a user store the coordinator authorises by the certificate's role alone, as before.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from medfed.coordinator.audit_hooks import CoordinatorAudit
+from medfed.coordinator.service import Coordinator
+from medfed.core.errors import AuthenticationError, JobError, PermissionDenied
+from medfed.core.params import Parameters
+from medfed.core.records import ResultMessage, Role
+from medfed.crypto.aead import Keyring
+from medfed.security.audit_events import ALLOWED_FIELDS, AuditAction
+from medfed.security.authz import Action, Principal, Resource, authorize
+from medfed.security.users import AuthenticationFailed, AuthPolicy, Credentials, UserStore
+from medfed.transport.api import Hello, JobViewDict, LoginGrant, Peer, PollOutcome, Welcome
+
+__all__ = ["PeopleGuard", "open_user_store"]
+
+#: UserStore's event names -> the coordinator audit log's actions.
+_EVENTS: dict[str, AuditAction] = {
+    "auth.login": AuditAction.LOGIN_SUCCEEDED,
+    "auth.failed": AuditAction.LOGIN_FAILED,
+    "auth.session_ended": AuditAction.LOGOUT,
+    "auth.break_glass": AuditAction.BREAK_GLASS,
+    "auth.break_glass_refused": AuditAction.PERMISSION_DENIED,
+}
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def _audit_fields(fields: Mapping[str, str | int | float | bool]) -> dict[str, str | int | float | bool]:
+    """Keep what the audit log allows: a caller-typed user name or address that is not one is dropped."""
+    out: dict[str, str | int | float | bool] = {}
+    for key, value in fields.items():
+        key = "reason" if key == "why" else key
+        if key not in ALLOWED_FIELDS or value == "":
+            continue
+        if key == "user" and not (isinstance(value, str) and _NAME.fullmatch(value)):
+            continue
+        if key == "source":
+            try:
+                ipaddress.ip_address(str(value))
+            except ValueError:
+                continue
+        out[key] = value
+    return out
+
+
+def _store_audit(audit: CoordinatorAudit) -> Callable[[str, Mapping[str, str | int | float | bool]], None]:
+    def record(event: str, fields: Mapping[str, str | int | float | bool]) -> None:
+        clean = _audit_fields(fields)
+        actor = str(clean.get("user", "unknown"))
+        audit.record(_EVENTS.get(event, AuditAction.USER_CHANGED), actor, clean)
+
+    return record
+
+
+def open_user_store(
+    path: Path,
+    *,
+    keyring: Keyring,
+    audit: CoordinatorAudit,
+    policy: AuthPolicy | None = None,
+    clock: Callable[[], float] = time.time,
+) -> UserStore:
+    """The federation's people (``medfed users add --users-db PATH``), audited in the coordinator's log."""
+    return UserStore(path, audit=_store_audit(audit), keyring=keyring, policy=policy, clock=clock)
+
+
+def _trusted(peer: Peer) -> Peer:
+    """The peer the Coordinator sees once the matrix allowed the call (it then skips its own owner check)."""
+    return Peer(name=peer.name, role=Role.ADMIN, serial=peer.serial, source=peer.source)
+
+
+class PeopleGuard:
+    """A :class:`CoordinatorAPI` in front of a :class:`Coordinator`: nodes pass through, people are
+    authenticated (certificate name == session user) and authorised by the matrix."""
+
+    def __init__(self, coordinator: Coordinator, users: UserStore) -> None:
+        self._inner = coordinator
+        self._users = users
+        self._audit = coordinator.audit
+
+    # --- login ------------------------------------------------------------------------------
+
+    def login(self, peer: Peer, *, user_id: str, password: str, code: str) -> LoginGrant:
+        """Password + TOTP for the certificate's own user: a session (lockout and rate limits apply)."""
+        creds = Credentials(user_id=user_id, password=password, code=code, source=peer.source)
+        if user_id != peer.name:
+            self._audit.record(
+                AuditAction.LOGIN_FAILED,
+                peer.name,
+                _audit_fields({"user": peer.name, "source": peer.source, "reason": "certificate of another user"}),
+            )
+            raise AuthenticationFailed()
+        session = self._users.login(creds)
+        return LoginGrant(session=session.secret, expires_at=session.expires_at, role=session.principal.role.value)
+
+    def _principal(self, peer: Peer) -> Principal:
+        if not peer.session:
+            raise AuthenticationError(
+                f"{peer.name!r}: this coordinator requires a login; run `medfed login --config client.toml`"
+            )
+        principal = self._users.session(peer.session)
+        if principal.user_id != peer.name:
+            self._deny(
+                peer, "session", Resource.federation(), "the session belongs to another user than the certificate"
+            )
+            raise AuthenticationFailed()
+        return principal
+
+    def _deny(self, peer: Peer, method: str, resource: Resource, reason: str) -> None:
+        fields: dict[str, str | int | float | bool] = {"user": peer.name, "method": method, "reason": reason}
+        fields |= {"source": peer.source, "resource": resource.kind.value}
+        if resource.name and resource.kind.value == "job":
+            fields["job_id"] = resource.name
+        self._audit.record(AuditAction.PERMISSION_DENIED, peer.name, _audit_fields(fields))
+
+    def _allow(self, peer: Peer, action: Action, resource: Resource) -> Principal:
+        principal = self._principal(peer)
+        try:
+            authorize(principal, action, resource)
+        except PermissionDenied as exc:
+            self._deny(peer, action.value, resource, f"{principal.role.value} has no {action.value} right here")
+            raise PermissionDenied(str(exc)) from None
+        return principal
+
+    def _job(self, job_id: str) -> Resource:
+        row = self._inner.store.job(job_id)
+        if row is None:
+            raise JobError(f"no job with id {job_id!r}")
+        return Resource.job(job_id, owner=row.owner)
+
+    # --- node-facing: certificate role only (as before) --------------------------------------
+
+    def register(self, peer: Peer, hello: Hello) -> Welcome:
+        return self._inner.register(peer, hello)
+
+    def heartbeat(self, peer: Peer) -> bool:
+        return self._inner.heartbeat(peer)
+
+    def poll(self, peer: Peer, wait_s: float) -> PollOutcome:
+        return self._inner.poll(peer, wait_s)
+
+    def submit(self, peer: Peer, result: ResultMessage) -> None:
+        self._inner.submit(peer, result)
+
+    # --- people-facing -----------------------------------------------------------------------
+
+    def submit_job(self, peer: Peer, spec_toml: str, source_name: str) -> JobViewDict:
+        self._allow(peer, Action.JOB_SUBMIT, Resource.federation())
+        return self._inner.submit_job(peer, spec_toml, source_name)
+
+    def get_job(self, peer: Peer, job_id: str) -> JobViewDict:
+        self._allow(peer, Action.JOB_READ, self._job(job_id))
+        return self._inner.get_job(_trusted(peer), job_id)
+
+    def list_jobs(self, peer: Peer) -> JobViewDict:
+        """The jobs the matrix lets this person read (a researcher: their own)."""
+        principal = self._principal(peer)
+        view = self._inner.list_jobs(_trusted(peer))
+        jobs = []
+        for job in view.get("jobs", []):
+            try:
+                authorize(principal, Action.JOB_READ, Resource.job(str(job["job_id"]), owner=str(job["owner"])))
+            except PermissionDenied:
+                continue
+            jobs.append(job)
+        return view | {"jobs": jobs}
+
+    def cancel_job(self, peer: Peer, job_id: str) -> JobViewDict:
+        self._allow(peer, Action.JOB_CANCEL, self._job(job_id))
+        return self._inner.cancel_job(_trusted(peer), job_id)
+
+    def fetch_model(self, peer: Peer, job_id: str) -> Parameters:
+        self._allow(peer, Action.RESULT_READ, self._job(job_id))
+        return self._inner.fetch_model(_trusted(peer), job_id)
+
+    def model_signature(self, peer: Peer, job_id: str) -> bytes:
+        self._allow(peer, Action.RESULT_READ, self._job(job_id))
+        return self._inner.model_signature(_trusted(peer), job_id)
+
+    def search_catalog(self, peer: Peer, query: str) -> JobViewDict:
+        # the catalog is where a job is designed: the closest right is job.submit
+        self._allow(peer, Action.JOB_SUBMIT, Resource.federation())
+        return self._inner.search_catalog(peer, query)
