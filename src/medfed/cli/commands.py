@@ -361,6 +361,7 @@ def _synthesis_result(view: dict[str, Any], out: Path | None) -> None:
     print(f"job {view['job_id']} ({view['name']}): {view['state']}")
     print("\n".join(describe(outcome)))
     if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, outcome.combined.to_csv(index=False).encode("utf-8"))
         print(f"combined synthetic table written to {out}")
 

@@ -20,6 +20,7 @@ from medfed.coordinator.queries import QueryRunner, query_spec
 from medfed.coordinator.robustness import robust_plan
 from medfed.coordinator.rounds import RoundInProgress
 from medfed.coordinator.store import JobRow, Store
+from medfed.coordinator.synthesis import SynthesisRunner, synthesis_spec
 from medfed.coordinator.views import job_view
 from medfed.core.config import parse_job_spec
 from medfed.core.errors import ConfigError, JobError, PermissionDenied, RegistryError, StoreError, ValidationError
@@ -111,6 +112,8 @@ class Coordinator:
         )
         if spec.query is not None:  # a federated query: no strategy, no task
             runner: JobRunner = QueryRunner(spec, ctx)
+        elif spec.synthesis is not None:  # federated synthesis: each site releases DP synthetic rows
+            runner = SynthesisRunner(spec, ctx)
         else:
             runner = JobRunner(spec, make_strategy(spec.strategy), self._task_loader(spec.task), ctx)
         self._runners[row.job_id] = runner
@@ -183,6 +186,8 @@ class Coordinator:
         spec = parse_job_spec(spec_toml, source_name=source_name)
         if spec.query is not None:
             query_spec(spec, source_name=source_name)  # refuse a malformed query before it is stored
+        elif spec.synthesis is not None:
+            synthesis_spec(spec, source_name=source_name)  # refuse a malformed [synthesis] before it is stored
         else:
             # refuse unknown strategies, robust rules, tasks and options now, not after the job was stored
             make_strategy(spec.strategy)

@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE TABLE IF NOT EXISTS query_results (
     job_id TEXT PRIMARY KEY, result TEXT NOT NULL, created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS synthesis_results (
+    job_id TEXT PRIMARY KEY, result TEXT NOT NULL, created REAL NOT NULL
+);
 """
 
 
@@ -254,6 +257,15 @@ class Store:
 
     def query_result(self, job_id: str) -> str | None:
         row = self._conn().execute("SELECT result FROM query_results WHERE job_id=?", (job_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_synthesis_result(self, job_id: str, result_json: str) -> None:
+        """Keep a synthesis job's combined table and per-site costs (JSON from :mod:`medfed.coordinator.synthesis`)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO synthesis_results VALUES (?,?,?)", (job_id, result_json, time.time()))
+
+    def synthesis_result(self, job_id: str) -> str | None:
+        row = self._conn().execute("SELECT result FROM synthesis_results WHERE job_id=?", (job_id,)).fetchone()
         return str(row[0]) if row else None
 
     # --- nodes -----------------------------------------------------------------------------

@@ -43,4 +43,7 @@ def job_view(store: Store, row: JobRow, *, detail: bool) -> dict[str, Any]:
         query = store.query_result(row.job_id)
         if query is not None:  # a query job's result: read it with medfed.coordinator.queries.result_from_json
             view["query_result"] = query
+        synthesis = store.synthesis_result(row.job_id)
+        if synthesis is not None:  # a synthesis job's table: read it with medfed.coordinator.synthesis.result_from_json
+            view["synthesis_result"] = synthesis
     return view

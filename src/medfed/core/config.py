@@ -28,6 +28,7 @@ _JOB_KEYS = {"name", "task", "dataset", "rounds", "seed", "sites", "purpose"}
 _PURPOSE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _TOP_KEYS = {
     "job", "strategy", "task_options", "rounds", "privacy", "robust", "secure_aggregation", "client_dp", "query",
+    "synthesis",
 }  # fmt: skip
 #: What a query job (one with a ``[query]`` table) may not combine with: it trains nothing.
 _TRAINING_TABLES = ("strategy", "task_options", "privacy", "robust", "secure_aggregation", "client_dp")
@@ -81,10 +82,15 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
     for key in sorted(set(job) - _JOB_KEYS):
         problems.append(f"unknown key job.{key} (allowed: {sorted(_JOB_KEYS)})")
     query = _query(doc.get("query"), problems)
-    if "query" in doc:
-        extra = [t for t in _TRAINING_TABLES if t in doc]
-        problems += [f"[{t}] does not apply to a query job (it has a [query] table)" for t in extra]
-    for key in ("name", "dataset") if "query" in doc else ("name", "task", "dataset", "rounds"):
+    synthesis = _query(doc.get("synthesis"), problems, table_name="synthesis")
+    if "query" in doc and "synthesis" in doc:
+        problems.append("a job has a [query] or a [synthesis] table, not both")
+    trains_nothing = "query" in doc or "synthesis" in doc
+    for table_name in ("query", "synthesis"):
+        if table_name in doc:
+            extra = [t for t in _TRAINING_TABLES if t in doc]
+            problems += [f"[{t}] does not apply to a {table_name} job (it has a [{table_name}] table)" for t in extra]
+    for key in ("name", "dataset") if trains_nothing else ("name", "task", "dataset", "rounds"):
         if key not in job:
             problems.append(f"missing job.{key}")
     name = _typed(job, "name", str, "job", problems)
@@ -141,9 +147,9 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
     try:
         return JobSpec(
             name=name,
-            task=task if task is not None or query is None else "query",  # a query job loads no task
+            task=task if task is not None or not trains_nothing else "query" if query else "synthesis",
             dataset=dataset,
-            rounds=rounds if rounds is not None or query is None else 1,
+            rounds=rounds if rounds is not None or not trains_nothing else 1,  # query/synthesis: no task
             seed=seed or 0,
             purpose=purpose or DEFAULT_PURPOSE,
             task_options=task_options,
@@ -155,24 +161,25 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
             secure_aggregation=secure,
             client_dp=client_dp,
             query=query,
+            synthesis=synthesis,
             source=text,
         )
     except ConfigError as exc:
         raise ConfigError(f"{source_name}: {exc}") from None
 
 
-def _query(table: Any, problems: list[str]) -> str | None:
-    """``[query]``: the query's fields as a table, kept as JSON text. Its fields and values are the
-    analytics layer's business: the coordinator checks them at submission."""
+def _query(table: Any, problems: list[str], *, table_name: str = "query") -> str | None:
+    """``[query]`` (or ``[synthesis]``): its fields as a table, kept as JSON text. Its fields and values
+    are the analytics (synth) layer's business: the coordinator checks them at submission."""
     if table is None:
         return None
     if not isinstance(table, dict):
-        problems.append("[query] must be a table")
+        problems.append(f"[{table_name}] must be a table")
         return None
     try:
         return json.dumps(table, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        problems.append(f"[query] holds a value JSON cannot carry (dates, NaN): {exc}")
+        problems.append(f"[{table_name}] holds a value JSON cannot carry (dates, NaN): {exc}")
         return None
 
 

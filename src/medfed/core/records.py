@@ -40,6 +40,8 @@ class TaskKind(enum.StrEnum):
     SECAGG_UNMASK = "secagg_unmask"
     # federated analytics: one query (``TaskMessage.payload``: the query's JSON), answered under the site's policy
     QUERY = "query"
+    # federated synthesis: fit a DP synthesizer to the site's rows, release synthetic rows under its policy
+    SYNTHESIZE = "synthesize"
 
     @property
     def secagg_stage(self) -> bool:
@@ -269,6 +271,9 @@ class JobSpec:
     #: a federated query (the ``[query]`` table as JSON text; checked by the coordinator, which knows
     #: the analytics layer): the job runs that query instead of training ``task``
     query: str | None = None
+    #: federated synthesis (the ``[synthesis]`` table as JSON text; checked by the coordinator): each
+    #: site releases DP synthetic rows instead of training ``task``
+    synthesis: str | None = None
     source: str = ""  # the TOML text it was parsed from (hashed, stored, audited)
 
     def __post_init__(self) -> None:

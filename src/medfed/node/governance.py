@@ -69,7 +69,7 @@ class NodeGovernance:
     def check_model(self, task: TaskMessage) -> None:
         """Refuse (:class:`StoreError`, one opaque reason) a model the coordinator did not sign for
         this job and round: unsigned, altered, signed by another key, or replayed from elsewhere."""
-        if self.coordinator_key is None or task.kind is TaskKind.QUERY:  # a query carries no model
+        if self.coordinator_key is None or task.kind in (TaskKind.QUERY, TaskKind.SYNTHESIZE):  # no model
             return
         try:
             signature = ModelSignature.from_json_bytes(task.model_signature) if task.model_signature else None
@@ -214,7 +214,7 @@ def governance(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessa
     result = nxt(task, ctx)
     after = _spent(ctx, task)
     # the privacy link committed a spend: say how much (a query's spend is recorded by the query link)
-    if task.kind is not TaskKind.QUERY and (after[0] > before[0] or after[1] > before[1]):
+    if task.kind not in (TaskKind.QUERY, TaskKind.SYNTHESIZE) and (after[0] > before[0] or after[1] > before[1]):
         spend: Fields = {"job_id": task.job_id, "round": task.round, "dataset": task.dataset}
         gov.record(AuditAction.BUDGET_SPENT, spend | {"epsilon": after[0] - before[0], "delta": after[1] - before[1]})
     if result.ok:

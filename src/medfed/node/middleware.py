@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from medfed.node.governance import NodeGovernance
     from medfed.node.ledger import PrivacyLedger
     from medfed.node.runtime import DatasetConfig
+    from medfed.synth.release import ReleasePolicy
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class NodeContext:
     governance: NodeGovernance | None = None  # the site's audit log, policy and approvals; None: none kept
     secagg: SecAggSessions = field(default_factory=SecAggSessions)
     disclosure: DisclosurePolicy | None = None  # the site's policy for queries; None: the defaults
+    synthetic: ReleasePolicy | None = None  # the site's [synthetic] release policy; None: the defaults
     state_dir: Path | None = None  # where the node persists what it answered (differencing protection)
     today: Callable[[], dt.date] = field(default=lambda: dt.datetime.now(dt.UTC).date())  # consent is dated
     _cache: dict[str, TabularData] = field(default_factory=dict)
@@ -177,15 +179,17 @@ def check_output(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMes
 
 
 def default_middleware() -> list[Middleware]:
-    """errors → audit → governance (site policy, approval, audit log) → queries (answered here) → privacy
-    budget → contribution (secure aggregation, client DP) → output check → task."""
+    """errors → audit → governance (site policy, approval, audit log) → queries, synthesis (answered
+    here) → privacy budget → contribution (secure aggregation, client DP) → output check → task."""
     from medfed.node.analytics import answer_queries
     from medfed.node.governance import governance
     from medfed.node.privacy import privacy_budget
     from medfed.node.secure import secure_aggregation
+    from medfed.node.synthesis import synthesize
 
     return [
-        errors_as_values, audit_log, governance, answer_queries, privacy_budget, secure_aggregation, check_output,
+        errors_as_values, audit_log, governance, answer_queries, synthesize, privacy_budget, secure_aggregation,
+        check_output,
     ]  # fmt: skip
 
 

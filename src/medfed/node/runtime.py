@@ -39,6 +39,7 @@ from medfed.transport.api import CoordinatorLink, Hello
 if TYPE_CHECKING:
     from medfed.data.sources import DatasetDecl
     from medfed.node.datasets import Publisher
+    from medfed.synth.release import ReleasePolicy
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class NodeSettings:
     tasks: tuple[str, ...] = ()
     state_dir: Path | None = None  # where the node keeps its ledger; None: no ledger (no DP jobs)
     disclosure: DisclosurePolicy = field(default_factory=DisclosurePolicy)  # [disclosure]: what queries may release
+    synthetic: ReleasePolicy | None = None  # [synthetic]: what synthesis jobs may release; None: the defaults
     policy: NodePolicy | None = None  # [policy]: which jobs may touch data here (+ approvals); None: no checks
     coordinator_key: bytes | None = None  # the kit's coordinator-signing.pub: models must verify; None: unchecked
 
@@ -111,6 +113,7 @@ class NodeRuntime:
             data_loader=data_loader,
             ledger=open_ledger(settings),
             disclosure=settings.disclosure,
+            synthetic=settings.synthetic,
             state_dir=settings.state_dir,
             governance=open_governance(
                 settings.site,

@@ -154,9 +154,28 @@ def workload_error(
 
 
 def exact_copies(train: pd.DataFrame, synthetic: pd.DataFrame) -> np.ndarray:
-    """Boolean mask over ``synthetic`` rows: True where the row equals some training row exactly."""
-    seen = set(pd.util.hash_pandas_object(train[list(train.columns)].astype(str), index=False).tolist())
-    hashes = pd.util.hash_pandas_object(synthetic[list(train.columns)].astype(str), index=False)
+    """Boolean mask over ``synthetic`` rows: True where the row equals some training row exactly.
+
+    Values are compared, not their spelling: a column numeric in ``train`` compares as floats on both
+    sides (a decoded category ``1`` equals a training value ``1.0``); other columns as text.
+    """
+    numeric = [
+        c for c in train.columns if pd.api.types.is_numeric_dtype(train[c]) and not pd.api.types.is_bool_dtype(train[c])
+    ]
+
+    def canonical(df: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                c: pd.to_numeric(df[c], errors="coerce").astype(float).astype(str)
+                if c in numeric
+                else df[c].astype(str)
+                for c in train.columns
+            },
+            index=df.index,
+        )
+
+    seen = set(pd.util.hash_pandas_object(canonical(train), index=False).tolist())
+    hashes = pd.util.hash_pandas_object(canonical(synthetic), index=False)
     return np.array([h in seen for h in hashes.tolist()], dtype=bool)
 
 
