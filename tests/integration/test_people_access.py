@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from integration.support import RESEARCHER, Cluster, Federation, job_toml, wait_job
+from integration.support import RESEARCHER, Cluster, Federation, Processes, job_toml, wait_job
 from medfed.cli.config import session_path
 from medfed.cli.main import main
 from medfed.coordinator.app import start_coordinator
@@ -146,6 +148,8 @@ def test_calls_without_a_login_are_refused(people: People) -> None:
         client.submit_job(job_toml())
     with pytest.raises(AuthenticationError, match="requires a login"):
         client.list_jobs()
+    denied = [e for e in people.audit_actions() if e[0] == "access.denied"]
+    assert [(e[1], e[2]["reason"]) for e in denied] == [(RESEARCHER, "no login session")] * 2
 
 
 def test_auditor_reads_every_job_but_cannot_submit_cancel_or_download(people: People) -> None:
@@ -283,3 +287,31 @@ def test_cli_login_writes_a_private_session_that_job_commands_use(
     people.clock.t += POLICY.session_idle_s + 1  # automatic logoff
     assert main(["job", "list", "--config", str(config)]) == 1
     assert "authentication failed" in capsys.readouterr().err
+
+
+def test_coordinator_process_opens_the_user_store_in_its_state_dir(
+    fed: Federation, processes: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: <state>/users.db made by the operator, its TOTP secrets sealed under $MEDFED_DATA_KEY
+    key = generate_key("k1")
+    monkeypatch.setenv("MEDFED_DATA_KEY", f"k1:{base64.b64encode(key.secret).decode()}")
+    state = tmp_path / "state"
+    users = UserStore(state / "users.db", audit=lambda e, f: None, keyring=Keyring.single(key), policy=POLICY)
+    users.add_user(RESEARCHER, UserRole.RESEARCHER, PASSWORD)
+    users.close()
+    coordinator = processes.coordinator(state)
+    config = str(fed.client_toml(RESEARCHER))
+
+    def medfed(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "medfed", *argv], input=stdin, capture_output=True, text=True, timeout=60
+        )
+
+    # Act / Assert: refused before the login, served after it
+    before = medfed("job", "list", "--config", config)
+    assert before.returncode == 1 and "requires a login" in before.stderr
+    login = medfed("login", "--config", config, "--password-stdin", stdin=f"{PASSWORD}\n\n")
+    assert login.returncode == 0, login.stderr
+    after = medfed("job", "list", "--config", config)
+    assert after.returncode == 0, after.stderr
+    assert f"people log in against {state / 'users.db'}" in coordinator.text()

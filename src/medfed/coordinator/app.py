@@ -84,7 +84,12 @@ def start_coordinator(
     """
     coordinator = Coordinator(settings, on_job_finished=on_job_finished)
     revoked = CrlWatcher(crl_path, tls.ca_pem)
-    store = None if users is None else users(coordinator.audit)
+    try:
+        store = None if users is None else users(coordinator.audit)
+    except BaseException:
+        coordinator.stop()
+        coordinator.store.close()
+        raise
     if store is None:
         server, port = serve(coordinator, address=address, tls=tls, revoked=revoked)
     else:

@@ -65,7 +65,10 @@ def _store_audit(audit: CoordinatorAudit) -> Callable[[str, Mapping[str, str | i
     def record(event: str, fields: Mapping[str, str | int | float | bool]) -> None:
         clean = _audit_fields(fields)
         actor = str(clean.get("user", "unknown"))
-        audit.record(_EVENTS.get(event, AuditAction.USER_CHANGED), actor, clean)
+        action = _EVENTS.get(event)
+        if action is None:  # enrolment, lockout, tokens ...: a user change, named by its kind
+            action, clean = AuditAction.USER_CHANGED, clean | {"kind": event}
+        audit.record(action, actor, clean)
 
     return record
 
@@ -113,6 +116,7 @@ class PeopleGuard:
 
     def _principal(self, peer: Peer) -> Principal:
         if not peer.session:
+            self._deny(peer, "session", Resource.federation(), "no login session")
             raise AuthenticationError(
                 f"{peer.name!r}: this coordinator requires a login; run `medfed login --config client.toml`"
             )
