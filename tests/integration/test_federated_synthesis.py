@@ -237,3 +237,56 @@ def test_capped_csv_keeps_whole_rows_within_the_limit() -> None:
     back = pd.read_csv(io.BytesIO(data))
     pd.testing.assert_frame_equal(back, rows.iloc[:kept])
     assert capped_csv(rows, 10**6) == (rows.to_csv(index=False).encode(), 1000)
+
+
+def test_a_sites_synthetic_table_reaches_its_node_settings(synth_fed: Federation) -> None:
+    from medfed.cli.config import load_node_config
+
+    path = synth_fed.site_toml("alpha")
+    assert load_node_config(path).settings.synthetic is None  # no [synthetic]: the node uses the defaults
+    base = path.read_text()
+    path.write_text(base + "\n[synthetic]\nmax_mia_auc = 0.7\nblock_erased_subgroups = true\n")
+    assert load_node_config(path).settings.synthetic == ReleasePolicy(max_mia_auc=0.7, block_erased_subgroups=True)
+    path.write_text(base + "\n[synthetic]\nmax_mia_auc = 0.2\n")
+    with pytest.raises(ConfigError, match=r"site\.toml: \[synthetic\]: .*max_mia_auc"):
+        load_node_config(path)
+
+
+def test_an_aim_synthesis_task_returns_released_rows_and_charges_its_ledger_job(
+    tmp_path: Path, heart: dict[str, TabularData]
+) -> None:
+    # Arrange: a site with a budget, a policy that releases whatever the (noisy) MIA score
+    ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
+    ledger.set_budget("heart", epsilon=3.0, delta=1e-5)
+    ctx = NodeContext(
+        site="alpha",
+        datasets={"heart": DatasetConfig(name="heart", path=tmp_path)},
+        task_loader=lambda name: (_ for _ in ()).throw(AssertionError(name)),
+        data_loader=lambda cfg: heart["alpha"],
+        ledger=ledger,
+        synthetic=ReleasePolicy(max_mia_auc=1.0),
+    )
+    table = SYNTHESIS | {"method": "aim", "rows": 150}
+    table.pop("subgroups")
+    task = TaskMessage(
+        task_id="t2", job_id="j2", round=1, kind=TaskKind.SYNTHESIZE, task="synthesis", dataset="heart",
+        job_rounds=1, seed=0, config={}, parameters=Parameters.from_arrays((), ()),
+        payload=json.dumps(table).encode(),
+    )  # fmt: skip
+    cost = planned_cost(SynthesisSpec.from_json(json.dumps(table)).config())
+
+    # Act
+    try:
+        result = synthesize(task, ctx, run_task)
+        spend = ledger.job("heart", "synth-t2")
+    finally:
+        ledger.close()
+
+    # Assert: only the released rows travel, in the dataset's columns; the ledger job is closed at the fit's cost
+    assert result.ok and result.parameters is None and result.num_examples == 0
+    rows = pd.read_csv(io.BytesIO(result.payload))
+    assert list(rows.columns) == [*heart["alpha"].feature_names, "label"]
+    assert len(rows) == result.metrics["synth_rows"] == 150 - result.metrics["synth_dropped_copies"]
+    assert set(rows["label"]) <= {0, 1}
+    assert spend is not None and not spend.open
+    assert spend.epsilon_spent == pytest.approx(cost.epsilon) == result.metrics["privacy_epsilon_spent"]
