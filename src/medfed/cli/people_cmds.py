@@ -10,6 +10,11 @@ token (``$MEDFED_TOKEN``, or the file ``$MEDFED_TOKEN_FILE``, default ``~/.medfe
 :func:`medfed.security.authz.authorize`. The one exception is the bootstrap: the first user of an
 empty store may be added without a token, and only as a federation admin.
 
+``medfed login --config client.toml`` is different: it logs in at the coordinator (password +
+TOTP over the person's mTLS certificate, the ``Login`` RPC) and keeps the session in
+``client.session`` (0600) next to client.toml, where ``medfed job ...`` sends it with every call;
+needed when the coordinator runs with a user store (``--users``).
+
 Secrets never travel on the command line (``ps`` shows it): passwords are prompted for, or read
 from standard input with ``--password-stdin`` (line 1 the password, line 2 the TOTP code).
 """
