@@ -28,7 +28,7 @@ from medfed.learn.base import TabularData
 from medfed.node.ledger import PrivacyLedger
 from medfed.node.middleware import NodeContext, run_task
 from medfed.node.runtime import DatasetConfig, NodeRuntime, NodeSettings
-from medfed.node.synthesis import capped_csv, synthesize
+from medfed.node.synthesis import capped_csv, report_path, synthesize
 from medfed.synth.job import SynthesisSpec
 from medfed.synth.release import ReleasePolicy
 from medfed.synth.synthesizer import planned_cost
@@ -135,9 +135,10 @@ def test_synthesis_job_combines_released_sites_leaves_the_blocked_one_out_then_t
         assert outcome.sites[site]["privacy_epsilon_spent"] == pytest.approx(cost.epsilon)
     assert set(outcome.refusals) == {"gamma"}
     assert "exact copies" in outcome.refusals["gamma"] and "release blocked" in outcome.refusals["gamma"]
-    # every site's ledger is charged exactly the fit's cost: gamma's fit read its data too
+    # every site's ledger is charged exactly the fit's cost: gamma's fit read its data too; each keeps its report
     for site in SITES:
         assert _spent(tmp_path, site) == pytest.approx(cost.epsilon, rel=1e-9)
+        assert report_path(tmp_path / "nodes" / site, job_id).is_file()
     # the CLI wrote the same table; the coordinator kept it under reports/
     assert code == 0, capsys.readouterr().err
     assert "gamma: left out" in capsys.readouterr().out
@@ -265,6 +266,7 @@ def test_an_aim_synthesis_task_returns_released_rows_and_charges_its_ledger_job(
         data_loader=lambda cfg: heart["alpha"],
         ledger=ledger,
         synthetic=ReleasePolicy(max_mia_auc=1.0),
+        state_dir=tmp_path / "node",
     )
     table = SYNTHESIS | {"method": "aim", "rows": 150}
     table.pop("subgroups")
@@ -290,3 +292,6 @@ def test_an_aim_synthesis_task_returns_released_rows_and_charges_its_ledger_job(
     assert set(rows["label"]) <= {0, 1}
     assert spend is not None and not spend.open
     assert spend.epsilon_spent == pytest.approx(cost.epsilon) == result.metrics["privacy_epsilon_spent"]
+    # the evaluation's report stays at the site, readable by its owner only
+    report = report_path(tmp_path / "node", "j2")
+    assert "<html" in report.read_text().lower() and report.stat().st_mode & 0o077 == 0

@@ -16,13 +16,15 @@ The link does what ``medfed synth fit --site-config`` and ``medfed synth release
    the coordinator leaves the site out. Its ledger stays charged: the fit did read the data.
 
 The spend and the release decision are appended to the site's hash-chained audit log when it keeps
-one (``budget.spent``, ``data.exported``).
+one (``budget.spent``, ``data.exported``); with a state directory, the evaluation's HTML report is
+written to ``<state_dir>/synthesis/<job id>.html`` (real marginals: it stays at the site).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,10 +35,12 @@ from medfed.learn.base import TabularData
 from medfed.node.middleware import Handler, NodeContext
 from medfed.privacy.mechanisms import secure_rng
 from medfed.security.audit_events import AuditAction
+from medfed.security.fsio import PRIVATE, atomic_write
 from medfed.synth.domain import infer_schema
 from medfed.synth.evaluate import evaluate
 from medfed.synth.job import SynthesisSpec
 from medfed.synth.release import ReleasePolicy, prepare_release
+from medfed.synth.report import ReportInput, render
 from medfed.synth.synthesizer import fit, planned_cost
 from medfed.transport.codec import MAX_PAYLOAD_BYTES
 
@@ -92,6 +96,17 @@ def synthesize(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessa
     decision = prepare_release(
         train=train, synthetic=synthetic, evaluation=evaluation, policy=policy, differentially_private=True
     )
+    if ctx.state_dir is not None:  # the site's own document: it shows real marginals, so it stays here
+        page = render(
+            ReportInput(
+                title=f"Synthetic data of {task.dataset!r} for job {task.job_id}", method=fitted.method.value,
+                epsilon=fitted.cost.epsilon, delta=fitted.cost.delta, train=train, synthetic=synthetic,
+                evaluation=evaluation, release_reasons=decision.reasons, dropped_copies=decision.dropped_copies,
+            )
+        )  # fmt: skip
+        path = report_path(ctx.state_dir, task.job_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, page.encode("utf-8"), mode=PRIVATE)
     fields: dict[str, str | int | float | bool] = {"kind": "synthetic", "ok": decision.released}
     if not decision.released:
         reasons = "; ".join(decision.reasons)
@@ -125,6 +140,11 @@ def synthesize(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessa
         metrics=metrics,
         payload=data,
     )
+
+
+def report_path(state_dir: Path, job_id: str) -> Path:
+    """Where a node keeps the HTML report of its synthesis for ``job_id`` (released or blocked)."""
+    return state_dir / "synthesis" / f"{job_id}.html"
 
 
 def site_frames(data: TabularData, target: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -180,4 +200,4 @@ def _chain(ctx: NodeContext, action: AuditAction, task: TaskMessage, fields: Fie
         gov.record(action, fields | {"reason": "blocked by the site's synthetic release policy"})
 
 
-__all__ = ["MAX_RELEASE_BYTES", "capped_csv", "site_frames", "synthesize"]
+__all__ = ["MAX_RELEASE_BYTES", "capped_csv", "report_path", "site_frames", "synthesize"]
