@@ -248,9 +248,9 @@ class JobRunner(threading.Thread):
         for attempt in range(policy.max_round_retries + 1):
             key = RoundKey(job_id=self.ctx.job_id, round=rnd, kind=kind, attempt=attempt)
             if template is None:
-                round_ = self._run_round(key, params)
+                round_ = self.run_round(key, params)
             else:
-                round_ = self._run_round(key, params, template=template, unit_weights=True, extra_config=extra_config)
+                round_ = self.run_round(key, params, template=template, unit_weights=True, extra_config=extra_config)
             if len(round_.ok_sites) >= policy.min_nodes:
                 return round_
             errors = "; ".join(f"{s}: {m.error}" for s, m in sorted(round_.results.items()) if m.error)
@@ -281,7 +281,7 @@ class JobRunner(threading.Thread):
             return [n.site for n in online if n.site in self.spec.sites]
         return [n.site for n in online if not n.datasets or self.spec.dataset in n.datasets]
 
-    def _wait_for_sites(self, deadline: float) -> list[str]:
+    def wait_for_sites(self, deadline: float) -> list[str]:
         cond = self.ctx.nodes.cond
         with cond:
             while True:
@@ -291,7 +291,7 @@ class JobRunner(threading.Thread):
                     return sites
                 cond.wait(min(1.0, max(deadline - time.monotonic(), 0.0)))
 
-    def _run_round(
+    def run_round(
         self,
         key: RoundKey,
         params: Parameters,
@@ -311,7 +311,7 @@ class JobRunner(threading.Thread):
         started = time.monotonic()
         deadline = started + self.spec.policy.deadline_s
         if sites is None:
-            sites = self._wait_for_sites(deadline)
+            sites = self.wait_for_sites(deadline)
         config = dict(self.spec.task_options)
         if key.kind is TaskKind.FIT:
             config |= self.strategy.fit_config(key.round) | (extra_config or {})

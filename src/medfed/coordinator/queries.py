@@ -138,14 +138,14 @@ class QueryRunner(JobRunner):
         self.asked += 1
         policy = self.spec.policy
         if self._sites is None:
-            self._sites = self._wait_for_sites(time.monotonic() + policy.deadline_s)
+            self._sites = self.wait_for_sites(time.monotonic() + policy.deadline_s)
             if len(self._sites) < policy.min_nodes:
                 raise JobError(f"query: {len(self._sites)} of min_nodes={policy.min_nodes} sites online "
                                f"({self._why_no_site()})")  # fmt: skip
         key = RoundKey(job_id=self.ctx.job_id, round=self.asked, kind=TaskKind.QUERY, attempt=0)
         text = spec.to_json().encode()
         payloads = {site: text for site in self._sites}
-        round_ = self._run_round(key, _NO_PARAMETERS, sites=self._sites, payloads=payloads, keep_raw=True)
+        round_ = self.run_round(key, _NO_PARAMETERS, sites=self._sites, payloads=payloads, keep_raw=True)
         self._record(round_, self.asked, checkpoint=None)
         answers: dict[str, SiteAnswer] = {}
         for site, result in sorted(round_.raw.items()):

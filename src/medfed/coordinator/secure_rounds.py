@@ -109,7 +109,7 @@ class SecureRound:
         extra_config: dict[str, Scalar] | None = None,
     ) -> RoundInProgress:
         key = RoundKey(job_id=self.runner.ctx.job_id, round=rnd, kind=kind, attempt=attempt)
-        return self.runner._run_round(
+        return self.runner.run_round(
             key, params, sites=sites, payloads=payloads, keep_raw=True, extra_config=extra_config
         )
 
@@ -132,7 +132,7 @@ class SecureRound:
         runner, spec = self.runner, self.spec
         started = time.monotonic()
         min_nodes = max(2, runner.spec.policy.min_nodes)
-        sites = sorted(runner._wait_for_sites(started + runner.spec.policy.deadline_s))
+        sites = sorted(runner.wait_for_sites(started + runner.spec.policy.deadline_s))
         if len(sites) < min_nodes:
             raise _AttemptFailedError(
                 f"secure aggregation needs at least {min_nodes} sites (2, and rounds.min_nodes); "

@@ -94,14 +94,14 @@ class SynthesisRunner(JobRunner):
     def collect(self) -> SynthesisOutcome:
         """One round: every eligible site synthesizes and releases (or refuses, and is left out)."""
         policy = self.spec.policy
-        sites = self._wait_for_sites(time.monotonic() + policy.deadline_s)
+        sites = self.wait_for_sites(time.monotonic() + policy.deadline_s)
         if len(sites) < policy.min_nodes:
             raise JobError(
                 f"synthesis: {len(sites)} of min_nodes={policy.min_nodes} sites online ({self._why_no_site()})"
             )
         key = RoundKey(job_id=self.ctx.job_id, round=1, kind=TaskKind.SYNTHESIZE, attempt=0)
         text = self.synthesis.to_json().encode()
-        round_ = self._run_round(key, _NO_PARAMETERS, sites=sites, payloads=dict.fromkeys(sites, text), keep_raw=True)
+        round_ = self.run_round(key, _NO_PARAMETERS, sites=sites, payloads=dict.fromkeys(sites, text), keep_raw=True)
         self._record(round_, 1, checkpoint=None)
         refusals: dict[str, str] = {}
         frames: dict[str, pd.DataFrame] = {}
