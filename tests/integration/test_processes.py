@@ -38,9 +38,10 @@ def test_node_killed_mid_round_job_completes_and_the_node_rejoins(processes: Pro
     client = processes.client()
     try:
         _up(processes, client, SITES)
-        # 10 rounds: a restarted node needs seconds to import torch on a loaded machine and must
-        # still find rounds left to join
-        spec = job_toml(rounds=10, min_nodes=2, deadline_s=60, retries=2, task_options=SLOW_ROUND)
+        # 10 rounds of ~1 s or more: a restarted node needs seconds to start (torch) and must still
+        # find rounds left to join, on a quiet machine (fast rounds) as on a loaded one
+        slower = SLOW_ROUND | {"local_steps": 3000}
+        spec = job_toml(rounds=10, min_nodes=2, deadline_s=60, retries=2, task_options=slower)
         job_id = client.submit_job(spec, "job.toml")["job_id"]
 
         # Act: SIGKILL gamma while round 2 trains, bring it back once round 2 closed without it

@@ -181,16 +181,34 @@ def check_output(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMes
 def default_middleware() -> list[Middleware]:
     """errors → audit → governance (site policy, approval, audit log) → queries, synthesis (answered
     here) → privacy budget → contribution (secure aggregation, client DP) → output check → task."""
-    from medfed.node.analytics import answer_queries
     from medfed.node.governance import governance
     from medfed.node.privacy import privacy_budget
     from medfed.node.secure import secure_aggregation
-    from medfed.node.synthesis import synthesize
 
     return [
-        errors_as_values, audit_log, governance, answer_queries, synthesize, privacy_budget, secure_aggregation,
+        errors_as_values, audit_log, governance, _answer_queries, _synthesize, privacy_budget, secure_aggregation,
         check_output,
     ]  # fmt: skip
+
+
+# Analytics (scipy) and synthesis (scikit-learn) cost ~3 s of imports: a node loads them on its
+# first query or synthesis task, not at start-up, so a restarted node rejoins a federation quickly.
+
+
+def _answer_queries(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessage:
+    if task.kind is not TaskKind.QUERY:
+        return nxt(task, ctx)
+    from medfed.node.analytics import answer_queries
+
+    return answer_queries(task, ctx, nxt)
+
+
+def _synthesize(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessage:
+    if task.kind is not TaskKind.SYNTHESIZE:
+        return nxt(task, ctx)
+    from medfed.node.synthesis import synthesize
+
+    return synthesize(task, ctx, nxt)
 
 
 def run_task(task: TaskMessage, ctx: NodeContext) -> ResultMessage:
