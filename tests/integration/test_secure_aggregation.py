@@ -148,10 +148,10 @@ def test_client_level_dp_charges_each_site_the_accountants_epsilon(
     final = max(r["round"] for r in view["round_metrics"])
     spent = {s["site"]: s["metrics"]["privacy_epsilon_spent"] for s in view["site_metrics"] if s["round"] == final}
     assert spent == {site: pytest.approx(expected) for site in SITES}
-    # what a site computed on its data stays there (eval_epsilon = 0: no accuracy either); the
-    # update norm would tell the coordinator how far each site moved the model
+    # what a site computed on its data stays there (eval_epsilon = 0: no accuracy either), also the
+    # share of its update that secure aggregation's quantiser clipped
     for s in view["site_metrics"]:
-        assert not {"client_dp_update_norm", "eval_accuracy", "eval_loss", "train_loss"} & set(s["metrics"])
+        assert not {"secagg_clipped_fraction", "eval_accuracy", "eval_loss", "train_loss"} & set(s["metrics"])
         assert s["metrics"]["metrics_withheld"] > 0
     for site in SITES:
         ledger = PrivacyLedger(tmp_path / "nodes" / site / "ledger.sqlite")

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medfed.analytics.policy import DisclosurePolicy
-from medfed.core.errors import ConfigError, ValidationError
+from medfed.core.config import typed_table
+from medfed.core.errors import ConfigError
 from medfed.node.runtime import DatasetConfig, NodeSettings
 from medfed.security.node_policy import NodePolicy, parse_node_policy
 from medfed.security.provision import COORDINATOR_PUB
@@ -161,19 +162,8 @@ def _disclosure(table: Any, path: Path) -> DisclosurePolicy:
         "min_cell": int, "min_cohort": int, "differencing_threshold": int, "allow_dp": bool, "require_dp": bool,
         "max_query_epsilon": (int, float), "km_time_grain": (int, float),
     }  # fmt: skip
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [disclosure] must be a table")
-    problems = [f"unknown key disclosure.{k} (allowed: {sorted(kinds)})" for k in sorted(set(table) - set(kinds))]
-    problems += [
-        f"disclosure.{k} must be {getattr(kinds[k], '__name__', 'a number')}, got {v!r}"
-        for k, v in table.items()
-        if k in kinds and (not isinstance(v, kinds[k]) or (isinstance(v, bool) and kinds[k] is not bool))
-    ]
-    if problems:
-        raise ConfigError(f"{path}: " + "; ".join(problems))
-    values: dict[str, Any] = {k: float(v) if isinstance(kinds[k], tuple) else v for k, v in table.items()}
     try:
-        return DisclosurePolicy(**values)
+        return DisclosurePolicy(**typed_table(table, "disclosure", kinds))
     except ConfigError as exc:
         raise ConfigError(f"{path}: [disclosure]: {exc}") from None
 
@@ -185,29 +175,9 @@ def _number(v: object) -> bool:
 def load_synthetic_policy(path: Path) -> ReleasePolicy:
     """``[synthetic]`` of a ``site.toml``: the site's release policy for synthetic data
     (``max_mia_auc``, ``require_dp``, ``block_erased_subgroups``); the defaults when absent."""
-    from medfed.synth.release import ReleasePolicy  # pandas: only for the synth commands
+    from medfed.synth.job import release_policy  # pandas: only for the synth commands
 
-    table = read_toml(path).get("synthetic")
-    if table is None:
-        return ReleasePolicy()
-    kinds: dict[str, type | tuple[type, ...]] = {
-        "max_mia_auc": (int, float), "require_dp": bool, "block_erased_subgroups": bool,
-    }  # fmt: skip
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [synthetic] must be a table")
-    problems = [f"unknown key synthetic.{k} (allowed: {sorted(kinds)})" for k in sorted(set(table) - set(kinds))]
-    problems += [
-        f"synthetic.{k} must be {getattr(kinds[k], '__name__', 'a number')}, got {v!r}"
-        for k, v in table.items()
-        if k in kinds and (not isinstance(v, kinds[k]) or (isinstance(v, bool) and kinds[k] is not bool))
-    ]
-    if problems:
-        raise ConfigError(f"{path}: " + "; ".join(problems))
-    values: dict[str, Any] = {k: float(v) if isinstance(kinds[k], tuple) else v for k, v in table.items()}
-    try:
-        return ReleasePolicy(**values)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: [synthetic]: {exc}") from None
+    return release_policy(read_toml(path).get("synthetic"), str(path))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -241,6 +241,16 @@ def _table_values(
     return None if len(problems) > before else values
 
 
+def typed_table(table: Any, where: str, kinds: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    """The values of a flat table with known keys and types (numbers as ``float`` where ``kinds``
+    allows several numeric types), or :class:`ConfigError` listing every problem under ``[where]``."""
+    problems: list[str] = []
+    values = _table_values(table, where, kinds, problems)
+    if values is None:
+        raise ConfigError("; ".join(problems))
+    return {k: float(v) if isinstance(kinds[k], tuple) else v for k, v in values.items()}
+
+
 def _secure_aggregation(table: Any, problems: list[str]) -> SecureAggregationSpec | None:
     """``[secure_aggregation]``: present (even empty) turns it on; ``enabled = false`` turns it off."""
     if table is None:

@@ -14,13 +14,13 @@ the ledger's own audit trail (no patient data, only dataset, job, ε, δ and tim
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from medfed.core.errors import BudgetExhausted, StoreError
+from medfed.security.sqlite import open_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS budgets (
@@ -76,13 +76,7 @@ class PrivacyLedger:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
-        except (OSError, sqlite3.DatabaseError) as exc:
-            raise StoreError(f"cannot open the privacy ledger {path}: {exc}") from None
+        self._db = open_wal(path, SCHEMA, what="privacy ledger")
 
     def close(self) -> None:
         with self._lock:

@@ -80,9 +80,8 @@ def contribution(
     if form is ContributionForm.DP:
         dp_keys = {k.removeprefix(CLIENT_DP_PREFIX): v for k, v in keys.items() if k.startswith(CLIENT_DP_PREFIX)}
         rule, clip_norm = DPAggregator.from_node_config(dp_keys)
-        norm = float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in delta.arrays)))
-        dp = rule.node_update(delta, clip_norm=clip_norm, rng=secure_rng())
-        return dp.to_parameters(), {"client_dp_update_norm": norm, "client_dp_clipped": float(norm > clip_norm)}
+        # no metrics about the update: its norm is what adaptive clipping releases only with noise
+        return rule.node_update(delta, clip_norm=clip_norm, rng=secure_rng()).to_parameters(), {}
     max_weight = keys.get(CONTRIBUTION_MAX_WEIGHT, 1)
     if isinstance(max_weight, bool) or not isinstance(max_weight, int) or max_weight < 1:
         raise ValidationError(f"{CONTRIBUTION_MAX_WEIGHT} must be an integer >= 1, got {max_weight!r}")

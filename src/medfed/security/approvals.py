@@ -19,14 +19,15 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from medfed.core.errors import PermissionDenied, StoreError, ValidationError
+from medfed.core.errors import PermissionDenied, ValidationError
 from medfed.security.authz import Action, Principal, Resource, authorize
 from medfed.security.node_policy import ANY, JobFacts
+from medfed.security.sqlite import open_wal, transaction
 
 __all__ = ["Approval", "ApprovalState", "ApprovalStore", "Clearance", "StandingRule", "spec_digest"]
 
@@ -125,28 +126,14 @@ class ApprovalStore:
         self.path, self.site = path, site
         self._audit, self._clock = audit, clock
         self._lock = threading.Lock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
-        except (OSError, sqlite3.DatabaseError) as exc:
-            raise StoreError(f"cannot open the approvals store {path}: {exc}") from None
+        self._db = open_wal(path, SCHEMA, what="approvals store")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock)
 
     # --- the node's side ------------------------------------------------------------------
 

@@ -28,8 +28,8 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -37,9 +37,10 @@ from urllib.parse import quote
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from medfed.core.errors import ConfigError, PermissionDenied, StoreError, ValidationError
+from medfed.core.errors import ConfigError, PermissionDenied, ValidationError
 from medfed.crypto.aead import Keyring, decrypt, encrypt
 from medfed.security.authz import Action, Principal, UserRole, role_actions
+from medfed.security.sqlite import open_wal, transaction
 
 __all__ = [
     "ADMIN_ROLES",
@@ -257,28 +258,14 @@ class UserStore:
         )
         self._dummy_hash = ""  # made on first need (see _authenticate)
         self._lock = threading.Lock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
-        except (OSError, sqlite3.DatabaseError) as exc:
-            raise StoreError(f"cannot open the user store {path}: {exc}") from None
+        self._db = open_wal(path, SCHEMA, what="user store")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock)
 
     # --- people ---------------------------------------------------------------------------
 

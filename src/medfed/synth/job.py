@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from medfed.core.config import typed_table
 from medfed.core.errors import ConfigError, ValidationError
 from medfed.synth.domain import Schema
 from medfed.synth.evaluate import Subgroup
@@ -156,20 +157,9 @@ def release_policy(table: Any, where: str) -> ReleasePolicy:
     kinds: dict[str, type | tuple[type, ...]] = {
         "max_mia_auc": (int, float), "require_dp": bool, "block_erased_subgroups": bool,
     }  # fmt: skip
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: [synthetic] must be a table")
-    problems = [f"unknown key synthetic.{k} (allowed: {sorted(kinds)})" for k in sorted(set(table) - set(kinds))]
-    problems += [
-        f"synthetic.{k} must be {getattr(kinds[k], '__name__', 'a number')}, got {v!r}"
-        for k, v in table.items()
-        if k in kinds and (not isinstance(v, kinds[k]) or (isinstance(v, bool) and kinds[k] is not bool))
-    ]
-    if problems:
-        raise ConfigError(f"{where}: " + "; ".join(problems))
-    values: dict[str, Any] = {k: float(v) if isinstance(kinds[k], tuple) else v for k, v in table.items()}
     try:
-        return ReleasePolicy(**values)
-    except ValidationError as exc:
+        return ReleasePolicy(**typed_table(table, "synthetic", kinds))
+    except (ConfigError, ValidationError) as exc:
         raise ConfigError(f"{where}: [synthetic]: {exc}") from None
 
 
