@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck layers pytest bench proto clean browsers
+.PHONY: demo test system lint typecheck layers pytest bench proto clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -18,7 +18,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/medfed demo
 
-test: $(STAMP) lint typecheck layers pytest
+test: $(STAMP) system lint typecheck layers pytest
+
+# Debian packages the tests use: Chromium for the dashboard's browser tests (Playwright drives
+# /usr/bin/chromium; no tool downloads a browser) and PostgreSQL for the OMOP-on-Postgres test.
+system:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="chromium chromium-driver"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+		echo "installing Debian packages:$$missing"; \
+		$$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$missing; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
