@@ -10,6 +10,7 @@ no function takes rows. Entries travel as JSON-safe dicts (:meth:`CatalogEntry.t
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -59,9 +60,15 @@ class CatalogEntry:
     codes: tuple[str, ...] = ()
     purposes: tuple[str, ...] = ()
     fingerprint: str = ""
+    #: the site's total differential-privacy budget for this dataset (``site.toml``); None: none set
+    epsilon_budget: float | None = None
+    delta_budget: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        budget = {} if self.epsilon_budget is None else {"epsilon_budget": self.epsilon_budget}
+        if self.delta_budget is not None:
+            budget["delta_budget"] = self.delta_budget
+        return budget | {
             "site": self.site,
             "dataset": self.dataset,
             "rows": self.rows,
@@ -102,9 +109,20 @@ class CatalogEntry:
                 columns=columns,
                 **{k: tuple(str(x) for x in raw.get(k, [])) for k in ("tags", "features", "codes", "purposes")},
                 fingerprint=str(raw.get("fingerprint", "")),
+                epsilon_budget=_budget(raw.get("epsilon_budget")),
+                delta_budget=_budget(raw.get("delta_budget")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValidationError(f"malformed catalog entry: {exc!r}", where="catalog") from None
+
+
+def _budget(value: Any) -> float | None:
+    """A reported budget: absent, or a finite number >= 0 (anything else is a malformed entry)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"budget {value!r} is not a finite number >= 0")
+    return float(value)
 
 
 def catalog_entry(

@@ -178,11 +178,14 @@ def publish(site: str, datasets: Mapping[str, DatasetConfig], registry: ConsentR
             offered.append(name)
             continue
         try:
-            entries.append(catalog_entry(site, decl, registry, on=on))
+            entry = catalog_entry(site, decl, registry, on=on)
         except (DataError, ValidationError, PermissionDenied) as exc:
             log.warning("site %s: dataset %s is not offered: %s", site, name, exc)
             refused[name] = str(exc)
             continue
+        budget = datasets[name].epsilon_budget  # the site's total DP budget, so dashboards can show total/spent/left
+        entries.append(entry if budget is None else replace(entry, epsilon_budget=budget,
+                                                            delta_budget=datasets[name].delta_budget))  # fmt: skip
         offered.append(name)
     return Publication(offered=tuple(offered), entries=tuple(entries), refused=refused)
 

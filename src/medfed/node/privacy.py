@@ -195,5 +195,6 @@ def _with_spend(result: ResultMessage, task: TaskMessage, ledger: PrivacyLedger)
         "privacy_epsilon_spent": job.epsilon_spent,
         "privacy_delta_spent": job.delta_spent,
         "privacy_epsilon_left": status.epsilon_left,
+        "privacy_epsilon_total": status.epsilon_total,  # the site's budget, so the dashboard can show total/left
     }
     return replace(result, metrics=dict(result.metrics) | extra)
