@@ -10,7 +10,8 @@ Every error medfed raises on purpose derives from :class:`MedfedError`::
     ├── TransportError         the wire failed: unreachable peer, broken stream, bad frame
     │   └── AuthenticationError  TLS identity refused (wrong CA, expired, revoked, wrong host)
     ├── PermissionDenied       an authenticated caller lacks the role for an action
-    │   └── BudgetExhausted      a release would overspend a dataset's privacy budget at a node
+    │   ├── BudgetExhausted      a release would overspend a dataset's privacy budget at a node
+    │   └── DatasetChanged       a dataset's content changed since the site admin approved the job
     ├── StoreError             the coordinator's store or a checkpoint is unreadable or tampered
     ├── JobError               a job cannot go on (too few nodes, every round failed)
     └── TaskError              a task failed at a node; travels to the coordinator as a value
@@ -79,6 +80,10 @@ class PermissionDenied(MedfedError):  # noqa: N818 - reads as a verdict, like Pe
     """An authenticated caller lacks the role for the action."""
 
     kind = "permission"
+
+
+class DatasetChanged(PermissionDenied):
+    """A dataset's content fingerprint differs from the one recorded when its job was approved."""
 
 
 class BudgetExhausted(PermissionDenied):
