@@ -50,6 +50,8 @@ class AuditAction(enum.StrEnum):
     BACKUP_CREATED = "backup.created"
     BACKUP_RESTORED = "backup.restored"
     ALERT_RAISED = "alert.raised"
+    APPROVAL_DECIDED = "approval.decided"  # node: a site admin approved, rejected, added or revoked a rule
+    NODE_STARTED = "node.started"  # node: a site started, with its approval mode (outcome)
 
 
 class FieldKind(enum.Enum):
