@@ -1,0 +1,314 @@
+"""Signed requests: ECDSA P-256 over method, body digest, nonce, time and certificate; a replay cache.
+
+mTLS proves who opened a connection; it does not stop a request captured at either end (a log, a
+proxy that terminates TLS, a debugging dump) from being sent again. Flower signs only a timestamp,
+so a captured request replays for its whole validity window. Here every call carries four gRPC
+metadata entries (:data:`TIME_KEY`, :data:`NONCE_KEY`, :data:`BODY_KEY`, :data:`SIGNATURE_KEY`)
+and the signature covers the canonical string (:func:`canonical_request`)::
+
+    medfed-request-v1
+    <method, e.g. /medfed.v1.Federation/SubmitJob>
+    <SHA-256 hex of the request body>
+    <128-bit random nonce, 32 hex digits>
+    <time, integer milliseconds since the epoch>
+    <SHA-256 hex of the caller's certificate (DER)>
+
+signed with the private key of the caller's kit (the key of its mTLS certificate, ECDSA P-256 with
+SHA-256, FIPS 186-5). The verifier takes the public key and the fingerprint from the certificate the
+TLS layer authenticated, never from the request, so a signature made for one certificate is
+useless on a connection authenticated as another. It then refuses, in this order: missing or
+malformed headers (:attr:`Refusal.UNSIGNED`, :attr:`Refusal.MALFORMED`), a time more than
+``skew_s`` from its clock (:attr:`Refusal.STALE`), a body whose digest differs from the signed one
+(:attr:`Refusal.ALTERED`), a bad signature (:attr:`Refusal.BAD_SIGNATURE`), and a nonce already
+seen (:attr:`Refusal.REPLAYED`).
+
+:class:`ReplayCache` bounds memory: it remembers a nonce only while its request could still pass
+the time check (``time + skew_s``), and holds at most ``max_entries``. When full it drops the
+entry with the oldest request time and raises a floor: from then on a request no newer than a
+dropped entry is refused as stale. A flood therefore narrows the window (fresh requests still
+pass) but can neither grow memory past the bound nor reopen a replay of a dropped nonce.
+Only requests with a valid signature reach the cache, so only holders of a federation key can
+fill it.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import heapq
+import re
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from medfed.core.errors import AuthenticationError, ValidationError
+
+__all__ = [
+    "BODY_KEY",
+    "DEFAULT_MAX_NONCES",
+    "DEFAULT_SKEW_S",
+    "NONCE_KEY",
+    "SIGNATURE_KEY",
+    "TIME_KEY",
+    "Refusal",
+    "ReplayCache",
+    "RequestRefused",
+    "RequestSigner",
+    "RequestVerifier",
+    "body_digest",
+    "canonical_request",
+    "certificate_fingerprint",
+]
+
+TIME_KEY = "medfed-request-time"
+NONCE_KEY = "medfed-request-nonce"
+BODY_KEY = "medfed-request-body"
+SIGNATURE_KEY = "medfed-request-signature"
+_VERSION = "medfed-request-v1"
+_SIG_PREFIX = "v1."
+
+#: Default allowed distance between the caller's clock and the verifier's (seconds).
+DEFAULT_SKEW_S = 120.0
+#: Default bound of the replay cache: ~120 bytes an entry, so about 30 MiB at the bound.
+DEFAULT_MAX_NONCES = 262_144
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MS = re.compile(r"[0-9]{1,15}")
+_MAX_KEYS = 1024  # public keys remembered by a verifier (one per peer certificate)
+
+
+class Refusal(enum.StrEnum):
+    """Why a signed request was refused (the audit log's ``kind``)."""
+
+    UNSIGNED = "unsigned"
+    MALFORMED = "malformed"
+    STALE = "stale"
+    ALTERED = "altered"
+    BAD_SIGNATURE = "bad_signature"
+    REPLAYED = "replayed"
+
+
+class RequestRefused(AuthenticationError):  # noqa: N818 - a verdict, like PermissionDenied
+    """A request's signature, time or nonce was refused; ``refusal`` says which check failed."""
+
+    def __init__(self, refusal: Refusal, detail: str) -> None:
+        self.refusal = refusal
+        super().__init__(f"request refused ({refusal.value}): {detail}")
+
+
+def body_digest(body: bytes) -> str:
+    """SHA-256 (hex) of a request body: what :data:`BODY_KEY` carries and the signature covers."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def certificate_fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 (hex) of a PEM certificate's DER encoding (the first certificate of a chain)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise ValidationError(f"not a PEM X.509 certificate: {exc}", where="request signing") from None
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def canonical_request(*, method: str, body_sha256: str, nonce: str, time_ms: int, fingerprint: str) -> bytes:
+    """The exact bytes that are signed: one field a line, in a fixed order, with a version tag.
+
+    Every field has a fixed alphabet without newlines (hex digits, digits, a gRPC method path),
+    so no two different requests share a canonical string.
+    """
+    if "\n" in method:
+        raise ValidationError("a method name cannot contain a newline", where="request signing")
+    return f"{_VERSION}\n{method}\n{body_sha256}\n{nonce}\n{time_ms}\n{fingerprint}".encode()
+
+
+class RequestSigner:
+    """Signs requests with a kit's private key (ECDSA P-256) for its certificate.
+
+    Parameters
+    ----------
+    key_pem, cert_pem : bytes
+        The caller's mTLS identity (PKCS#8 key, certificate), as in every kit.
+    clock : callable
+        Seconds since the epoch (injected for tests).
+    """
+
+    def __init__(self, key_pem: bytes, cert_pem: bytes, *, clock: Callable[[], float]) -> None:
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ValidationError(f"unreadable private key: {exc}", where="request signing") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+            raise ValidationError("the kit key must be ECDSA P-256", where="request signing")
+        self._key = key
+        self._clock = clock
+        self.fingerprint = certificate_fingerprint(cert_pem)
+
+    def sign(self, method: str, body_sha256: str) -> tuple[tuple[str, str], ...]:
+        """The metadata entries for one call of ``method`` whose body digest is ``body_sha256``.
+
+        A fresh nonce each time: a retried call is signed again, never resent.
+        """
+        nonce, time_ms = secrets.token_hex(16), int(self._clock() * 1000)
+        message = canonical_request(
+            method=method, body_sha256=body_sha256, nonce=nonce, time_ms=time_ms, fingerprint=self.fingerprint
+        )
+        der = self._key.sign(message, ec.ECDSA(hashes.SHA256()))
+        signature = _SIG_PREFIX + base64.urlsafe_b64encode(der).decode().rstrip("=")
+        return (TIME_KEY, str(time_ms)), (NONCE_KEY, nonce), (BODY_KEY, body_sha256), (SIGNATURE_KEY, signature)
+
+
+class ReplayCache:
+    """Nonces seen within the time window, at most ``max_entries`` of them (see the module docstring).
+
+    Thread-safe. ``admit`` is O(log n); expired entries are dropped as time passes.
+    """
+
+    def __init__(self, *, window_s: float, max_entries: int = DEFAULT_MAX_NONCES) -> None:
+        if not window_s > 0 or max_entries < 1:
+            raise ValidationError(f"window_s must be > 0 and max_entries >= 1, got {window_s!r}, {max_entries!r}")
+        self.window_s = window_s
+        self.max_entries = max_entries
+        self.floor = float("-inf")  # requests at or before this time are refused (raised by evictions)
+        self._heap: list[tuple[float, bytes]] = []
+        self._seen: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def admit(self, nonce: bytes, at: float, *, now: float) -> Refusal | None:
+        """Record ``nonce`` of a request made at ``at``; a :class:`Refusal` if it must not pass."""
+        with self._lock:
+            while self._heap and self._heap[0][0] < now - self.window_s:
+                self._seen.discard(heapq.heappop(self._heap)[1])
+            if at <= self.floor or at < now - self.window_s:
+                return Refusal.STALE
+            if nonce in self._seen:
+                return Refusal.REPLAYED
+            while len(self._heap) >= self.max_entries:
+                oldest, dropped = heapq.heappop(self._heap)
+                self._seen.discard(dropped)
+                self.floor = max(self.floor, oldest)
+            if at <= self.floor:  # it was itself the oldest: refusing it keeps the bound and the guarantee
+                return Refusal.STALE
+            heapq.heappush(self._heap, (at, nonce))
+            self._seen.add(nonce)
+            return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Headers:
+    time_ms: int
+    nonce: str
+    body: str
+    signature: bytes
+
+
+def _parse(metadata: Mapping[str, str]) -> _Headers:
+    keys = (TIME_KEY, NONCE_KEY, BODY_KEY, SIGNATURE_KEY)
+    if not any(k in metadata for k in keys):
+        raise RequestRefused(Refusal.UNSIGNED, "the call carries no request signature")
+    values = [metadata.get(k, "") for k in keys]
+    time_ms, nonce, body, sig = values
+    problems = [k for k, v in zip(keys, values, strict=True) if not v]
+    if time_ms and not _MS.fullmatch(time_ms):
+        problems.append(f"{TIME_KEY} is not an integer of milliseconds")
+    if nonce and not _HEX32.fullmatch(nonce):
+        problems.append(f"{NONCE_KEY} is not 32 hex digits")
+    if body and not _HEX64.fullmatch(body):
+        problems.append(f"{BODY_KEY} is not a SHA-256 hex digest")
+    der = b""
+    if sig:
+        try:
+            if not sig.startswith(_SIG_PREFIX):
+                raise ValueError
+            der = base64.urlsafe_b64decode(sig[len(_SIG_PREFIX) :] + "=" * (-len(sig) % 4))
+        except ValueError:
+            problems.append(f"{SIGNATURE_KEY} is not '{_SIG_PREFIX}' and base64url")
+    if problems:
+        raise RequestRefused(Refusal.MALFORMED, "; ".join(problems))
+    return _Headers(time_ms=int(time_ms), nonce=nonce, body=body, signature=der)
+
+
+class RequestVerifier:
+    """Checks signed requests against the TLS peer's certificate, its clock and a replay cache.
+
+    Parameters
+    ----------
+    skew_s : float
+        Largest allowed distance between the request's time and ``clock()``.
+    max_nonces : int
+        Bound of the replay cache.
+    clock : callable
+        Seconds since the epoch (injected for tests).
+    """
+
+    def __init__(
+        self, *, skew_s: float = DEFAULT_SKEW_S, max_nonces: int = DEFAULT_MAX_NONCES, clock: Callable[[], float]
+    ) -> None:
+        self.skew_s = skew_s
+        self.cache = ReplayCache(window_s=skew_s, max_entries=max_nonces)
+        self._clock = clock
+        self._keys: dict[bytes, tuple[ec.EllipticCurvePublicKey, str]] = {}
+        self._keys_lock = threading.Lock()
+
+    def _key(self, cert_pem: bytes) -> tuple[ec.EllipticCurvePublicKey, str]:
+        with self._keys_lock:
+            known = self._keys.get(cert_pem)
+        if known is not None:
+            return known
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError:
+            raise RequestRefused(Refusal.BAD_SIGNATURE, "the peer certificate is unreadable") from None
+        key = cert.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise RequestRefused(Refusal.BAD_SIGNATURE, "the peer certificate's key is not ECDSA")
+        entry = (key, cert.fingerprint(hashes.SHA256()).hex())
+        with self._keys_lock:
+            if len(self._keys) >= _MAX_KEYS:
+                self._keys.clear()  # a bounded memo, not state: rebuilt on the next call
+            self._keys[cert_pem] = entry
+        return entry
+
+    def verify(self, *, method: str, body_sha256: str | None, cert_pem: bytes, metadata: Mapping[str, str]) -> str:
+        """Accept one request or raise :class:`RequestRefused`; returns the signed body digest.
+
+        ``body_sha256`` is the digest of the body as received; ``None`` for a streamed body that
+        is still to come (the caller must then compare the returned digest with the stream's).
+        """
+        h = _parse(metadata)
+        now = self._clock()
+        at = h.time_ms / 1000.0
+        if abs(now - at) > self.skew_s:
+            raise RequestRefused(
+                Refusal.STALE,
+                f"the request time is {now - at:+.0f} s from the coordinator's clock (allowed: ±{self.skew_s:g} s); "
+                "check this machine's clock",
+            )
+        if body_sha256 is not None and body_sha256 != h.body:
+            raise RequestRefused(Refusal.ALTERED, "the body differs from the signed one")
+        key, fingerprint = self._key(cert_pem)
+        message = canonical_request(
+            method=method, body_sha256=h.body, nonce=h.nonce, time_ms=h.time_ms, fingerprint=fingerprint
+        )
+        try:
+            key.verify(h.signature, message, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            raise RequestRefused(
+                Refusal.BAD_SIGNATURE, "the signature does not match this certificate's key and request"
+            ) from None
+        refusal = self.cache.admit(bytes.fromhex(h.nonce), at, now=now)
+        if refusal is Refusal.REPLAYED:
+            raise RequestRefused(refusal, "this request was already received (a replay)")
+        if refusal is not None:
+            raise RequestRefused(refusal, "the request is older than requests the replay cache had to drop")
+        return h.body
