@@ -22,6 +22,7 @@ from medfed.core.records import (
     SecureAggregationSpec,
     StrategySpec,
 )
+from medfed.core.selectors import TAG_PREFIX, DatasetSelector
 
 _JOB_KEYS = {"name", "task", "dataset", "rounds", "seed", "sites", "purpose"}
 #: What a site's policy and approvals compare (an audit NAME: lower-case token).
@@ -80,7 +81,8 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
     if not isinstance(job, dict):
         raise ConfigError(f"{source_name}: missing [job] table with name, task, dataset, rounds")
     for key in sorted(set(job) - _JOB_KEYS):
-        problems.append(f"unknown key job.{key} (allowed: {sorted(_JOB_KEYS)})")
+        hint = ' (one key, dataset = "name" or dataset = { tags = [...] })' if key == "datasets" else ""
+        problems.append(f"unknown key job.{key} (allowed: {sorted(_JOB_KEYS)}){hint}")
     query = _query(doc.get("query"), problems)
     synthesis = _query(doc.get("synthesis"), problems, table_name="synthesis")
     if "query" in doc and "synthesis" in doc:
@@ -95,7 +97,7 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
             problems.append(f"missing job.{key}")
     name = _typed(job, "name", str, "job", problems)
     task = _typed(job, "task", str, "job", problems)
-    dataset = _typed(job, "dataset", str, "job", problems)
+    dataset = _dataset_selector(job.get("dataset"), problems)
     rounds = _typed(job, "rounds", int, "job", problems)
     seed = _typed(job, "seed", int, "job", problems)
     purpose = _typed(job, "purpose", str, "job", problems)
@@ -148,7 +150,7 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
         return JobSpec(
             name=name,
             task=task if task is not None or not trains_nothing else "query" if query else "synthesis",
-            dataset=dataset,
+            dataset=dataset.label if dataset is not None else "",
             rounds=rounds if rounds is not None or not trains_nothing else 1,  # query/synthesis: no task
             seed=seed or 0,
             purpose=purpose or DEFAULT_PURPOSE,
@@ -166,6 +168,42 @@ def parse_job_spec(text: str, *, source_name: str = "<job>") -> JobSpec:
         )
     except ConfigError as exc:
         raise ConfigError(f"{source_name}: {exc}") from None
+
+
+def _dataset_selector(value: Any, problems: list[str]) -> DatasetSelector | None:
+    """``job.dataset``: a dataset's name (``"heart"``), or a table selecting by tags
+    (``{ tags = ["cardiology", "adult"] }``: at each site, the one dataset carrying every tag)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip() or value != value.strip() or value.startswith(TAG_PREFIX):
+            problems.append(
+                f"job.dataset must be a dataset's name (not empty, no surrounding spaces, not starting with "
+                f"{TAG_PREFIX!r}; select by tags with dataset = {{ tags = [...] }}), got {value!r}"
+            )
+            return None
+        return DatasetSelector.by_name(value)
+    if not isinstance(value, dict):
+        problems.append(
+            f'job.dataset must be a name ("heart") or a table ({{ tags = ["cardiology"] }}), got {type(value).__name__}'
+        )
+        return None
+    before = len(problems)
+    for key in sorted(set(value) - {"tags"}):
+        hint = ' (a name goes in dataset = "..." itself)' if key == "name" else ""
+        problems.append(f"unknown key job.dataset.{key} (allowed: ['tags']){hint}")
+    tags = value.get("tags")
+    if not isinstance(tags, list) or not tags or not all(isinstance(t, str) and t.strip() for t in tags):
+        problems.append(f"job.dataset.tags must be a non-empty list of non-empty strings, got {tags!r}")
+    elif len({t.strip().lower() for t in tags}) != len(tags):
+        problems.append(f"job.dataset.tags lists a tag twice (tags compare in lower case): {tags!r}")
+    if len(problems) > before:
+        return None
+    try:
+        return DatasetSelector.by_tags(tags)
+    except ConfigError as exc:
+        problems.append(f"job.dataset.tags: {exc}")
+        return None
 
 
 def _query(table: Any, problems: list[str], *, table_name: str = "query") -> str | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from medfed.core.errors import ConfigError
 from medfed.core.params import Parameters
+from medfed.core.selectors import DatasetSelector
 
 #: A hyper-parameter or option value that may travel in a task (no nested structures).
 Scalar = bool | int | float | str
@@ -256,7 +257,7 @@ class JobSpec:
 
     name: str
     task: str
-    dataset: str
+    dataset: str  # a DatasetSelector's label: a name, or "tags:a,b" (see medfed.core.selectors)
     rounds: int
     seed: int = 0
     purpose: str = DEFAULT_PURPOSE  # what the job is for: sites' policies and approvals check it
@@ -297,6 +298,11 @@ class JobSpec:
         """True when nodes send contributions that the coordinator only sums (secure aggregation
         or client-level DP) instead of models it averages."""
         return self.secure_aggregation is not None or self.client_dp is not None
+
+    @property
+    def selector(self) -> DatasetSelector:
+        """What ``dataset`` selects: a name, or tags each site resolves against its own datasets."""
+        return DatasetSelector.from_label(self.dataset)
 
     @property
     def spec_hash(self) -> str:

@@ -22,8 +22,8 @@ import enum
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +31,7 @@ from medfed.core.config import parse_job_spec
 from medfed.core.errors import ConfigError, PermissionDenied, StoreError, ValidationError
 from medfed.core.records import ResultMessage, TaskKind, TaskMessage
 from medfed.crypto.signing import BAD_SIGNATURE, ModelSignature, model_digest, verify_model
+from medfed.node.selection import dataset_tags
 from medfed.security.approvals import ApprovalStore, Clearance
 from medfed.security.audit import AuditLog
 from medfed.security.audit_events import AuditAction, AuditEvent
@@ -86,11 +87,12 @@ class NodeGovernance:
         if self.audit is not None:
             self.audit.append(AuditEvent(action=action, actor=self.site, fields={"site": self.site, **fields}))
 
-    def clear(self, task: TaskMessage) -> Clearance | None:
-        """Raise :class:`PermissionDenied` unless this site's policy and approvals admit ``task``'s job."""
+    def clear(self, task: TaskMessage, *, tags: Sequence[str] = ()) -> Clearance | None:
+        """Raise :class:`PermissionDenied` unless this site's policy and approvals admit ``task``'s job
+        (``tags``: those of the dataset the task resolved to, checked against a tag selector)."""
         if self.policy is None or self.approvals is None:
             return None
-        facts = self._facts(task)
+        facts = self._facts(task, tags)
         try:
             self.policy.check(facts)
         except PermissionDenied:
@@ -102,9 +104,9 @@ class NodeGovernance:
             self._refused(task, Refusal.NOT_CLEARED, facts.spec_hash)
             raise
 
-    def _facts(self, task: TaskMessage) -> JobFacts:
+    def _facts(self, task: TaskMessage, tags: Sequence[str]) -> JobFacts:
         try:
-            return job_facts(task)
+            return job_facts(task, tags=tags)
         except PermissionDenied:
             self._refused(task, Refusal.NO_SPEC if not task.spec_toml else Refusal.BAD_SPEC, "")
             raise
@@ -129,8 +131,11 @@ class NodeGovernance:
             self.approvals.close()
 
 
-def job_facts(task: TaskMessage) -> JobFacts:
+def job_facts(task: TaskMessage, *, tags: Sequence[str] = ()) -> JobFacts:
     """The facts a site judges, from the spec text the task carries (never from its labels alone).
+
+    ``task.dataset`` is the site's own dataset (the selection link resolved a tag selector to it;
+    ``tags`` are that dataset's tags): the facts name it, so policy and approvals key on it.
 
     Raises
     ------
@@ -145,14 +150,17 @@ def job_facts(task: TaskMessage) -> JobFacts:
         spec = parse_job_spec(task.spec_toml, source_name=f"spec of {where}")
     except ConfigError as exc:
         raise PermissionDenied(f"{where}: its spec does not parse here: {exc}") from None
-    claimed = {"task": task.task, "dataset": task.dataset}
+    claimed = {"task": task.task}
     if task.job_rounds:
         claimed["rounds"] = str(task.job_rounds)
-    actual = {"task": spec.task, "dataset": spec.dataset, "rounds": str(spec.rounds)}
+    actual = {"task": spec.task, "rounds": str(spec.rounds)}
     wrong = [f"{k} {v!r} (spec: {actual[k]!r})" for k, v in claimed.items() if v != actual[k]]
+    if not spec.selector.matches(task.dataset, tags):
+        wrong.append(f"dataset {task.dataset!r} (spec: {spec.dataset!r})")
     if wrong:
         raise PermissionDenied(f"{where}: the task does not match its spec: " + ", ".join(wrong))
-    return JobFacts.from_spec(spec, job_id=task.job_id, researcher=task.owner, purpose=spec.purpose)
+    facts = JobFacts.from_spec(spec, job_id=task.job_id, researcher=task.owner, purpose=spec.purpose)
+    return replace(facts, dataset=task.dataset)
 
 
 def open_governance(
@@ -202,7 +210,7 @@ def governance(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessa
     gov = ctx.governance
     if gov is None:
         return nxt(task, ctx)
-    clearance = gov.clear(task)
+    clearance = gov.clear(task, tags=dataset_tags(ctx.datasets).get(task.dataset, ()))
     gov.check_model(task)
     access: Fields = {"job_id": task.job_id, "round": task.round, "kind": task.kind.value}
     if task.kind is not TaskKind.SECAGG_KEYS and task.kind is not TaskKind.SECAGG_SHARES:

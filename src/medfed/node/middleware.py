@@ -179,15 +179,17 @@ def check_output(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMes
 
 
 def default_middleware() -> list[Middleware]:
-    """errors → audit → governance (site policy, approval, audit log) → queries, synthesis (answered
-    here) → privacy budget → contribution (secure aggregation, client DP) → output check → task."""
+    """errors → dataset selection (a tag selector resolved to this site's dataset) → audit → governance
+    (site policy, approval, audit log) → queries, synthesis (answered here) → privacy budget →
+    contribution (secure aggregation, client DP) → output check → task."""
     from medfed.node.governance import governance
     from medfed.node.privacy import privacy_budget
     from medfed.node.secure import secure_aggregation
+    from medfed.node.selection import select_dataset
 
     return [
-        errors_as_values, audit_log, governance, _answer_queries, _synthesize, privacy_budget, secure_aggregation,
-        check_output,
+        errors_as_values, select_dataset, audit_log, governance, _answer_queries, _synthesize, privacy_budget,
+        secure_aggregation, check_output,
     ]  # fmt: skip
 
 
