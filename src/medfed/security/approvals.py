@@ -5,33 +5,58 @@ Approval is by SHA-256 of the spec's exact text (the same digest as
 new approval. A site admin may instead set a **standing rule** ("task X on dataset Y for purpose Z
 by researcher R") that covers every spec matching it. Approvals and rules can carry an expiry; an
 approval is for one purpose. Everything lives in the node's own SQLite file (WAL) and every
-decision is kept (table ``decisions``) and sent to the audit callable.
+decision is kept (table ``decisions``); with the node's audit log (:func:`open_site_approvals`),
+every decision is also an ``approval.decided`` event in its hash chain, written in the same
+transaction as the decision (who, spec hash or rule, outcome, reason; never PHI: a reason that
+looks like an identifier is refused before anything changes).
 
-Approval is on by default and cannot be turned off (compare Fed-BioMed, where it defaults to off).
+**Dataset fingerprints.** An approval or a rule pins the content fingerprint (SHA-256 of the
+files, :func:`medfed.data.sources.fingerprint`) of the dataset it covers: the tool that decides
+(``medfed approvals approve --config site.toml``, the node page) passes it in; one that cannot see
+the datasets leaves it to the node, which pins what it reads first after the decision. Before a
+task touches data, :meth:`ApprovalStore.check` compares the current fingerprint with the pinned
+ones: when no clearance matches, the job is refused (:class:`~medfed.core.errors.DatasetChanged`,
+naming the dataset and both digests) and an approved spec goes back to pending, to be re-approved.
+A standing rule names exactly one dataset, so it always pins that dataset's content at creation;
+when the data changes, specs it covers need an approval by hash (or a new rule).
+
+Approval is on by default (compare Fed-BioMed, where it defaults to off); a site turns it off
+only by writing ``[policy] approval = "off"`` (:mod:`medfed.security.node_policy`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import enum
-import hashlib
 import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 
-from medfed.core.errors import PermissionDenied, ValidationError
+from medfed.core.errors import DatasetChanged, PermissionDenied, ValidationError
+from medfed.security.approval_records import (
+    Approval,
+    ApprovalState,
+    Clearance,
+    StandingRule,
+    approval_from_row,
+    spec_digest,
+)
+from medfed.security.audit import AuditLog
+from medfed.security.audit_events import AuditAction, AuditEvent, validate_event
 from medfed.security.authz import Action, Principal, Resource, authorize
-from medfed.security.node_policy import ANY, JobFacts
+from medfed.security.node_policy import JobFacts
 from medfed.security.sqlite import open_wal, transaction
 
-__all__ = ["Approval", "ApprovalState", "ApprovalStore", "Clearance", "StandingRule", "spec_digest"]
+__all__ = [
+    "Approval", "ApprovalState", "ApprovalStore", "Clearance", "StandingRule", "open_site_approvals", "spec_digest",
+]  # fmt: skip
 
 AuditFn = Callable[[str, Mapping[str, str | int | float | bool]], None]
+Fields = dict[str, str | int | float | bool]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS specs (
@@ -48,89 +73,46 @@ CREATE TABLE IF NOT EXISTS rules (
     researcher TEXT NOT NULL, created_by TEXT NOT NULL, created REAL NOT NULL, expires REAL,
     reason TEXT NOT NULL, revoked REAL
 );
+CREATE TABLE IF NOT EXISTS pins (
+    subject TEXT NOT NULL, dataset TEXT NOT NULL, fingerprint TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (subject, dataset)
+);
 """
+#: The files of a site's state directory that :func:`open_site_approvals` opens.
+APPROVALS_FILE, AUDIT_FILE, AUDIT_KEY_FILE = "approvals.db", "audit.sqlite", "audit-signing.key"
 _SPEC_COLUMNS = (
     "spec_hash, job_id, name, researcher, purpose, task, dataset, submitted, state, decided_by, decided_at,"
     " reason, expires"
 )
 
 
-def spec_digest(spec_text: str) -> str:
-    """SHA-256 of the spec's exact text (UTF-8): what an approval refers to."""
-    return hashlib.sha256(spec_text.encode()).hexdigest()
-
-
-class ApprovalState(enum.StrEnum):
-    PENDING = "pending"
-    APPROVED = "approved"
-    REJECTED = "rejected"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Approval:
-    """One spec seen at this site and the site admin's current decision on it."""
-
-    spec_hash: str
-    job_id: str
-    name: str
-    researcher: str
-    purpose: str
-    task: str
-    dataset: str
-    submitted_at: float
-    state: ApprovalState
-    decided_by: str = ""
-    decided_at: float | None = None
-    reason: str = ""
-    expires_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StandingRule:
-    """A site admin's advance approval of every spec with this task, dataset, purpose and researcher."""
-
-    rule_id: str
-    task: str
-    dataset: str
-    purpose: str
-    researcher: str  # a user id, or "*" for any researcher
-    created_by: str
-    created_at: float
-    expires_at: float | None
-    reason: str
-    revoked: bool = False
-
-    def covers(self, facts: JobFacts, *, now: float) -> bool:
-        return (
-            not self.revoked
-            and (self.expires_at is None or now < self.expires_at)
-            and (self.task, self.dataset, self.purpose) == (facts.task, facts.dataset, facts.purpose)
-            and self.researcher in (ANY, facts.researcher)
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Clearance:
-    """Why a job may run here: an approval of its spec hash, or a standing rule."""
-
-    spec_hash: str
-    approved_by: str
-    rule_id: str = ""  # set when a standing rule covered the spec
-    expires_at: float | None = None
-
-
 class ApprovalStore:
-    """A site's approvals and standing rules in its SQLite file."""
+    """A site's approvals and standing rules in its SQLite file.
 
-    def __init__(self, path: Path, *, site: str, audit: AuditFn, clock: Callable[[], float] = time.time) -> None:
+    ``audit`` receives operator notes (a spec arrived); ``audit_log``, when given, receives every
+    decision as an ``approval.decided`` event (use :func:`open_site_approvals` at a site).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        site: str,
+        audit: AuditFn,
+        clock: Callable[[], float] = time.time,
+        audit_log: AuditLog | None = None,
+    ) -> None:
         self.path, self.site = path, site
-        self._audit, self._clock = audit, clock
+        self._audit, self._clock, self._log = audit, clock, audit_log
+        self._owns_log = False
         self._lock = threading.Lock()
         self._db = open_wal(path, SCHEMA, what="approvals store")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        if self._log is not None and self._owns_log:
+            self._log.close()
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self._db, self._lock)
@@ -156,64 +138,161 @@ class ApprovalStore:
                 self._audit("approval.pending", {"site": self.site, "job": facts.job_id, "spec": facts.spec_hash})
         return self.get(facts.spec_hash)
 
-    def check(self, facts: JobFacts) -> Clearance:
+    def check(self, facts: JobFacts, *, fingerprint: str = "") -> Clearance:
         """Clear the job to run here, or raise :class:`PermissionDenied` saying why not.
 
-        The node calls this before any task touches data. An unknown spec is recorded as pending.
+        The node calls this before any task touches data, with the current ``fingerprint`` of the
+        dataset the task reads ('' when it has none). An unknown spec is recorded as pending; a
+        clearance whose pinned fingerprint differs does not count, and when none is left because the
+        data changed, :class:`DatasetChanged` names the dataset and the spec goes back to pending.
         """
         approval, now = self.submit(facts), self._clock()
-        for rule in self.rules():
-            if rule.covers(facts, now=now):
-                return Clearance(spec_hash=facts.spec_hash, approved_by=rule.created_by, rule_id=rule.rule_id,
-                                 expires_at=rule.expires_at)  # fmt: skip
+        candidates = [  # a rejection of this very spec outweighs a rule that would cover it
+            Clearance(spec_hash=facts.spec_hash, approved_by=r.created_by, rule_id=r.rule_id, expires_at=r.expires_at)
+            for r in self.rules()
+            if r.covers(facts, now=now) and approval.state is not ApprovalState.REJECTED
+        ]
         refuse = f"site {self.site!r} has not cleared job {facts.job_id!r} (spec {facts.spec_hash[:12]}…): "
+        why = ""
         if approval.state is ApprovalState.PENDING:
-            raise PermissionDenied(refuse + "its spec awaits the site admin's approval (medfed approvals list)")
-        if approval.state is ApprovalState.REJECTED:
-            raise PermissionDenied(refuse + f"rejected by {approval.decided_by}: {approval.reason}")
-        if approval.expires_at is not None and now >= approval.expires_at:
-            raise PermissionDenied(refuse + f"the approval expired at {approval.expires_at:.0f}")
-        if approval.purpose != facts.purpose:
-            raise PermissionDenied(refuse + f"approved for purpose {approval.purpose!r}, not {facts.purpose!r}")
-        return Clearance(spec_hash=facts.spec_hash, approved_by=approval.decided_by, expires_at=approval.expires_at)
+            why = "its spec awaits the site admin's approval (medfed approvals list)"
+        elif approval.state is ApprovalState.REJECTED:
+            why = f"rejected by {approval.decided_by}: {approval.reason}"
+        elif approval.expires_at is not None and now >= approval.expires_at:
+            why = f"the approval expired at {approval.expires_at:.0f}"
+        elif approval.purpose != facts.purpose:
+            why = f"approved for purpose {approval.purpose!r}, not {facts.purpose!r}"
+        else:
+            candidates.insert(0, Clearance(spec_hash=facts.spec_hash, approved_by=approval.decided_by,
+                                           expires_at=approval.expires_at))  # fmt: skip
+        if not fingerprint and candidates:
+            return candidates[0]
+        stale = []
+        for clearance in candidates:
+            pinned = self._pin_or_get(clearance.subject, facts.dataset, fingerprint)
+            if pinned == fingerprint:
+                return dataclasses.replace(clearance, fingerprint=fingerprint)
+            stale.append(pinned)
+        was = self.pins(facts.spec_hash).get(facts.dataset, fingerprint)
+        if approval.state is ApprovalState.PENDING and was != fingerprint:
+            stale.append(was)  # an approval the data outgrew, awaiting re-approval
+        if not stale:
+            raise PermissionDenied(refuse + why)
+        changed = f"dataset {facts.dataset} changed since approval (was {stale[0][:12]}…, now {fingerprint[:12]}…)"
+        self._outgrown(approval, changed)
+        raise DatasetChanged(refuse + changed + "; the spec awaits re-approval (medfed approvals list)")
+
+    def _pin_or_get(self, subject: str, dataset: str, fingerprint: str) -> str:
+        """The fingerprint pinned to ``subject`` for ``dataset``; pins ``fingerprint`` when none is."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT fingerprint FROM pins WHERE subject=? AND dataset=?", (subject, dataset)
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            db.execute("INSERT INTO pins VALUES (?,?,?,?)", (subject, dataset, fingerprint, self._clock()))
+        return fingerprint
+
+    def _outgrown(self, approval: Approval, why: str) -> None:
+        """An approved spec whose dataset changed goes back to pending (kept in ``decisions``); a
+        pending one (a rule covered it) is marked with the change."""
+        now = self._clock()
+        if approval.state is ApprovalState.PENDING:
+            with self._tx() as db:
+                db.execute("UPDATE specs SET reason=? WHERE spec_hash=?", (why, approval.spec_hash))
+            return
+        with self._tx() as db:
+            db.execute(
+                "UPDATE specs SET state=?, decided_by='', decided_at=?, reason=?, expires=NULL WHERE spec_hash=?",
+                (ApprovalState.PENDING.value, now, why, approval.spec_hash),
+            )
+            db.execute(
+                "INSERT INTO decisions VALUES (?,?,?,?,?)",
+                (now, approval.spec_hash, ApprovalState.PENDING.value, f"node:{self.site}", why),
+            )
+        self._audit("approval.outgrown", {"site": self.site, "spec": approval.spec_hash})
 
     # --- the site admin's side ------------------------------------------------------------
 
-    def approve(self, spec_hash: str, *, by: Principal, reason: str = "", expires_at: float | None = None) -> Approval:
-        """Approve a spec (by hash) for the purpose it was submitted with, optionally until ``expires_at``."""
+    def approve(
+        self,
+        spec_hash: str,
+        *,
+        by: Principal,
+        reason: str = "",
+        expires_at: float | None = None,
+        fingerprints: Mapping[str, str] | None = None,
+    ) -> Approval:
+        """Approve a spec (by hash) for the purpose it was submitted with, optionally until ``expires_at``.
+
+        ``fingerprints`` (dataset → fingerprint, as the decider saw the data) are pinned to the
+        approval; without them the node pins what it reads first after this approval.
+        """
         if expires_at is not None and expires_at <= self._clock():
             raise ValidationError(f"expiry {expires_at!r} is in the past", where=f"approval of {spec_hash[:12]}…")
-        return self._decide(spec_hash, ApprovalState.APPROVED, by=by, reason=reason, expires_at=expires_at)
+        pins = {d: f for d, f in (fingerprints or {}).items() if f}  # '' : a dataset without one (a database)
+        return self._decide(spec_hash, ApprovalState.APPROVED, by=by, reason=reason, expires_at=expires_at, pins=pins)
 
     def reject(self, spec_hash: str, *, by: Principal, reason: str) -> Approval:
         """Reject a spec (or withdraw an approval); a reason is mandatory."""
         if not reason.strip():
             raise ValidationError("a rejection needs a reason", where=f"rejection of {spec_hash[:12]}…")
-        return self._decide(spec_hash, ApprovalState.REJECTED, by=by, reason=reason, expires_at=None)
+        return self._decide(spec_hash, ApprovalState.REJECTED, by=by, reason=reason, expires_at=None, pins={})
 
     def _decide(
-        self, spec_hash: str, state: ApprovalState, *, by: Principal, reason: str, expires_at: float | None
+        self,
+        spec_hash: str,
+        state: ApprovalState,
+        *,
+        by: Principal,
+        reason: str,
+        expires_at: float | None,
+        pins: Mapping[str, str],
     ) -> Approval:
         self._authorize(by)
+        current = self.get(spec_hash)
+        fields: Fields = {"spec_hash": spec_hash, "task": current.task, "dataset": current.dataset,
+                          "purpose": current.purpose}  # fmt: skip
+        if len(pins) == 1:
+            fields["fingerprint"] = next(iter(pins.values()))
+        event = self._decision_event(by, state.value, reason, fields)
         now = self._clock()
         with self._tx() as db:
-            changed = db.execute(
+            db.execute(
                 "UPDATE specs SET state=?, decided_by=?, decided_at=?, reason=?, expires=? WHERE spec_hash=?",
                 (state.value, by.user_id, now, reason, expires_at, spec_hash),
-            ).rowcount
-            if not changed:
-                raise ValidationError(f"no spec {spec_hash!r} at site {self.site!r}")
+            )
             db.execute("INSERT INTO decisions VALUES (?,?,?,?,?)", (now, spec_hash, state.value, by.user_id, reason))
+            db.execute("DELETE FROM pins WHERE subject=?", (spec_hash,))
+            db.executemany("INSERT INTO pins VALUES (?,?,?,?)", [(spec_hash, d, f, now) for d, f in pins.items()])
+            self._record(event)
         self._audit(f"approval.{state.value}", {"site": self.site, "spec": spec_hash, "by": by.user_id})
         return self.get(spec_hash)
+
+    def _decision_event(self, by: Principal, outcome: str, reason: str, fields: Fields) -> AuditEvent | None:
+        """The ``approval.decided`` event, validated before anything changes (a PHI-like reason is refused)."""
+        if self._log is None:
+            return None
+        details: Fields = {"site": self.site, "user": by.user_id, "outcome": outcome, **fields}
+        if reason.strip():
+            details["reason"] = reason.strip()
+        event = AuditEvent(action=AuditAction.APPROVAL_DECIDED, actor=by.user_id, fields=details)
+        validate_event(event)
+        return event
+
+    def _record(self, event: AuditEvent | None) -> None:
+        # called inside the store's transaction: a decision the audit log cannot take is rolled back
+        if event is not None and self._log is not None:
+            self._log.append(event)
 
     def _authorize(self, by: Principal) -> None:
         decision = authorize(by, Action.APPROVAL_DECIDE, Resource.site(self.site))
         if decision.emergency:  # never reached with today's matrix; kept so a future change cannot slip by
             raise PermissionDenied("approvals cannot be decided under break glass")
 
-    def add_rule(self, rule: StandingRule, *, by: Principal) -> StandingRule:
-        """Add a standing rule; ``rule.rule_id`` and ``created_*`` are filled in here."""
+    def add_rule(self, rule: StandingRule, *, by: Principal, fingerprint: str = "") -> StandingRule:
+        """Add a standing rule; ``rule.rule_id`` and ``created_*`` are filled in here. ``fingerprint``
+        pins the rule's one dataset as the decider saw it (else the node pins it at first use)."""
         self._authorize(by)
         problems = [
             f"{k} must not be empty" for k in ("task", "dataset", "purpose", "researcher") if not getattr(rule, k)
@@ -225,22 +304,37 @@ class ApprovalStore:
         if problems:
             raise ValidationError(problems, where=f"standing rule at site {self.site!r}")
         rule_id, now = secrets.token_hex(4), self._clock()
+        fields: Fields = {"rule": rule_id, "task": rule.task, "dataset": rule.dataset, "purpose": rule.purpose}
+        if fingerprint:
+            fields["fingerprint"] = fingerprint
+        event = self._decision_event(by, "rule-added", rule.reason, fields)
         with self._tx() as db:
             db.execute(
                 "INSERT INTO rules VALUES (?,?,?,?,?,?,?,?,?,NULL)",
                 (rule_id, rule.task, rule.dataset, rule.purpose, rule.researcher, by.user_id, now, rule.expires_at,
                  rule.reason),
             )  # fmt: skip
+            if fingerprint:
+                db.execute("INSERT INTO pins VALUES (?,?,?,?)", (f"rule:{rule_id}", rule.dataset, fingerprint, now))
+            self._record(event)
         self._audit("approval.rule_added", {"site": self.site, "rule": rule_id, "by": by.user_id,
                                             "task": rule.task, "dataset": rule.dataset})  # fmt: skip
         return next(r for r in self.rules() if r.rule_id == rule_id)
 
-    def revoke_rule(self, rule_id: str, *, by: Principal) -> None:
+    def revoke_rule(self, rule_id: str, *, by: Principal, reason: str = "") -> None:
         self._authorize(by)
+        event = self._decision_event(by, "rule-revoked", reason, {"rule": rule_id})
         with self._tx() as db:
             if not db.execute("UPDATE rules SET revoked=? WHERE rule_id=?", (self._clock(), rule_id)).rowcount:
                 raise ValidationError(f"no standing rule {rule_id!r} at site {self.site!r}")
+            self._record(event)
         self._audit("approval.rule_revoked", {"site": self.site, "rule": rule_id, "by": by.user_id})
+
+    def pins(self, subject: str) -> dict[str, str]:
+        """Dataset → fingerprint pinned to ``subject`` (a spec hash, or ``rule:<id>``)."""
+        with self._lock:
+            rows = self._db.execute("SELECT dataset, fingerprint FROM pins WHERE subject=?", (subject,)).fetchall()
+        return {str(d): str(f) for d, f in rows}
 
     # --- reading --------------------------------------------------------------------------
 
@@ -249,7 +343,7 @@ class ApprovalStore:
             row = self._db.execute(f"SELECT {_SPEC_COLUMNS} FROM specs WHERE spec_hash=?", (spec_hash,)).fetchone()  # noqa: S608 - constant columns
         if row is None:
             raise ValidationError(f"no spec {spec_hash!r} at site {self.site!r}")
-        return _approval(row)
+        return approval_from_row(row)
 
     def find(self, prefix: str) -> Approval:
         """The one spec whose hash starts with ``prefix`` (at least 8 hex digits), as the CLI shows them."""
@@ -268,7 +362,7 @@ class ApprovalStore:
                 rows = self._db.execute(query + " ORDER BY submitted").fetchall()
             else:
                 rows = self._db.execute(query + " WHERE state=? ORDER BY submitted", (state.value,)).fetchall()
-        return [_approval(r) for r in rows]
+        return [approval_from_row(r) for r in rows]
 
     def rules(self) -> list[StandingRule]:
         with self._lock:
@@ -311,11 +405,19 @@ class ApprovalStore:
         return "".join(lines)
 
 
-def _approval(row: tuple[object, ...]) -> Approval:
-    return Approval(
-        spec_hash=str(row[0]), job_id=str(row[1]), name=str(row[2]), researcher=str(row[3]), purpose=str(row[4]),
-        task=str(row[5]), dataset=str(row[6]), submitted_at=float(row[7]),  # type: ignore[arg-type]  # SQLite REAL
-        state=ApprovalState(str(row[8])), decided_by=str(row[9]),
-        decided_at=None if row[10] is None else float(row[10]),  # type: ignore[arg-type]  # SQLite REAL
-        reason=str(row[11]), expires_at=None if row[12] is None else float(row[12]),  # type: ignore[arg-type]
-    )  # fmt: skip
+def open_site_approvals(
+    state_dir: Path, *, site: str, note: AuditFn, clock: Callable[[], float] = time.time
+) -> ApprovalStore:
+    """A site's approvals (``state_dir/approvals.db``) writing each decision into the site's own
+    audit log (``state_dir/audit.sqlite``, checkpoints signed by ``state_dir/audit-signing.key``):
+    what ``medfed approvals`` and the node page open. Closing the store closes the log."""
+    from medfed.security.provision import open_signing_key  # the PKI recipes: only where a site is opened
+
+    log = AuditLog(state_dir / AUDIT_FILE, signer=open_signing_key(state_dir / AUDIT_KEY_FILE), clock=clock)
+    try:
+        store = ApprovalStore(state_dir / APPROVALS_FILE, site=site, audit=note, clock=clock, audit_log=log)
+    except BaseException:
+        log.close()
+        raise
+    store._owns_log = True
+    return store

@@ -9,29 +9,44 @@ coordinator's word that a job is allowed. Parsed from the ``[policy]`` table of 
     tasks = ["logistic_regression"]     # required
     datasets = ["heart"]                # required
     max_rounds = 50                     # optional
-    require_approval = true             # optional, default true; see below
+    approval = "required"               # optional, default "required"; "off" is loud (see below)
 
     [policy.dataset_researchers]        # optional: narrower lists per dataset
     heart = ["alice"]
 
-Deny by default: a missing list is an error, an empty list admits nobody. ``require_approval = false``
-is refused: a site's admin approves each spec or a standing rule (:mod:`medfed.security.approvals`).
+Deny by default: a missing list is an error, an empty list admits nobody.
+
+Site approval is on by default: every job needs its spec approved by the site admin (by hash) or
+a standing rule (:mod:`medfed.security.approvals`), and a ``site.toml`` without ``[policy]`` gets
+:meth:`NodePolicy.approval_only` (no list limits, approval required). Turning approval off takes
+an explicit ``approval = "off"`` in a ``[policy]`` that also sets the four lists; the node records
+it in its audit log at every start and ``medfed node check`` warns. (Fed-BioMed's code approval
+defaults to off; here the unsafe choice has to be written down.) The older ``require_approval = true``
+is still accepted; ``require_approval = false`` is refused in favour of ``approval = "off"``.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from medfed.core.errors import ConfigError, PermissionDenied
 from medfed.core.records import JobSpec
 
-__all__ = ["ANY", "JobFacts", "NodePolicy", "parse_node_policy"]
+__all__ = ["ANY", "ApprovalMode", "JobFacts", "NodePolicy", "parse_node_policy"]
 
 #: The wildcard a list may hold instead of names.
 ANY = "*"
 _LISTS = ("researchers", "purposes", "tasks", "datasets")
-_OPTIONAL = ("max_rounds", "require_approval", "dataset_researchers")
+_OPTIONAL = ("max_rounds", "approval", "require_approval", "dataset_researchers")
+
+
+class ApprovalMode(enum.StrEnum):
+    """Whether a job needs the site admin's approval (``[policy] approval``)."""
+
+    REQUIRED = "required"  # the default: the spec approved by hash, or a standing rule
+    OFF = "off"  # written explicitly; audited at every node start; medfed node check warns
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +82,14 @@ class NodePolicy:
     datasets: frozenset[str]
     max_rounds: int | None = None
     dataset_researchers: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    approval: ApprovalMode = ApprovalMode.REQUIRED
+
+    @classmethod
+    def approval_only(cls, site: str) -> NodePolicy:
+        """A site without a ``[policy]`` table: any researcher, purpose, task and dataset, each job
+        only once the site admin approved its spec or a standing rule covers it."""
+        anything = frozenset({ANY})
+        return cls(site=site, researchers=anything, purposes=anything, tasks=anything, datasets=anything)
 
     def violations(self, facts: JobFacts) -> list[str]:
         """Every rule ``facts`` breaks (empty when the job is allowed)."""
@@ -119,7 +142,13 @@ def parse_node_policy(table: Mapping[str, object], *, site: str, where: str = "s
     if max_rounds is not None and (not isinstance(max_rounds, int) or isinstance(max_rounds, bool) or max_rounds < 1):
         problems.append(f"max_rounds must be an integer >= 1, got {max_rounds!r}")
     if table.get("require_approval", True) is not True:
-        problems.append("require_approval must be true: every job needs the site admin's approval or a standing rule")
+        problems.append(
+            "require_approval must be true: every job needs the site admin's approval or a standing rule "
+            '(to run jobs unapproved, write approval = "off": audited at every start)'
+        )
+    approval = table.get("approval", ApprovalMode.REQUIRED.value)
+    if approval not in [m.value for m in ApprovalMode]:
+        problems.append(f"approval must be one of {[m.value for m in ApprovalMode]}, got {approval!r}")
     per_dataset: dict[str, frozenset[str]] = {}
     raw = table.get("dataset_researchers", {})
     if not isinstance(raw, Mapping):
@@ -134,5 +163,5 @@ def parse_node_policy(table: Mapping[str, object], *, site: str, where: str = "s
     return NodePolicy(
         site=site, researchers=lists["researchers"], purposes=lists["purposes"], tasks=lists["tasks"],
         datasets=lists["datasets"], max_rounds=max_rounds if isinstance(max_rounds, int) else None,
-        dataset_researchers=per_dataset,
+        dataset_researchers=per_dataset, approval=ApprovalMode(str(approval)),
     )  # fmt: skip
