@@ -12,6 +12,7 @@ from pathlib import Path
 
 from medfed import __version__
 from medfed.aggregation.strategies import make_strategy
+from medfed.coordinator.alerting import AlertScanner, ScanConfig
 from medfed.coordinator.audit_hooks import CoordinatorAudit
 from medfed.coordinator.checkpoints import AtRest, load_checkpoint
 from medfed.coordinator.engine import JobContext, JobRunner
@@ -42,6 +43,7 @@ class CoordinatorSettings:
     poll_retry_s: float = 0.5
     keyring: Keyring | None = None  # encrypt checkpoints and models at rest (--key-file); None: plaintext
     signing_key: Path | None = None  # the kit's Ed25519 key (public half in every kit); None: state_dir's own
+    alert_scan: ScanConfig | None = None  # access/update alerts (state_dir/alerts.sqlite); interval_s: periodic
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_s <= 0:
@@ -69,11 +71,19 @@ class Coordinator:
         # tamper-evident record of submissions, accepted results and signed models (state_dir/audit.sqlite)
         self.audit = CoordinatorAudit(settings.state_dir, key_path=settings.signing_key)
         self.at_rest = None if settings.keyring is None else AtRest(keyring=settings.keyring, root=settings.state_dir)
+        # unusual access in the audit log and anomalous node updates -> state_dir/alerts.sqlite + alert.raised
+        self.alerting = AlertScanner(
+            audit=self.audit,
+            store=self.store,
+            alerts_path=settings.state_dir / "alerts.sqlite",
+            config=settings.alert_scan,
+        )
 
     # --- life cycle ------------------------------------------------------------------------
 
     def start(self) -> None:
         """Resume jobs that were running (or pending) when the coordinator last stopped."""
+        self.alerting.start()
         for row in self.store.jobs(state=JobState.RUNNING) + self.store.jobs(state=JobState.PENDING):
             log.info("resuming job %s (%s) after round %d", row.job_id, row.name, row.completed_round)
             try:
@@ -87,6 +97,7 @@ class Coordinator:
         self.nodes.notify()
         for runner in list(self._runners.values()):
             runner.join(timeout_s)
+        self.alerting.stop()
         self.audit.close()
 
     def wait_job(self, job_id: str, timeout_s: float) -> JobViewDict:

@@ -22,11 +22,14 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.ensemble import IsolationForest
 
 from medfed.core.errors import ConfigError, ValidationError
+
+if TYPE_CHECKING:  # scikit-learn (2 s to import) is loaded on the first fit, not when the coordinator starts
+    from sklearn.ensemble import IsolationForest
 
 __all__ = [
     "FEATURES",
@@ -235,6 +238,8 @@ class AccessAnomalyDetector:
     @classmethod
     def fit(cls, baseline: Sequence[AccessEvent], *, config: DetectorConfig) -> AccessAnomalyDetector:
         """Learn profiles and the forest from ``baseline`` (events believed normal)."""
+        from sklearn.ensemble import IsolationForest
+
         if not baseline:
             raise ValidationError("the access baseline is empty", where="access detector")
         start, end = min(e.at for e in baseline), max(e.at for e in baseline)
