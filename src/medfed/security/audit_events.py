@@ -45,6 +45,7 @@ class AuditAction(enum.StrEnum):
     LOGOUT = "logout"
     BREAK_GLASS = "access.break_glass"
     PERMISSION_DENIED = "access.denied"
+    REQUEST_REFUSED = "request.refused"  # coordinator: an unsigned, altered, stale or replayed API call
     USER_CHANGED = "user.changed"
     KEY_ROTATED = "key.rotated"
     BACKUP_CREATED = "backup.created"
