@@ -12,8 +12,14 @@ With a ``state_dir`` the node keeps ``state_dir/audit.sqlite`` (hash chain, chec
 ``state_dir/audit-signing.key``): data accessed, refusals, and each result sent with the same
 ``update_sha256`` the coordinator records, so ``medfed audit participation`` can compare the two.
 
-A site without a ``[policy]`` table keeps the behaviour of earlier releases (no approval step);
-production sites should set one (``medfed node check`` warns).
+Approval is on by default: a site started from ``site.toml`` always has a policy (without a
+``[policy]`` table, :meth:`NodePolicy.approval_only`), so every job needs its spec approved or a
+standing rule. ``[policy] approval = "off"`` turns the step off; the node then writes a
+``node.started`` event saying so at every start (and ``medfed node check`` warns). Before a task
+reads a dataset, its current content fingerprint (:mod:`medfed.node.fingerprints`) must match the
+one the approval pinned: a changed dataset refuses the task (``task.refused``, outcome
+``dataset-changed``) and puts the spec back among those awaiting approval. A node built in
+process without a policy (tests, simulations) has no approval step: it is not a site.
 """
 
 from __future__ import annotations
@@ -23,23 +29,25 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medfed.core.config import parse_job_spec
-from medfed.core.errors import ConfigError, PermissionDenied, StoreError, ValidationError
+from medfed.core.errors import ConfigError, DataError, DatasetChanged, PermissionDenied, StoreError, ValidationError
 from medfed.core.records import ResultMessage, TaskKind, TaskMessage
 from medfed.crypto.signing import BAD_SIGNATURE, ModelSignature, model_digest, verify_model
+from medfed.node.fingerprints import FingerprintCache
 from medfed.node.selection import dataset_tags
 from medfed.security.approvals import ApprovalStore, Clearance
 from medfed.security.audit import AuditLog
 from medfed.security.audit_events import AuditAction, AuditEvent
-from medfed.security.node_policy import JobFacts, NodePolicy
+from medfed.security.node_policy import ApprovalMode, JobFacts, NodePolicy
 from medfed.security.provision import open_signing_key
 
 if TYPE_CHECKING:
     from medfed.node.middleware import Handler, NodeContext
+    from medfed.node.runtime import DatasetConfig
 
 __all__ = ["NodeGovernance", "governance", "job_facts", "open_governance"]
 
@@ -55,6 +63,7 @@ class Refusal(enum.StrEnum):
     BAD_SPEC = "bad-spec"  # the spec does not parse, or the task asks for something else
     POLICY = "policy"  # the site's [policy] forbids the job
     NOT_CLEARED = "not-cleared"  # no approval of this spec (pending, rejected, expired) nor a standing rule
+    DATASET_CHANGED = "dataset-changed"  # the dataset's content differs from what the approval pinned
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,8 +73,9 @@ class NodeGovernance:
     site: str
     audit: AuditLog | None = None
     policy: NodePolicy | None = None
-    approvals: ApprovalStore | None = None
+    approvals: ApprovalStore | None = None  # None with a policy: approval = "off"
     coordinator_key: bytes | None = None  # the kit's coordinator-signing.pub: every model must verify
+    fingerprints: FingerprintCache = field(default_factory=FingerprintCache)
 
     def check_model(self, task: TaskMessage) -> None:
         """Refuse (:class:`StoreError`, one opaque reason) a model the coordinator did not sign for
@@ -87,10 +97,13 @@ class NodeGovernance:
         if self.audit is not None:
             self.audit.append(AuditEvent(action=action, actor=self.site, fields={"site": self.site, **fields}))
 
-    def clear(self, task: TaskMessage, *, tags: Sequence[str] = ()) -> Clearance | None:
+    def clear(
+        self, task: TaskMessage, *, tags: Sequence[str] = (), dataset: DatasetConfig | None = None
+    ) -> Clearance | None:
         """Raise :class:`PermissionDenied` unless this site's policy and approvals admit ``task``'s job
-        (``tags``: those of the dataset the task resolved to, checked against a tag selector)."""
-        if self.policy is None or self.approvals is None:
+        (``tags``: those of the dataset the task resolved to, checked against a tag selector;
+        ``dataset``: the one it reads, whose fingerprint must match the approval's)."""
+        if self.policy is None:
             return None
         facts = self._facts(task, tags)
         try:
@@ -98,11 +111,27 @@ class NodeGovernance:
         except PermissionDenied:
             self._refused(task, Refusal.POLICY, facts.spec_hash)
             raise
+        if self.approvals is None:  # approval = "off", audited at start
+            return None
+        current = self._fingerprint(task, dataset)
         try:
-            return self.approvals.check(facts)
+            return self.approvals.check(facts, fingerprint=current)
+        except DatasetChanged:
+            changed: Fields = {"dataset": facts.dataset, "fingerprint": current,
+                               "reason": f"dataset {facts.dataset} changed since approval"}  # fmt: skip
+            self._refused(task, Refusal.DATASET_CHANGED, facts.spec_hash, changed)
+            raise
         except PermissionDenied:
             self._refused(task, Refusal.NOT_CLEARED, facts.spec_hash)
             raise
+
+    def _fingerprint(self, task: TaskMessage, dataset: DatasetConfig | None) -> str:
+        if dataset is None or task.kind in (TaskKind.SECAGG_KEYS, TaskKind.SECAGG_SHARES):  # no data read
+            return ""
+        try:
+            return self.fingerprints.current(dataset)
+        except DataError:
+            return ""  # missing files: the task fails reading them, with the data layer's message
 
     def _facts(self, task: TaskMessage, tags: Sequence[str]) -> JobFacts:
         try:
@@ -111,11 +140,22 @@ class NodeGovernance:
             self._refused(task, Refusal.NO_SPEC if not task.spec_toml else Refusal.BAD_SPEC, "")
             raise
 
-    def _refused(self, task: TaskMessage, why: Refusal, spec_hash: str) -> None:
-        fields: Fields = {"job_id": task.job_id, "round": task.round, "outcome": why.value}
+    def _refused(self, task: TaskMessage, why: Refusal, spec_hash: str, extra: Fields | None = None) -> None:
+        fields: Fields = {"job_id": task.job_id, "round": task.round, "outcome": why.value, **(extra or {})}
         if spec_hash:
             fields["spec_hash"] = spec_hash
         self.record(AuditAction.TASK_REFUSED, fields)
+
+    def started(self) -> None:
+        """Record the site's approval mode at start (``node.started``); loud when approval is off."""
+        if self.policy is None:
+            return
+        fields: Fields = {"outcome": f"approval-{self.policy.approval.value}"}
+        if self.policy.approval is ApprovalMode.OFF:
+            fields["reason"] = "site approval is off (policy table of site.toml: approval = off)"
+            log.warning("site %s: approval is OFF: jobs the [policy] admits run without the site admin's approval",
+                        self.site)  # fmt: skip
+        self.record(AuditAction.NODE_STARTED, fields)
 
     def checkpoint(self) -> None:
         """Sign the audit log's head, so entries since the last periodic checkpoint are anchored."""
@@ -179,9 +219,13 @@ def open_governance(
     key = open_signing_key(state_dir / "audit-signing.key")
     audit = AuditLog(state_dir / "audit.sqlite", signer=key, clock=clock)
     approvals = None
-    if policy is not None:
-        approvals = ApprovalStore(state_dir / "approvals.db", site=site, audit=_approval_note, clock=clock)
-    return NodeGovernance(site=site, audit=audit, policy=policy, approvals=approvals, coordinator_key=coordinator_key)
+    if policy is not None and policy.approval is ApprovalMode.REQUIRED:
+        approvals = ApprovalStore(
+            state_dir / "approvals.db", site=site, audit=_approval_note, clock=clock, audit_log=audit
+        )
+    gov = NodeGovernance(site=site, audit=audit, policy=policy, approvals=approvals, coordinator_key=coordinator_key)
+    gov.started()
+    return gov
 
 
 def _spent(ctx: NodeContext, task: TaskMessage) -> tuple[float, float]:
@@ -210,13 +254,17 @@ def governance(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessa
     gov = ctx.governance
     if gov is None:
         return nxt(task, ctx)
-    clearance = gov.clear(task, tags=dataset_tags(ctx.datasets).get(task.dataset, ()))
+    clearance = gov.clear(
+        task, tags=dataset_tags(ctx.datasets).get(task.dataset, ()), dataset=ctx.datasets.get(task.dataset)
+    )
     gov.check_model(task)
     access: Fields = {"job_id": task.job_id, "round": task.round, "kind": task.kind.value}
     if task.kind is not TaskKind.SECAGG_KEYS and task.kind is not TaskKind.SECAGG_SHARES:
         access["dataset"] = task.dataset
     if clearance is not None:
         access["spec_hash"] = clearance.spec_hash
+        if clearance.fingerprint:
+            access["fingerprint"] = clearance.fingerprint
     gov.record(AuditAction.DATA_ACCESSED, access)
     before = _spent(ctx, task)
     result = nxt(task, ctx)
