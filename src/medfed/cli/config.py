@@ -78,7 +78,8 @@ def load_node_config(path: Path) -> NodeConfig:
     ca, cert, key = _tls_paths(doc, path)
     datasets: dict[str, DatasetConfig] = {}
     for ds_name, ds in (doc.get("datasets") or {}).items():
-        if isinstance(ds, dict) and "columns" in ds:  # a declared dataset (csv, parquet, fhir, omop)
+        # a declared dataset (csv, parquet, fhir, omop with columns; dicom and notes have a fixed table)
+        if isinstance(ds, dict) and ("columns" in ds or ds.get("format") in ("dicom", "notes")):
             datasets[ds_name] = _declared(ds_name, ds, path)
             continue
         if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):

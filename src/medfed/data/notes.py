@@ -19,13 +19,14 @@ words. Measured precision and recall: ``docs/deidentification.md``.
 from __future__ import annotations
 
 import enum
+import hashlib
 import itertools
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 import numpy as np
@@ -289,6 +290,34 @@ _TOKEN = re.compile(r"[a-z][a-z]+")
 _SURROGATE = re.compile(r"\[[A-Z]+\]")
 
 
+def scrubbed_words(note: str) -> list[str]:
+    """The lower-case words of ``note`` after :func:`scrub`: surrogates, digits and one-letter words dropped."""
+    return _TOKEN.findall(_SURROGATE.sub(" ", scrub(note).text).lower())
+
+
+def hashed_note_features(notes: Sequence[str], *, buckets: int) -> NoteFeatures:
+    """Word counts of the scrubbed notes folded into ``buckets`` columns by a fixed hash.
+
+    Every site with the same ``buckets`` computes the same columns without sharing a word list,
+    and no column is named after a word: the names are ``word_hash_<i>``. The hash is BLAKE2b, not
+    keyed, so columns agree across sites; a word the scrubber missed still reaches a bucket (the
+    scrubber's recall is the guard, see ``docs/deidentification.md``).
+    """
+    if buckets < 1:
+        raise ConfigError(f"buckets must be >= 1, got {buckets!r}")
+    matrix = np.zeros((len(notes), buckets), dtype=np.float32)
+    for i, note in enumerate(notes):
+        for word, n in Counter(scrubbed_words(note)).items():
+            matrix[i, _bucket(word, buckets)] += n
+    width = len(str(buckets - 1))
+    return NoteFeatures(matrix=matrix, vocabulary=tuple(f"word_hash_{j:0{width}d}" for j in range(buckets)))
+
+
+@lru_cache(maxsize=1 << 16)
+def _bucket(word: str, buckets: int) -> int:
+    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "big") % buckets
+
+
 def note_features(
     notes: Sequence[str], *, vocabulary: Sequence[str] | None = None, max_features: int = 1000
 ) -> NoteFeatures:
@@ -300,7 +329,7 @@ def note_features(
     """
     if max_features < 1:
         raise ConfigError(f"max_features must be >= 1, got {max_features!r}")
-    counted = [Counter(_TOKEN.findall(_SURROGATE.sub(" ", scrub(note).text).lower())) for note in notes]
+    counted = [Counter(scrubbed_words(note)) for note in notes]
     if vocabulary is None:
         total: Counter[str] = Counter()
         for counts in counted:

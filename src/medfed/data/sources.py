@@ -25,6 +25,15 @@ import pyarrow.parquet as pq
 
 from medfed.core.errors import ConfigError, DataError, ValidationError
 from medfed.data.fhir import fhir_features
+from medfed.data.media import (
+    IMAGE_KEYS,
+    NOTES_KEYS,
+    ImageOptions,
+    NotesOptions,
+    media_schema,
+    parse_image_options,
+    parse_notes_options,
+)
 from medfed.data.omop import connect, omop_features
 from medfed.data.schema import (
     ColumnMapping,
@@ -46,6 +55,12 @@ class SourceFormat(enum.Enum):
     PARQUET = "parquet"
     FHIR = "fhir"  # a bundle (.json), an NDJSON bulk export (.ndjson), or a directory of them
     OMOP = "omop"  # a DuckDB file (path) or a PostgreSQL database (dsn)
+    DICOM = "dicom"  # a directory of DICOM files, one labelled image each (medfed.data.dicom_source)
+    NOTES = "notes"  # clinical notes: JSONL, or FHIR DocumentReference (medfed.data.notes_source)
+
+
+#: Formats whose table is fixed (medfed.data.media.media_schema) and whose content is not tabular.
+MEDIA_FORMATS = frozenset({SourceFormat.DICOM, SourceFormat.NOTES})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,9 +81,11 @@ class DatasetDecl:
     batch_rows: int = DEFAULT_BATCH_ROWS
     as_of: str = ""
     dsn: str = ""
+    images: ImageOptions | None = None  # format = "dicom"
+    notes: NotesOptions | None = None  # format = "notes"
 
 
-_KEYS = {
+_TABLE_KEYS = {
     "format",
     "kind",
     "path",
@@ -86,6 +103,7 @@ _KEYS = {
     "epsilon_budget",
     "delta_budget",
 }
+_KEYS = _TABLE_KEYS | IMAGE_KEYS | NOTES_KEYS
 
 
 def _strings(raw: Any, key: str, problems: list[str]) -> tuple[str, ...]:
@@ -148,10 +166,16 @@ def parse_dataset(name: str, table: Mapping[str, Any], *, base: Path, where: str
         path, dsn = "", ""
     schema: Schema | None = None
     features: tuple[FeatureSpec, ...] = ()
-    try:
-        schema = Schema.from_dicts(name, list(table.get("columns", [])), where="columns")
-    except (ValidationError, TypeError) as exc:
-        problems.extend(getattr(exc, "problems", [str(exc)]))
+    images, notes = _media(fmt, table, base, problems)
+    if fmt in MEDIA_FORMATS:
+        schema = media_schema(name, images=fmt is SourceFormat.DICOM)
+        if "columns" in table:
+            problems.append(f"columns: a {fmt.value} dataset has a fixed table {list(schema.names)}; drop columns")
+    else:
+        try:
+            schema = Schema.from_dicts(name, list(table.get("columns", [])), where="columns")
+        except (ValidationError, TypeError) as exc:
+            problems.extend(getattr(exc, "problems", [str(exc)]))
     if "features" in table:
         try:
             features = parse_features(table["features"], where="features")
@@ -179,8 +203,24 @@ def parse_dataset(name: str, table: Mapping[str, Any], *, base: Path, where: str
         encoding=str(table.get("encoding", "utf-8")),
         batch_rows=int(batch_rows),
         dsn=dsn,
+        images=images,
+        notes=notes,
         **decl_args,
     )
+
+
+def _media(
+    fmt: SourceFormat, table: Mapping[str, Any], base: Path, problems: list[str]
+) -> tuple[ImageOptions | None, NotesOptions | None]:
+    """The image or notes options of a media dataset; media keys on any other format are problems."""
+    if fmt is SourceFormat.DICOM:
+        return parse_image_options(table, base=base, problems=problems), None
+    if fmt is SourceFormat.NOTES:
+        return None, parse_notes_options(table, base=base, problems=problems)
+    problems.extend(
+        f"{k}: only a dicom or notes dataset takes this key" for k in sorted(IMAGE_KEYS | NOTES_KEYS) if k in table
+    )
+    return None, None
 
 
 # --- streaming ---------------------------------------------------------------------------------
@@ -291,6 +331,9 @@ def iter_harmonised(decl: DatasetDecl, *, as_of: pd.Timestamp | None = None) -> 
     if decl.format in (SourceFormat.CSV, SourceFormat.PARQUET):
         yield from iter_conformed(decl)
         return
+    if decl.format in MEDIA_FORMATS:  # the index table: one row per image or note (pixels, text stay out)
+        yield conform(_media_index(decl), decl.schema, where=str(decl.path), row_word="indexed row")
+        return
     day = _as_of(decl, as_of)
     if decl.format is SourceFormat.FHIR:
         wide = fhir_features(decl.path, decl.features, as_of=day)
@@ -305,6 +348,18 @@ def iter_harmonised(decl: DatasetDecl, *, as_of: pd.Timestamp | None = None) -> 
     where = str(decl.path)
     frame = harmonise(wide, decl.schema, decl.mappings, where=where)
     yield conform(frame, decl.schema, where=where, first_row=1, row_word="patient row")
+
+
+def _media_index(decl: DatasetDecl) -> pd.DataFrame:
+    """A DICOM or notes dataset's table, every file decoded (a bad one fails validation here)."""
+    # imported here: pydicom and the scrubber's word lists load only at sites that declare such data
+    if decl.format is SourceFormat.DICOM:
+        from medfed.data.dicom_source import index_images
+
+        return index_images(decl, decode=True)[list(decl.schema.names)]
+    from medfed.data.notes_source import index_notes
+
+    return index_notes(decl)[list(decl.schema.names)]
 
 
 def read_table(decl: DatasetDecl, *, as_of: pd.Timestamp | None = None) -> Table:

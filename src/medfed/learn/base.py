@@ -16,16 +16,20 @@ from medfed.core.records import Scalar
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TabularData:
-    """A site's harmonised table, already split: float32 features, {0,1} float32 labels."""
+    """A site's harmonised table, already split: float32 features, {0,1} float32 labels (images: flattened rows)."""
 
     x_train: npt.NDArray[np.float32]
     y_train: npt.NDArray[np.float32]
     x_test: npt.NDArray[np.float32]
     y_test: npt.NDArray[np.float32]
     feature_names: tuple[str, ...]
+    #: (channels, rows, columns) when every row is an image flattened in C order (a DICOM dataset)
+    image_shape: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.image_shape is not None and int(np.prod(self.image_shape)) != len(self.feature_names):
+            problems.append(f"image shape {self.image_shape} does not hold {len(self.feature_names)} features")
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if x.ndim != 2 or x.shape[1] != len(self.feature_names):
                 problems.append(f"{split} features have shape {x.shape}, expected (n, {len(self.feature_names)})")

@@ -31,7 +31,7 @@ from medfed.data.catalog import CatalogEntry, entry_for
 from medfed.data.consent import ANY_PURPOSE, ConsentRegistry, ConsentReport, ConsentStore, apply_consent, table_for_task
 from medfed.data.profile import DatasetProfile, profile_frames
 from medfed.data.schema import ColumnType
-from medfed.data.sources import DatasetDecl, fingerprint, read_table, to_tabular
+from medfed.data.sources import MEDIA_FORMATS, DatasetDecl, fingerprint, read_table, to_tabular
 from medfed.learn.base import TabularData
 
 if TYPE_CHECKING:
@@ -121,6 +121,13 @@ def load_for_job(decl: DatasetDecl, registry: ConsentRegistry, *, purpose: str, 
     DataError, ValidationError
         The dataset fails validation, declares no patient id, or its label is not 0/1.
     """
+    if decl.format in MEDIA_FORMATS:  # images and notes: consent on the index, then pixels or scrubbed text
+        from medfed.node.media_data import media_for_job
+
+        data, report, excluded = media_for_job(
+            decl, registry, purpose=purpose, on=on, split=(TEST_FRACTION, split_seed(job_id, decl.name))
+        )
+        return JobData(data=data, consent=report, dropped_by_policy=excluded)
     features = model_features(decl)
     if not decl.label or not features:
         raise ConfigError(f"dataset {decl.name}: a model needs label = ... and numeric columns (features: {features})")
