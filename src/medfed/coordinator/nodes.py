@@ -26,6 +26,7 @@ class NodeInfo:
     tasks: tuple[str, ...]
     last_seen: float
     catalog: tuple[CatalogEntry, ...] = ()  # metadata of its declared datasets (coarse counts)
+    cert_expires: float = 0.0  # notAfter of the certificate it registered with (epoch seconds); 0: unknown
 
 
 def parse_catalog(text: str, *, site: str, offered: tuple[str, ...]) -> tuple[CatalogEntry, ...]:
@@ -64,7 +65,9 @@ class NodeRegistry:
         self._queues: dict[str, deque[TaskMessage]] = {}
         self.cond = threading.Condition()
 
-    def register(self, site: str, hello: Hello, *, catalog: tuple[CatalogEntry, ...] = ()) -> bool:
+    def register(
+        self, site: str, hello: Hello, *, catalog: tuple[CatalogEntry, ...] = (), cert_expires: float = 0.0
+    ) -> bool:
         """Record a (re-)registration; True when the site was already registered here."""
         with self.cond:
             known = site in self._nodes
@@ -75,6 +78,7 @@ class NodeRegistry:
                 tasks=hello.tasks,
                 last_seen=self._clock(),
                 catalog=catalog,
+                cert_expires=cert_expires,
             )
             self._queues.setdefault(site, deque())
             self.cond.notify_all()
@@ -105,6 +109,12 @@ class NodeRegistry:
             return sorted(
                 (n for n in self._nodes.values() if now - n.last_seen < self.stale_after_s), key=lambda n: n.site
             )
+
+    def contact_ages(self) -> dict[str, float]:
+        """Seconds since each registered site's last contact (register, heartbeat, poll)."""
+        with self.cond:
+            now = self._clock()
+            return {site: max(0.0, now - n.last_seen) for site, n in self._nodes.items()}
 
     def all(self) -> list[NodeInfo]:
         with self.cond:

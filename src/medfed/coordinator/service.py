@@ -141,7 +141,7 @@ class Coordinator:
 
     def register(self, peer: Peer, hello: Hello) -> Welcome:
         catalog = parse_catalog(hello.catalog_json, site=peer.name, offered=hello.datasets)
-        rejoined = self.nodes.register(peer.name, hello, catalog=catalog)
+        rejoined = self.nodes.register(peer.name, hello, catalog=catalog, cert_expires=peer.cert_expires)
         self.store.touch_node(peer.name, version=hello.version, datasets=hello.datasets)
         log.info("site %s registered (version %s, datasets %s)", peer.name, hello.version, list(hello.datasets))
         if rejoined:

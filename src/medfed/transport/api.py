@@ -23,6 +23,7 @@ class Peer:
     serial: int = 0
     session: str = field(default="", repr=False)  # a person's login session ("medfed-session" metadata), if sent
     source: str = ""  # the caller's IP address, for login rate limits and the audit log
+    cert_expires: float = 0.0  # the certificate's notAfter (seconds since the epoch); 0: unknown
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -156,7 +156,12 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
             )
         session = next((str(v) for k, v in context.invocation_metadata() or () if k == SESSION_KEY), "")
         return Peer(
-            name=info.common_name, role=role, serial=info.serial, session=session, source=_source(context.peer())
+            name=info.common_name,
+            role=role,
+            serial=info.serial,
+            session=session,
+            source=_source(context.peer()),
+            cert_expires=info.not_after.timestamp(),
         )
 
     def _call(self, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
