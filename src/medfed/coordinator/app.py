@@ -11,13 +11,13 @@ from pathlib import Path
 import grpc
 
 from medfed.coordinator.audit_hooks import CoordinatorAudit
-from medfed.coordinator.people import PeopleGuard
+from medfed.coordinator.people import PeopleGuard, refused_call_audit
 from medfed.coordinator.service import Coordinator, CoordinatorSettings
 from medfed.core.errors import AuthenticationError, ValidationError
 from medfed.crypto.pki import load_crl
 from medfed.security.users import UserStore
 from medfed.transport.api import JobViewDict
-from medfed.transport.grpc_server import ServerTls, serve
+from medfed.transport.grpc_server import RequestPolicy, ServerTls, serve
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,14 @@ def start_coordinator(
     crl_path: Path | None,
     on_job_finished: Callable[[str, JobViewDict], None] | None = None,
     users: Callable[[CoordinatorAudit], UserStore] | None = None,
+    requests: RequestPolicy | None = None,
 ) -> CoordinatorProcess:
     """Open the store, resume unfinished jobs, and listen on ``address`` (mTLS only).
 
     ``users`` opens the federation's user store (given the coordinator's audit log, see
     :func:`medfed.coordinator.people.open_user_store`): people then log in and every people call is
     authorised by the role matrix. Without it the certificate's role alone decides, as before.
+    ``requests`` sets the signed-request checks (clock skew, replay cache); refused calls are audited.
     """
     coordinator = Coordinator(settings, on_job_finished=on_job_finished)
     revoked = CrlWatcher(crl_path, tls.ca_pem)
@@ -90,11 +92,16 @@ def start_coordinator(
         coordinator.stop()
         coordinator.store.close()
         raise
+    refused = refused_call_audit(coordinator.audit)
     if store is None:
-        server, port = serve(coordinator, address=address, tls=tls, revoked=revoked)
+        server, port = serve(
+            coordinator, address=address, tls=tls, revoked=revoked, requests=requests, on_refused=refused
+        )
     else:
         guard = PeopleGuard(coordinator, store)
-        server, port = serve(guard, address=address, tls=tls, revoked=revoked, login=guard.login)
+        server, port = serve(
+            guard, address=address, tls=tls, revoked=revoked, login=guard.login, requests=requests, on_refused=refused
+        )
     coordinator.start()
     log.info(
         "coordinator listening on %s (mutual TLS), state in %s",

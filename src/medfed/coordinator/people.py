@@ -4,10 +4,21 @@ Opt-in: a coordinator started with a user store (``--users``) wraps its :class:`
 :class:`PeopleGuard`. Then every people call must carry a live session (the ``medfed-session``
 gRPC metadata, from the ``Login`` RPC) whose user is the certificate's common name: two factors,
 the certificate (something you have, checked by mTLS) and the password + TOTP (something you know
-and something else you have). The session gives a :class:`Principal`; :func:`authorize` decides
-each call by role x action x resource; a denial is a ``PERMISSION_DENIED`` with the rule's reason
-and an ``access.denied`` event in the coordinator's tamper-evident audit log. Logins, failures and
-ended sessions are audited there too (no passwords, codes or session secrets, only hashes of none).
+and something else you have). A script may instead send an API token (``medfed-token`` metadata,
+``medfed users token issue``), still over its user's certificate: the token's scopes narrow the
+role; an expired, revoked or unknown token is refused and audited. The session or token gives a
+:class:`Principal`; :func:`authorize` decides each call by role x action x resource; a denial is a
+``PERMISSION_DENIED`` with the rule's reason and an ``access.denied`` event in the coordinator's
+tamper-evident audit log. Logins, failures and ended sessions are audited there too (no passwords,
+codes or session secrets, only hashes of none).
+
+Break glass (45 CFR 164.312(a)(2)(ii)): ``Login`` with a reason gives an admin a short emergency
+session (:meth:`UserStore.break_glass`, ``access.break_glass`` with ``severity`` dropped to the
+allow-list); every call made under it writes another ``access.break_glass`` event naming the action
+and resource, whether the normal matrix or only the emergency grant allowed it.
+
+Calls refused by the transport for their signature, time or nonce are recorded as
+``request.refused`` (:func:`refused_call_audit`), with or without a user store.
 Without a user store the coordinator authorises by the certificate's role alone, as before.
 """
 
@@ -29,8 +40,9 @@ from medfed.security.audit_events import ALLOWED_FIELDS, AuditAction
 from medfed.security.authz import Action, Principal, Resource, authorize
 from medfed.security.users import AuthenticationFailed, AuthPolicy, Credentials, UserStore
 from medfed.transport.api import Hello, JobViewDict, LoginGrant, Peer, PollOutcome, Welcome
+from medfed.transport.signed_calls import RefusedCall
 
-__all__ = ["PeopleGuard", "open_user_store"]
+__all__ = ["PeopleGuard", "open_user_store", "refused_call_audit"]
 
 #: UserStore's event names -> the coordinator audit log's actions.
 _EVENTS: dict[str, AuditAction] = {
@@ -39,7 +51,10 @@ _EVENTS: dict[str, AuditAction] = {
     "auth.session_ended": AuditAction.LOGOUT,
     "auth.break_glass": AuditAction.BREAK_GLASS,
     "auth.break_glass_refused": AuditAction.PERMISSION_DENIED,
+    "auth.token_refused": AuditAction.LOGIN_FAILED,
 }
+#: UserStore's field names -> the audit log's allow-listed keys.
+_RENAMED = {"why": "reason", "token": "token_id"}
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
@@ -47,7 +62,7 @@ def _audit_fields(fields: Mapping[str, str | int | float | bool]) -> dict[str, s
     """Keep what the audit log allows: a caller-typed user name or address that is not one is dropped."""
     out: dict[str, str | int | float | bool] = {}
     for key, value in fields.items():
-        key = "reason" if key == "why" else key
+        key = _RENAMED.get(key, key)
         if key not in ALLOWED_FIELDS or value == "":
             continue
         if key == "user" and not (isinstance(value, str) and _NAME.fullmatch(value)):
@@ -85,6 +100,16 @@ def open_user_store(
     return UserStore(path, audit=_store_audit(audit), keyring=keyring, policy=policy, clock=clock)
 
 
+def refused_call_audit(audit: CoordinatorAudit) -> Callable[[RefusedCall], None]:
+    """Record each call the transport refused (unsigned, altered, stale, replayed) as ``request.refused``."""
+
+    def record(call: RefusedCall) -> None:
+        fields = {"user": call.name, "role": call.role, "method": call.method, "kind": call.refusal.value}
+        audit.record(AuditAction.REQUEST_REFUSED, call.name, _audit_fields(fields | {"source": call.source}))
+
+    return record
+
+
 def _trusted(peer: Peer) -> Peer:
     """The peer the Coordinator sees once the matrix allowed the call (it then skips its own owner check)."""
     return Peer(name=peer.name, role=Role.ADMIN, serial=peer.serial, source=peer.source)
@@ -101,8 +126,11 @@ class PeopleGuard:
 
     # --- login ------------------------------------------------------------------------------
 
-    def login(self, peer: Peer, *, user_id: str, password: str, code: str) -> LoginGrant:
-        """Password + TOTP for the certificate's own user: a session (lockout and rate limits apply)."""
+    def login(self, peer: Peer, *, user_id: str, password: str, code: str, break_glass_reason: str = "") -> LoginGrant:
+        """Password + TOTP for the certificate's own user: a session (lockout and rate limits apply).
+
+        With ``break_glass_reason``: emergency access for an admin (:meth:`UserStore.break_glass`).
+        """
         creds = Credentials(user_id=user_id, password=password, code=code, source=peer.source)
         if user_id != peer.name:
             self._audit.record(
@@ -111,20 +139,39 @@ class PeopleGuard:
                 _audit_fields({"user": peer.name, "source": peer.source, "reason": "certificate of another user"}),
             )
             raise AuthenticationFailed()
-        session = self._users.login(creds)
-        return LoginGrant(session=session.secret, expires_at=session.expires_at, role=session.principal.role.value)
+        if break_glass_reason:
+            session = self._users.break_glass(creds, reason=break_glass_reason)
+        else:
+            session = self._users.login(creds)
+        return LoginGrant(
+            session=session.secret,
+            expires_at=session.expires_at,
+            role=session.principal.role.value,
+            emergency=session.principal.emergency,
+        )
 
     def _principal(self, peer: Peer) -> Principal:
-        if not peer.session:
+        """The person behind a call: their session, else their API token, over their own certificate."""
+        if peer.session and peer.token:
+            self._deny(peer, "session", Resource.federation(), "both a session and an api token were sent")
+            raise AuthenticationError(f"{peer.name!r}: send a login session or an API token, not both")
+        if not peer.session and not peer.token:
             self._deny(peer, "session", Resource.federation(), "no login session")
             raise AuthenticationError(
-                f"{peer.name!r}: this coordinator requires a login; run `medfed login --config client.toml`"
+                f"{peer.name!r}: this coordinator requires a login; run `medfed login --config client.toml` "
+                "or give an API token (--token-file, $MEDFED_TOKEN)"
             )
-        principal = self._users.session(peer.session)
+        via = "session" if peer.session else "token"
+        try:
+            if peer.session:
+                principal = self._users.session(peer.session)
+            else:
+                principal = self._users.authenticate_token(peer.token, source=peer.source)
+        except AuthenticationFailed:
+            self._deny(peer, via, Resource.federation(), f"the {via} was refused (unknown, expired or revoked)")
+            raise
         if principal.user_id != peer.name:
-            self._deny(
-                peer, "session", Resource.federation(), "the session belongs to another user than the certificate"
-            )
+            self._deny(peer, via, Resource.federation(), f"the {via} belongs to another user than the certificate")
             raise AuthenticationFailed()
         return principal
 
@@ -138,11 +185,22 @@ class PeopleGuard:
     def _allow(self, peer: Peer, action: Action, resource: Resource) -> Principal:
         principal = self._principal(peer)
         try:
-            authorize(principal, action, resource)
+            decision = authorize(principal, action, resource)
         except PermissionDenied as exc:
             self._deny(peer, action.value, resource, f"{principal.role.value} has no {action.value} right here")
             raise PermissionDenied(str(exc)) from None
+        if principal.emergency:
+            self._emergency_call(peer, action, resource, granted_by_break_glass=decision.emergency)
         return principal
+
+    def _emergency_call(self, peer: Peer, action: Action, resource: Resource, *, granted_by_break_glass: bool) -> None:
+        """Every call under a break-glass session is audited loudly, allowed or not by the normal matrix."""
+        fields: dict[str, str | int | float | bool] = {"user": peer.name, "method": action.value, "source": peer.source}
+        fields |= {"resource": resource.kind.value, "kind": "emergency_call"}
+        fields["outcome"] = "break_glass_grant" if granted_by_break_glass else "role_grant"
+        if resource.name and resource.kind.value == "job":
+            fields["job_id"] = resource.name
+        self._audit.record(AuditAction.BREAK_GLASS, peer.name, _audit_fields(fields))
 
     def _job(self, job_id: str) -> Resource:
         row = self._inner.store.job(job_id)
@@ -177,6 +235,11 @@ class PeopleGuard:
     def list_jobs(self, peer: Peer) -> JobViewDict:
         """The jobs the matrix lets this person read (a researcher: their own)."""
         principal = self._principal(peer)
+        if principal.scopes is not None and Action.JOB_READ not in principal.scopes:
+            self._deny(peer, Action.JOB_READ.value, Resource.federation(), "the api token has no job.read scope")
+            raise PermissionDenied(f"{peer.name!r}: the API token's scopes do not include {Action.JOB_READ.value}")
+        if principal.emergency:
+            self._emergency_call(peer, Action.JOB_READ, Resource.federation(), granted_by_break_glass=False)
         view = self._inner.list_jobs(_trusted(peer))
         jobs = []
         for job in view.get("jobs", []):

@@ -22,6 +22,7 @@ class Peer:
     role: Role
     serial: int = 0
     session: str = field(default="", repr=False)  # a person's login session ("medfed-session" metadata), if sent
+    token: str = field(default="", repr=False)  # a person's API token ("medfed-token" metadata), if sent
     source: str = ""  # the caller's IP address, for login rate limits and the audit log
     cert_expires: float = 0.0  # the certificate's notAfter (seconds since the epoch); 0: unknown
 
@@ -62,12 +63,18 @@ class LoginGrant:
     session: str = field(repr=False)
     expires_at: float
     role: str
+    emergency: bool = False  # a break-glass session (short, every call loudly audited)
 
 
 class Login(Protocol):
-    """Implemented by a coordinator with a user store (medfed.coordinator.people)."""
+    """Implemented by a coordinator with a user store (medfed.coordinator.people).
 
-    def __call__(self, peer: Peer, *, user_id: str, password: str, code: str) -> LoginGrant: ...
+    A non-empty ``break_glass_reason`` asks for emergency access instead of a normal session.
+    """
+
+    def __call__(
+        self, peer: Peer, *, user_id: str, password: str, code: str, break_glass_reason: str = ""
+    ) -> LoginGrant: ...
 
 
 class CoordinatorAPI(Protocol):

@@ -1,9 +1,14 @@
-"""gRPC clients over mutual TLS: the node's link to the coordinator and the researcher's client."""
+"""gRPC clients over mutual TLS: the node's link to the coordinator and the researcher's client.
+
+Every call is signed with the kit's key (:mod:`medfed.crypto.request_signing`): a fresh nonce and
+the current time per call, so a retry is signed again, never resent.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -14,11 +19,13 @@ from medfed.core.errors import AuthenticationError, MedfedError, TransportError,
 from medfed.core.params import Parameters
 from medfed.core.records import ResultMessage, TaskMessage
 from medfed.crypto.pki import check_identity
+from medfed.crypto.request_signing import RequestSigner
 from medfed.transport import codec
 from medfed.transport import medfed_pb2 as pb
 from medfed.transport import medfed_pb2_grpc as pb_grpc
 from medfed.transport.api import Hello, LoginGrant, Welcome
 from medfed.transport.grpc_server import ERROR_KIND_KEY, SESSION_KEY
+from medfed.transport.signed_calls import TOKEN_KEY, StreamDigest, message_digest, method_path
 
 T = TypeVar("T")
 
@@ -77,6 +84,11 @@ class _Client:
         self._channel = _channel(target, tls)
         self._stub = pb_grpc.FederationStub(self._channel)
         self._timeout = timeout_s
+        self._signer = RequestSigner(tls.key_pem, tls.cert_pem, clock=time.time)
+
+    def _signed(self, method: str, request: Any) -> tuple[tuple[str, str], ...]:
+        """Metadata for one call of ``method`` with the message ``request``: the request signature."""
+        return self._signer.sign(method_path(method), message_digest(request))
 
     def _rpc(self, fn: Callable[[], T]) -> T:
         try:
@@ -116,23 +128,40 @@ class GrpcCoordinatorLink(_Client):
             tasks=list(hello.tasks),
             catalog_json=hello.catalog_json,
         )
-        w = self._rpc(lambda: self._stub.Register(msg, timeout=self._timeout))
+        w = self._rpc(lambda: self._stub.Register(msg, timeout=self._timeout, metadata=self._signed("Register", msg)))
         return Welcome(
             site=w.site, heartbeat_interval_s=w.heartbeat_interval_s, coordinator_version=w.coordinator_version
         )
 
     def heartbeat(self) -> bool:
-        return bool(self._rpc(lambda: self._stub.Heartbeat(pb.Beat(status="ok"), timeout=self._timeout)).known)
+        beat = pb.Beat(status="ok")
+        return bool(
+            self._rpc(
+                lambda: self._stub.Heartbeat(beat, timeout=self._timeout, metadata=self._signed("Heartbeat", beat))
+            ).known
+        )
 
     def poll(self, wait_s: float) -> TaskMessage | float:
         # the stream is read to its end inside _rpc so that failures mid-stream are translated too
         def call() -> TaskMessage | float:
-            return codec.read_task(self._stub.PollTask(pb.Poll(wait_s=wait_s), timeout=wait_s + self._timeout))
+            req = pb.Poll(wait_s=wait_s)
+            meta = self._signed("PollTask", req)
+            return codec.read_task(self._stub.PollTask(req, timeout=wait_s + self._timeout, metadata=meta))
 
         return self._rpc(call)
 
     def submit(self, result: ResultMessage) -> None:
-        ack = self._rpc(lambda: self._stub.SubmitResult(codec.result_frames(result), timeout=self._timeout * 10))
+        # the signed digest of an upload covers every frame: one pass to hash, one to send
+        digest = StreamDigest.of(codec.result_frames(result))
+
+        def call() -> pb.Ack:
+            meta = self._signer.sign(method_path("SubmitResult"), digest)
+            ack: pb.Ack = self._stub.SubmitResult(
+                codec.result_frames(result), timeout=self._timeout * 10, metadata=meta
+            )
+            return ack
+
+        ack = self._rpc(call)
         if not ack.accepted:
             kind, _, message = ack.message.partition(": ")
             raise error_from_kind(kind, message)
@@ -141,23 +170,36 @@ class GrpcCoordinatorLink(_Client):
 class ResearcherClient(_Client):
     """What the CLI uses: submit, inspect and cancel jobs, download models.
 
-    ``session`` (from :meth:`login`) goes with every call as gRPC metadata; a coordinator with a
-    user store refuses people's calls without one.
+    ``session`` (from :meth:`login`) or ``token`` (an API token, ``medfed users token issue``) goes
+    with every call as gRPC metadata; a coordinator with a user store refuses people's calls
+    without one. A token is used only while there is no session.
     """
 
-    def __init__(self, target: str, tls: ClientTls, *, timeout_s: float = 30.0, session: str = "") -> None:
+    def __init__(
+        self, target: str, tls: ClientTls, *, timeout_s: float = 30.0, session: str = "", token: str = ""
+    ) -> None:
         super().__init__(target, tls, timeout_s=timeout_s)
         self.session = session
+        self.token = token
 
-    def _meta(self) -> tuple[tuple[str, str], ...]:
-        return ((SESSION_KEY, self.session),) if self.session else ()
+    def _meta(self, method: str, request: Any) -> tuple[tuple[str, str], ...]:
+        signed = self._signed(method, request)
+        if self.session:
+            return ((SESSION_KEY, self.session), *signed)
+        return ((TOKEN_KEY, self.token), *signed) if self.token else signed
 
-    def login(self, user_id: str, password: str, code: str = "") -> LoginGrant:
-        """Password + TOTP over this certificate: a session, also used by this client from now on."""
-        req = pb.LoginRequest(user_id=user_id, password=password, totp_code=code)
-        reply = self._rpc(lambda: self._stub.Login(req, timeout=self._timeout))
+    def login(self, user_id: str, password: str, code: str = "", *, break_glass_reason: str = "") -> LoginGrant:
+        """Password + TOTP over this certificate: a session, also used by this client from now on.
+
+        A ``break_glass_reason`` asks for emergency access (admins only): a short session under
+        which every call is loudly audited.
+        """
+        req = pb.LoginRequest(user_id=user_id, password=password, totp_code=code, break_glass_reason=break_glass_reason)
+        reply = self._rpc(lambda: self._stub.Login(req, timeout=self._timeout, metadata=self._signed("Login", req)))
         self.session = reply.session
-        return LoginGrant(session=reply.session, expires_at=reply.expires_at, role=reply.role)
+        return LoginGrant(
+            session=reply.session, expires_at=reply.expires_at, role=reply.role, emergency=reply.emergency
+        )
 
     def _json(self, view: pb.JobView) -> dict[str, Any]:
         try:
@@ -170,32 +212,35 @@ class ResearcherClient(_Client):
 
     def submit_job(self, spec_toml: str, source_name: str = "<job>") -> dict[str, Any]:
         req = pb.JobRequest(spec_toml=spec_toml, source_name=source_name)
-        return self._json(self._rpc(lambda: self._stub.SubmitJob(req, timeout=self._timeout, metadata=self._meta())))
+        return self._json(
+            self._rpc(lambda: self._stub.SubmitJob(req, timeout=self._timeout, metadata=self._meta("SubmitJob", req)))
+        )
 
     def get_job(self, job_id: str) -> dict[str, Any]:
+        req = pb.JobQuery(job_id=job_id)
         return self._json(
-            self._rpc(
-                lambda: self._stub.GetJob(pb.JobQuery(job_id=job_id), timeout=self._timeout, metadata=self._meta())
-            )
+            self._rpc(lambda: self._stub.GetJob(req, timeout=self._timeout, metadata=self._meta("GetJob", req)))
         )
 
     def list_jobs(self) -> dict[str, Any]:
+        req = pb.JobQuery()
         return self._json(
-            self._rpc(lambda: self._stub.ListJobs(pb.JobQuery(), timeout=self._timeout, metadata=self._meta()))
+            self._rpc(lambda: self._stub.ListJobs(req, timeout=self._timeout, metadata=self._meta("ListJobs", req)))
         )
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
+        req = pb.JobQuery(job_id=job_id)
         return self._json(
-            self._rpc(
-                lambda: self._stub.CancelJob(pb.JobQuery(job_id=job_id), timeout=self._timeout, metadata=self._meta())
-            )
+            self._rpc(lambda: self._stub.CancelJob(req, timeout=self._timeout, metadata=self._meta("CancelJob", req)))
         )
 
     def search_catalog(self, query: str) -> dict[str, Any]:
         """Per-site dataset metadata matching ``query`` (coarse counts; the coordinator holds no rows)."""
         req = pb.CatalogQuery(query=query)
         return self._json(
-            self._rpc(lambda: self._stub.SearchCatalog(req, timeout=self._timeout, metadata=self._meta()))
+            self._rpc(
+                lambda: self._stub.SearchCatalog(req, timeout=self._timeout, metadata=self._meta("SearchCatalog", req))
+            )
         )
 
     def fetch_model(self, job_id: str) -> Parameters:
@@ -205,8 +250,9 @@ class ResearcherClient(_Client):
         """The final model and the coordinator's signature and provenance (JSON; empty if unsigned)."""
 
         def call() -> tuple[Parameters, bytes]:
+            req = pb.JobQuery(job_id=job_id)
             frames: Iterator[pb.Frame] = self._stub.FetchModel(
-                pb.JobQuery(job_id=job_id), timeout=self._timeout * 10, metadata=self._meta()
+                req, timeout=self._timeout * 10, metadata=self._meta("FetchModel", req)
             )
             return codec.read_signed_model(frames, where=f"model of job {job_id}")
 

@@ -2,7 +2,11 @@
 
 There is no plaintext listener: :func:`serve` only binds with server credentials that require a
 client certificate from the federation CA. Who the caller is comes from that certificate (CN =
-name, OU = role), never from a message; revoked serials are refused on every call.
+name, OU = role), never from a message; revoked serials are refused on every call. Every call must
+also carry a request signature made with that certificate's key over the method, the body digest, a
+nonce and the time (:mod:`medfed.crypto.request_signing`, :mod:`medfed.transport.signed_calls`): an
+unsigned, altered, stale or replayed call is refused (``UNAUTHENTICATED``) and reported to
+``on_refused`` (the coordinator's audit log).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import itertools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -34,10 +39,19 @@ from medfed.core.errors import (
 )
 from medfed.core.records import Role
 from medfed.crypto.pki import describe_certificate
+from medfed.crypto.request_signing import DEFAULT_MAX_NONCES, DEFAULT_SKEW_S, Refusal, RequestRefused, RequestVerifier
 from medfed.transport import codec
 from medfed.transport import medfed_pb2 as pb
 from medfed.transport import medfed_pb2_grpc as pb_grpc
 from medfed.transport.api import CoordinatorAPI, Hello, Login, Peer
+from medfed.transport.signed_calls import (
+    TOKEN_KEY,
+    RefusedCall,
+    StreamDigest,
+    audit_method,
+    message_digest,
+    method_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +106,23 @@ class ByteBudget:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RequestPolicy:
+    """How signed requests are checked: allowed clock skew and the replay cache's bound."""
+
+    skew_s: float = DEFAULT_SKEW_S
+    max_nonces: int = DEFAULT_MAX_NONCES
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 < self.skew_s <= 3600:
+            problems.append(f"skew_s must be in (0, 3600] seconds, got {self.skew_s!r}")
+        if self.max_nonces < 1000:
+            problems.append(f"max_nonces must be >= 1000, got {self.max_nonces!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServerTls:
     """PEM material of the coordinator's identity and the federation CA."""
 
@@ -127,13 +158,25 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
         *,
         upload_budget: ByteBudget | None = None,
         login: Login | None = None,
+        verifier: RequestVerifier | None = None,
+        on_refused: Callable[[RefusedCall], None] | None = None,
     ) -> None:
         self._api = api
         self._revoked = revoked
         self._budget = upload_budget or ByteBudget(DEFAULT_UPLOAD_BUDGET)
         self._login = login
+        self._verifier = verifier or RequestVerifier(clock=time.time)
+        self._on_refused = on_refused
 
-    def _peer(self, context: grpc.ServicerContext, roles: frozenset[Role]) -> Peer:
+    def _peer(self, context: grpc.ServicerContext, roles: frozenset[Role], method: str, request: Any) -> Peer:
+        """The authenticated caller of ``method`` whose body is the message ``request``."""
+        return self._signed_peer(context, roles, method, request)[0]
+
+    def _signed_peer(
+        self, context: grpc.ServicerContext, roles: frozenset[Role], method: str, request: Any
+    ) -> tuple[Peer, str]:
+        """The caller and the signed body digest; ``request=None`` for a stream, which the caller
+        must check against that digest once it has read it."""
         auth = context.auth_context()
         pems = auth.get("x509_pem_cert") or []
         if not pems:
@@ -154,15 +197,35 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
             _abort(
                 context, PermissionDenied(f"{info.common_name!r} has role {role.value!r}; this call needs {allowed}")
             )
-        session = next((str(v) for k, v in context.invocation_metadata() or () if k == SESSION_KEY), "")
-        return Peer(
+        meta = {str(k): str(v) for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        source = _source(context.peer())
+        body = None if request is None else message_digest(request)
+        try:
+            signed = self._verifier.verify(
+                method=method_path(method), body_sha256=body, cert_pem=pems[0], metadata=meta
+            )
+        except RequestRefused as exc:
+            self._refused(RefusedCall(name=info.common_name, role=role.value, method=audit_method(method),
+                                      refusal=exc.refusal, source=source))  # fmt: skip
+            _abort(context, exc)
+        peer = Peer(
             name=info.common_name,
             role=role,
             serial=info.serial,
-            session=session,
-            source=_source(context.peer()),
+            session=meta.get(SESSION_KEY, ""),
+            token=meta.get(TOKEN_KEY, ""),
+            source=source,
             cert_expires=info.not_after.timestamp(),
         )
+        return peer, signed
+
+    def _refused(self, call: RefusedCall) -> None:
+        log.warning("refused %s from %s (%s): %s", call.method, call.name, call.source, call.refusal.value)
+        if self._on_refused is not None:
+            try:
+                self._on_refused(call)
+            except Exception:  # the call is refused either way; a broken audit hook is logged
+                log.exception("could not record the refused call")
 
     def _call(self, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
         try:
@@ -173,7 +236,7 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
     # --- node-facing ---------------------------------------------------------------------
 
     def Register(self, request: pb.Hello, context: grpc.ServicerContext) -> pb.Welcome:  # noqa: N802 - gRPC name
-        peer = self._peer(context, NODE_ROLES)
+        peer = self._peer(context, NODE_ROLES, "Register", request)
         hello = Hello(
             version=request.version,
             datasets=tuple(request.datasets),
@@ -186,11 +249,11 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
         )
 
     def Heartbeat(self, request: pb.Beat, context: grpc.ServicerContext) -> pb.BeatAck:  # noqa: N802
-        peer = self._peer(context, NODE_ROLES)
+        peer = self._peer(context, NODE_ROLES, "Heartbeat", request)
         return pb.BeatAck(known=self._call(context, lambda: self._api.heartbeat(peer)))
 
     def PollTask(self, request: pb.Poll, context: grpc.ServicerContext) -> Iterator[pb.Frame]:  # noqa: N802
-        peer = self._peer(context, NODE_ROLES)
+        peer = self._peer(context, NODE_ROLES, "PollTask", request)
         wait_s = min(max(request.wait_s, 0.0), 60.0)
         outcome = self._call(context, lambda: self._api.poll(peer, wait_s))
         if outcome.task is None:
@@ -199,14 +262,19 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
         yield from codec.task_frames(outcome.task)
 
     def SubmitResult(self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext) -> pb.Ack:  # noqa: N802
-        peer = self._peer(context, NODE_ROLES)
-        frames = iter(request_iterator)
+        peer, signed = self._signed_peer(context, NODE_ROLES, "SubmitResult", None)
+        digest = StreamDigest()
+        frames = digest.over(request_iterator)
         first = next(frames, None)
         need = first.result.layout.total_bytes if first is not None and first.WhichOneof("body") == "result" else 0
         try:
             # each upload in flight holds a buffer of the whole model: bound their sum
             with self._budget.hold(need, alive=context.is_active):
                 result = codec.read_result(itertools.chain([first] if first else [], frames), site=peer.name)
+                if digest.hexdigest() != signed:  # checked once the whole stream is in, before it is used
+                    self._refused(RefusedCall(name=peer.name, role=peer.role.value, method="submit_result",
+                                              refusal=Refusal.ALTERED, source=peer.source))  # fmt: skip
+                    raise RequestRefused(Refusal.ALTERED, "the uploaded stream differs from the signed one")
                 self._api.submit(peer, result)
         except MedfedError as exc:
             return pb.Ack(accepted=False, message=f"{error_kind(exc)}: {exc}")
@@ -218,42 +286,47 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
         return pb.JobView(job_id=job_id, json=json.dumps(view, sort_keys=True))
 
     def SubmitJob(self, request: pb.JobRequest, context: grpc.ServicerContext) -> pb.JobView:  # noqa: N802
-        peer = self._peer(context, PEOPLE_ROLES)
+        peer = self._peer(context, PEOPLE_ROLES, "SubmitJob", request)
         view = self._call(context, lambda: self._api.submit_job(peer, request.spec_toml, request.source_name))
         return self._view(view["job_id"], view)
 
     def GetJob(self, request: pb.JobQuery, context: grpc.ServicerContext) -> pb.JobView:  # noqa: N802
-        peer = self._peer(context, PEOPLE_ROLES)
+        peer = self._peer(context, PEOPLE_ROLES, "GetJob", request)
         return self._view(request.job_id, self._call(context, lambda: self._api.get_job(peer, request.job_id)))
 
     def ListJobs(self, request: pb.JobQuery, context: grpc.ServicerContext) -> pb.JobView:  # noqa: N802
-        peer = self._peer(context, PEOPLE_ROLES)
+        peer = self._peer(context, PEOPLE_ROLES, "ListJobs", request)
         return self._view("", self._call(context, lambda: self._api.list_jobs(peer)))
 
     def CancelJob(self, request: pb.JobQuery, context: grpc.ServicerContext) -> pb.JobView:  # noqa: N802
-        peer = self._peer(context, PEOPLE_ROLES)
+        peer = self._peer(context, PEOPLE_ROLES, "CancelJob", request)
         return self._view(request.job_id, self._call(context, lambda: self._api.cancel_job(peer, request.job_id)))
 
     def FetchModel(self, request: pb.JobQuery, context: grpc.ServicerContext) -> Iterator[pb.Frame]:  # noqa: N802
-        peer = self._peer(context, PEOPLE_ROLES)
+        peer = self._peer(context, PEOPLE_ROLES, "FetchModel", request)
         params = self._call(context, lambda: self._api.fetch_model(peer, request.job_id))
         signature = self._call(context, lambda: self._api.model_signature(peer, request.job_id))
         yield from codec.model_frames(params, signature=signature)
 
     def SearchCatalog(self, request: pb.CatalogQuery, context: grpc.ServicerContext) -> pb.JobView:  # noqa: N802
-        peer = self._peer(context, PEOPLE_ROLES)
+        peer = self._peer(context, PEOPLE_ROLES, "SearchCatalog", request)
         return self._view("", self._call(context, lambda: self._api.search_catalog(peer, request.query)))
 
     def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginReply:  # noqa: N802
-        peer = self._peer(context, PEOPLE_ROLES)
+        peer = self._peer(context, PEOPLE_ROLES, "Login", request)
         login = self._login
         if login is None:
             _abort(context, ConfigError("this coordinator has no user store: the certificate alone identifies you"))
         grant = self._call(
             context,
-            lambda: login(peer, user_id=request.user_id, password=request.password, code=request.totp_code),
+            lambda: login(
+                peer, user_id=request.user_id, password=request.password, code=request.totp_code,
+                break_glass_reason=request.break_glass_reason,
+            ),
+        )  # fmt: skip
+        return pb.LoginReply(
+            session=grant.session, expires_at=grant.expires_at, role=grant.role, emergency=grant.emergency
         )
-        return pb.LoginReply(session=grant.session, expires_at=grant.expires_at, role=grant.role)
 
 
 def serve(
@@ -265,13 +338,22 @@ def serve(
     max_workers: int = 256,
     upload_budget_bytes: int = DEFAULT_UPLOAD_BUDGET,
     login: Login | None = None,
+    requests: RequestPolicy | None = None,
+    on_refused: Callable[[RefusedCall], None] | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start the Federation service on ``address`` (``host:port``; port 0 picks one) over mTLS.
 
+    ``requests`` sets the signed-request checks (clock skew, replay cache bound); ``on_refused``
+    hears of every call refused for its signature, time or nonce (to audit it).
     Returns the started server and the bound port.
     """
+    policy = requests or RequestPolicy()
+    verifier = RequestVerifier(skew_s=policy.skew_s, max_nonces=policy.max_nonces, clock=time.time)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=codec.grpc_options())
-    servicer = FederationServicer(api, revoked, upload_budget=ByteBudget(upload_budget_bytes), login=login)
+    servicer = FederationServicer(
+        api, revoked, upload_budget=ByteBudget(upload_budget_bytes), login=login, verifier=verifier,
+        on_refused=on_refused,
+    )  # fmt: skip
     pb_grpc.add_FederationServicer_to_server(servicer, server)
     creds = grpc.ssl_server_credentials(
         [(tls.key_pem, tls.cert_pem)], root_certificates=tls.ca_pem, require_client_auth=True

@@ -219,21 +219,25 @@ class JobView(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
 
 class LoginRequest(_message.Message):
-    __slots__ = ("user_id", "password", "totp_code")
+    __slots__ = ("user_id", "password", "totp_code", "break_glass_reason")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     TOTP_CODE_FIELD_NUMBER: _ClassVar[int]
+    BREAK_GLASS_REASON_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     password: str
     totp_code: str
-    def __init__(self, user_id: _Optional[str] = ..., password: _Optional[str] = ..., totp_code: _Optional[str] = ...) -> None: ...
+    break_glass_reason: str
+    def __init__(self, user_id: _Optional[str] = ..., password: _Optional[str] = ..., totp_code: _Optional[str] = ..., break_glass_reason: _Optional[str] = ...) -> None: ...
 
 class LoginReply(_message.Message):
-    __slots__ = ("session", "expires_at", "role")
+    __slots__ = ("session", "expires_at", "role", "emergency")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    EMERGENCY_FIELD_NUMBER: _ClassVar[int]
     session: str
     expires_at: float
     role: str
-    def __init__(self, session: _Optional[str] = ..., expires_at: _Optional[float] = ..., role: _Optional[str] = ...) -> None: ...
+    emergency: bool
+    def __init__(self, session: _Optional[str] = ..., expires_at: _Optional[float] = ..., role: _Optional[str] = ..., emergency: _Optional[bool] = ...) -> None: ...
