@@ -1,0 +1,185 @@
+"""DICOM datasets for jobs: a directory of real DICOM files (pydicom, pydicom-data, deid-data) reaches
+a task as normalised, labelled images after the consent filter; bad files are named and the dataset
+is not offered. The label (CT vs MR) is a plumbing check, not a clinical question."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from media_support import MR_SMALL_PATIENT, SITE_IMAGES, shipped, write_images
+
+from medfed.core.errors import ConfigError, DataError
+from medfed.data.consent import ConsentRecord, ConsentRegistry, ConsentStatus
+from medfed.data.dicom import ImageConfig, read_image
+from medfed.data.sources import DatasetDecl, SourceFormat, parse_dataset, read_table
+from medfed.node.datasets import catalog_entry, load_for_job, publish
+from medfed.node.runtime import DatasetConfig
+
+DAY = dt.date(2026, 6, 1)
+BY_MODALITY = {"format": "dicom", "path": "images", "label_attribute": "Modality", "positive": ["CT"]}
+
+
+def _decl(root: Path, **extra: object) -> DatasetDecl:
+    return parse_dataset("scans", {**BY_MODALITY, **extra}, base=root, where="site.toml")
+
+
+def _load(decl: DatasetDecl, registry: ConsentRegistry | None = None, job: str = "job-1"):  # type: ignore[no-untyped-def]
+    return load_for_job(decl, registry or ConsentRegistry(), purpose="research", on=DAY, job_id=job)
+
+
+def _all_rows(data) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return np.concatenate([data.x_train, data.x_test])
+
+
+def test_a_dicom_directory_reaches_the_task_as_normalised_labelled_images(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", SITE_IMAGES["alpha"])
+    decl = _decl(tmp_path, image_size=[32, 48])
+
+    job = _load(decl)
+
+    data = job.data
+    assert decl.format is SourceFormat.DICOM and data.image_shape == (1, 32, 48)
+    assert data.x_train.dtype == np.float32 and data.x_train.shape[1] == 32 * 48 == len(data.feature_names)
+    assert len(data.y_train) + len(data.y_test) == 7 and len(data.y_test) == 2  # 25 % per class held out
+    rows = _all_rows(data)
+    assert rows.min() >= 0.0 and rows.max() <= 1.0
+    # 3 CT files (label 1), 4 MR (label 0): the label comes from each file's Modality
+    assert sorted(np.concatenate([data.y_train, data.y_test]).tolist()) == [0, 0, 0, 0, 1, 1, 1]
+    # every row is one file's normalised pixels, resized; CT_small's is among them, labelled 1
+    ct_small = read_image(shipped("CT_small.dcm"), ImageConfig(size=(32, 48)))[0].ravel()
+    labels = np.concatenate([data.y_train, data.y_test])
+    match = [i for i, row in enumerate(rows) if np.allclose(row, ct_small)]
+    assert len(match) == 1 and labels[match[0]] == 1.0
+    assert job.metrics() == {"consent_rows_excluded": 0.0, "consent_patients_excluded": 0.0, "policy_rows_dropped": 0.0}
+    # the same job splits the same way every round; another job differently or identically, but valid
+    again = _load(decl).data
+    np.testing.assert_array_equal(again.x_test, data.x_test)
+
+
+def test_an_opted_out_patients_images_never_reach_the_task_and_are_counted(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", SITE_IMAGES["alpha"])
+    decl = _decl(tmp_path)
+    opt_out = ConsentRecord(patient_id=MR_SMALL_PATIENT, purpose="*", status=ConsentStatus.DENY, date=DAY)
+    mr_small = read_image(shipped("MR_small.dcm"), ImageConfig())[0].ravel()
+    assert any(np.allclose(row, mr_small) for row in _all_rows(_load(decl).data))  # there without the opt-out
+
+    job = _load(decl, ConsentRegistry(records=(opt_out,)))
+
+    assert job.consent.rows_excluded == 2 and job.consent.patients_excluded == 1  # MR_small + its big-endian twin
+    assert len(job.data.y_train) + len(job.data.y_test) == 5
+    assert not any(np.allclose(row, mr_small, atol=1e-3) for row in _all_rows(job.data))
+
+
+def test_labels_come_from_a_csv_keyed_by_sop_instance_uid_or_patient_id(tmp_path: Path) -> None:
+    names = ("CT_small.dcm", "693_UNCR.dcm", "MR_small.dcm", "MR2_UNCR.dcm", "examples_overlay.dcm")
+    write_images(tmp_path / "images", names)
+    uids = {n: str(pydicom.dcmread(shipped(n), stop_before_pixels=True).SOPInstanceUID) for n in names}
+    wanted = {"CT_small.dcm": 0, "693_UNCR.dcm": 1, "MR_small.dcm": 1, "MR2_UNCR.dcm": 0, "examples_overlay.dcm": 0}
+    (tmp_path / "labels.csv").write_text(
+        "SOPInstanceUID,outcome\n" + "".join(f"{uids[n]},{wanted[n]}\n" for n in names)
+    )
+    decl = parse_dataset(
+        "scans",
+        {"format": "dicom", "path": "images", "labels": "labels.csv", "label": "outcome"},
+        base=tmp_path,
+        where="site.toml",
+    )
+
+    table = read_table(decl).frame
+
+    assert sorted(zip(table["modality"], table["label"], strict=True)) == [
+        ("CT", 0), ("CT", 1), ("MR", 0), ("MR", 0), ("MR", 1)
+    ]  # fmt: skip
+    (tmp_path / "labels.csv").write_text(f"PatientID,outcome\n1CT1,1\n4MR1,2\n{uids['MR2_UNCR.dcm']},0\n")
+    with pytest.raises(DataError) as err:
+        read_table(decl)
+    assert f"{tmp_path / 'labels.csv'}: line 3: label '2' is not 0 or 1" in str(err.value)
+    (tmp_path / "labels.csv").write_text("PatientID,outcome\n1CT1,1\n4MR1,0\n")
+    with pytest.raises(DataError) as err:
+        read_table(decl)
+    message = str(err.value)
+    assert (
+        f"{tmp_path / 'images' / '693_UNCR.dcm'}: no label (PatientID 'CQ500-CT-310' not in the labels CSV)" in message
+    )
+    assert "3 problem(s)" in message  # 693_UNCR, MR2_UNCR and examples_overlay, all at once
+
+
+def test_a_truncated_dicom_is_named_the_dataset_is_not_offered_and_a_task_is_refused(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", [*SITE_IMAGES["alpha"], "MR_truncated.dcm"])
+    decl = _decl(tmp_path)
+    bad = tmp_path / "images" / "MR_truncated.dcm"
+
+    with pytest.raises(DataError) as err:
+        read_table(decl)
+    assert f"{bad}: truncated DICOM file (pixel data holds 8130 bytes, 8192 expected)" in str(err.value)
+    offer = publish(
+        "alpha", {"scans": DatasetConfig(name="scans", path=decl.path, decl=decl)}, ConsentRegistry(), on=DAY
+    )
+    assert offer.offered == () and str(bad) in offer.refused["scans"]
+    with pytest.raises(DataError) as err:
+        _load(decl)
+    assert str(bad) in str(err.value)
+
+
+def test_a_file_without_patient_id_is_refused_by_name_consent_could_not_apply(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm"])
+
+    with pytest.raises(DataError) as err:
+        read_table(_decl(tmp_path))
+
+    assert f"{tmp_path / 'images' / 'emri_small.dcm'}: no PatientID, so consent cannot be applied" in str(err.value)
+
+
+def test_images_that_may_carry_burned_in_text_are_excluded_and_counted_unless_allowed(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", [*SITE_IMAGES["alpha"], "ultrasounds/GREYSCALE_IMAGE.dcm"])  # BurnedIn YES
+
+    excluded = _load(_decl(tmp_path))
+    allowed = _load(_decl(tmp_path, burned_in="allow"))
+
+    assert excluded.metrics()["policy_rows_dropped"] == 1.0
+    assert len(excluded.data.y_train) + len(excluded.data.y_test) == 7
+    assert allowed.metrics()["policy_rows_dropped"] == 0.0
+    assert len(allowed.data.y_train) + len(allowed.data.y_test) == 8
+
+
+def test_the_catalog_entry_of_a_dicom_dataset_holds_no_identifier(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", SITE_IMAGES["alpha"])
+    decl = _decl(tmp_path, tags=["imaging"])
+
+    entry = catalog_entry("alpha", decl, ConsentRegistry(), on=DAY).to_dict()
+
+    assert [c["name"] for c in entry["columns"]] == ["patient_id", "label", "modality"]
+    assert entry["rows"] == "5-9" and entry["tags"] == ["imaging"]
+    text = json.dumps(entry)
+    identifiers = set()
+    for name in SITE_IMAGES["alpha"]:
+        ds = pydicom.dcmread(shipped(name), stop_before_pixels=True)
+        identifiers |= {str(ds.PatientID), str(ds.SOPInstanceUID), str(ds.get("PatientName", "")), Path(name).stem}
+    assert not [i for i in identifiers if i and i in text]
+
+
+def test_every_declaration_problem_of_a_dicom_dataset_is_listed_at_once(tmp_path: Path) -> None:
+    table = {
+        **BY_MODALITY,
+        "labels": "labels.csv",
+        "image_size": [0, 64],
+        "window": {"center": 40, "width": -1},
+        "burned_in": "maybe",
+        "vocabulary": ["pain"],
+        "columns": [{"name": "x"}],
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_dataset("scans", table, base=tmp_path, where="site.toml")
+    message = str(err.value)
+    assert "site.toml: datasets.scans: 6 problem(s)" in message
+    for part in ("exactly one label source", "image_size", "window", "burned_in: 'maybe'", "vocabulary: only a notes",
+                 "columns: a dicom dataset has a fixed table"):  # fmt: skip
+        assert part in message
+    with pytest.raises(ConfigError, match="positive: only a dicom or notes dataset takes this key"):
+        parse_dataset("t", {"format": "csv", "path": "t.csv", "columns": [{"name": "a"}], "positive": ["x"]},
+                      base=tmp_path, where="site.toml")  # fmt: skip
