@@ -95,7 +95,7 @@ def test_learnt_baselines_flag_incidents_in_the_latest_windows(coordinator: Coor
 def test_baseline_free_rules_fire_on_a_fresh_coordinator(coordinator: Coordinator) -> None:
     # Arrange: no history at all; a failed-login burst and a break-glass access
     coordinator.clock.t = T0 + 10 * HOUR
-    for k in range(6):
+    for _ in range(6):
         coordinator.clock.t += 5
         coordinator.audit.record(AuditAction.LOGIN_FAILED, "mallory", {"user": "mallory", "source": "203.0.113.9"})
     coordinator.audit.record(AuditAction.BREAK_GLASS, "dr-who", {"user": "dr-who", "reason": "code blue"})
@@ -124,5 +124,5 @@ def test_node_results_and_alerts_are_not_access_events() -> None:
 
 
 def test_scan_config_is_checked() -> None:
-    with pytest.raises(ConfigError, match="recent_windows.*interval_s"):
+    with pytest.raises(ConfigError, match=r"recent_windows.*interval_s"):
         ScanConfig(recent_windows=0, interval_s=0.0)
