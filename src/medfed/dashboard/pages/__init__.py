@@ -28,6 +28,11 @@ __all__ = ["PAGE_MODULES", "load_pages"]
 PAGE_MODULES: tuple[str, ...] = (
     "federation",
     "jobs",
+    "catalog",
+    "privacy",
+    "approvals",
+    "audit",
+    "alerts",
 )
 
 

@@ -1,0 +1,157 @@
+"""Approvals page: the job specs sites refused as "not cleared", and where each site admin decides.
+
+A site decides approvals itself (:mod:`medfed.security.approvals`, in its own ``approvals.db``) and
+does not take the coordinator's word; so this page cannot approve anything. What the coordinator
+does see are the refusals coming back from the sites: an error result whose message the site's
+:meth:`ApprovalStore.check` wrote (``site 'x' has not cleared job 'j' (spec 0123abcd4567…): ...``),
+either in a round's per-site results or in the error of a job that failed because of it. This page
+parses those, shows the spec with its diff to the last spec of the same job name that ran at that
+site, and tells the site admin where to decide: the node's local page or ``medfed approvals``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from medfed.coordinator.service import Coordinator
+from medfed.coordinator.store import JobRow
+from medfed.dashboard.pages.scope import site_scope, when
+from medfed.dashboard.web import ctx, render
+from medfed.security.authz import Action
+
+__all__ = ["NAV", "NAV_ACTIONS", "NotCleared", "RefusalKind", "not_cleared", "parse_refusals", "routes"]
+
+NAV: tuple[str, str] | None = ("/approvals", "Approvals")
+NAV_ACTIONS = frozenset({Action.APPROVAL_READ})
+
+#: What ApprovalStore.check writes when it refuses (tests check it against a real refusal).
+_REFUSAL = re.compile(
+    r"site '(?P<site>[^']+)' has not cleared job '(?P<job>[^']+)' \(spec (?P<spec>[0-9a-f]{12})…\): "
+    r"(?P<why>.*?)(?=; [\w.-]+: site '|$)"
+)
+
+
+class RefusalKind(enum.StrEnum):
+    PENDING = "pending"  # awaits the site admin's approval
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    OTHER_PURPOSE = "other purpose"  # approved, but for another purpose
+    DATASET_CHANGED = "dataset changed"  # the data changed since approval: the spec awaits re-approval
+
+
+def _kind(why: str) -> RefusalKind:
+    if "changed since approval" in why:
+        return RefusalKind.DATASET_CHANGED
+    if "awaits the site admin's approval" in why:
+        return RefusalKind.PENDING
+    if why.startswith("rejected by"):
+        return RefusalKind.REJECTED
+    if "expired" in why:
+        return RefusalKind.EXPIRED
+    return RefusalKind.OTHER_PURPOSE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refusal:
+    """One "not cleared" refusal as it appeared in an error message."""
+
+    site: str
+    job_id: str
+    spec_prefix: str  # the first 12 hex digits of the spec's SHA-256
+    why: str
+
+    @property
+    def kind(self) -> RefusalKind:
+        return _kind(self.why)
+
+
+def parse_refusals(text: str) -> list[Refusal]:
+    """Every "not cleared" refusal in an error text (a site's error, or a failed job's error)."""
+    return [
+        Refusal(site=m["site"], job_id=m["job"], spec_prefix=m["spec"], why=m["why"].strip())
+        for m in _REFUSAL.finditer(text)
+    ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotCleared:
+    """A spec a site refused, the latest job that carried it, and what to compare it with."""
+
+    site: str
+    kind: RefusalKind
+    why: str
+    spec_hash: str
+    job_id: str
+    job_name: str
+    owner: str
+    refused_at: float  # the job's last update at the coordinator
+    spec_toml: str
+    diff: str  # unified diff from the last spec of the same job name that ran at this site ("" if none)
+    compared_with: str  # the job id of that spec ("" if none)
+    cleared_since: str  # a later job with the same spec that ran at this site ("" if none)
+
+
+def _ran_at(coordinator: Coordinator, jobs: Iterable[JobRow]) -> dict[str, set[str]]:
+    """job id -> the sites that returned at least one successful result for it."""
+    return {row.job_id: {s["site"] for s in coordinator.store.site_rows(row.job_id) if not s["error"]} for row in jobs}
+
+
+def _refusals_of(coordinator: Coordinator, row: JobRow) -> list[Refusal]:
+    texts = [row.error] + [s["error"] for s in coordinator.store.site_rows(row.job_id) if s["error"]]
+    found = [r for t in texts for r in parse_refusals(t)]
+    return [r for r in found if r.job_id == row.job_id and row.spec_hash.startswith(r.spec_prefix)]
+
+
+def not_cleared(coordinator: Coordinator, *, sites: Iterable[str] | None = None) -> list[NotCleared]:
+    """The latest refusal per (site, spec), restricted to ``sites``; still-open ones first."""
+    keep = None if sites is None else set(sites)
+    jobs = coordinator.store.jobs()  # oldest first
+    ran = _ran_at(coordinator, jobs)
+    latest: dict[tuple[str, str], tuple[JobRow, Refusal]] = {}
+    for row in jobs:
+        for r in _refusals_of(coordinator, row):
+            if keep is None or r.site in keep:
+                latest[(r.site, row.spec_hash)] = (row, r)
+    out = []
+    for (site, spec_hash), (row, r) in latest.items():
+        later = [j for j in jobs if j.spec_hash == spec_hash and j.created > row.created and site in ran[j.job_id]]
+        before = [j for j in jobs if j.name == row.name and j.job_id != row.job_id and site in ran[j.job_id]]
+        base = max((j for j in before if j.created <= row.created), key=lambda j: j.created, default=None)
+        diff = "" if base is None else _diff(base, row)
+        out.append(
+            NotCleared(
+                site=site, kind=r.kind, why=r.why, spec_hash=spec_hash, job_id=row.job_id, job_name=row.name,
+                owner=row.owner, refused_at=row.updated, spec_toml=row.spec_toml, diff=diff,
+                compared_with="" if base is None else base.job_id, cleared_since=later[0].job_id if later else "",
+            )
+        )  # fmt: skip
+    return sorted(out, key=lambda n: (bool(n.cleared_since), n.site, -n.refused_at))
+
+
+def _diff(base: JobRow, row: JobRow) -> str:
+    lines = difflib.unified_diff(
+        base.spec_toml.splitlines(keepends=True),
+        row.spec_toml.splitlines(keepends=True),
+        fromfile=f"ran: job {base.job_id} (spec {base.spec_hash[:12]})",
+        tofile=f"refused: job {row.job_id} (spec {row.spec_hash[:12]})",
+    )
+    return "".join(lines)
+
+
+def approvals(request: Request) -> Response:
+    site = request.query_params.get("site", "")
+    scope = site_scope(request, Action.APPROVAL_READ, site=site)
+    items = not_cleared(ctx(request).coordinator, sites=scope.sites)
+    return render(request, "approvals.html", {"items": items, "scope": scope, "when": when})
+
+
+def routes() -> list[Route]:
+    return [Route("/approvals", approvals, methods=["GET"])]

@@ -1,0 +1,151 @@
+"""The data behind the Privacy, Approvals, Audit and Catalog pages and the node's local page, without
+a browser: refusal parsing against a real approvals store, budgets in catalog entries, the audit
+search form, consent counts, and the node page's refusals (address, missing user store)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from medfed.core.errors import ConfigError, PermissionDenied, ValidationError
+from medfed.crypto.aead import Keyring, generate_key
+from medfed.dashboard.node_page import check_page_address, open_node_page
+from medfed.dashboard.node_page_data import ConsentCounts, budget_views, dataset_views
+from medfed.dashboard.pages.approvals import RefusalKind, parse_refusals
+from medfed.dashboard.pages.audit import AuditQuery, parse_query
+from medfed.data.catalog import CatalogColumn, CatalogEntry
+from medfed.data.consent import ConsentRecord, ConsentRegistry, ConsentStatus
+from medfed.node.ledger import PrivacyLedger
+from medfed.node.runtime import DatasetConfig, NodeSettings
+from medfed.security.approvals import ApprovalStore, spec_digest
+from medfed.security.audit import AuditEntry
+from medfed.security.authz import Principal, UserRole
+from medfed.security.node_policy import JobFacts
+
+SPEC = '[job]\nname = "gov"\ntask = "logistic_regression"\ndataset = "heart"\nrounds = 2\n'
+
+
+def _facts(job_id: str, spec: str = SPEC) -> JobFacts:
+    return JobFacts(job_id=job_id, name="gov", researcher="researcher", purpose="research",
+                    task="logistic_regression", dataset="heart", rounds=2, spec_text=spec,
+                    spec_hash=spec_digest(spec))  # fmt: skip
+
+
+def _refusal(store: ApprovalStore, facts: JobFacts) -> str:
+    with pytest.raises(PermissionDenied) as caught:
+        store.check(facts)
+    return str(caught.value)
+
+
+def test_refusals_written_by_a_real_approvals_store_are_parsed_with_their_kind(tmp_path: Path) -> None:
+    # Arrange: a site's store refuses a pending spec, then a rejected one
+    store = ApprovalStore(tmp_path / "approvals.db", site="alpha", audit=lambda e, f: None)
+    admin = Principal(user_id="keeper", role=UserRole.SITE_ADMIN, site="alpha")
+    pending = _refusal(store, _facts("job1"))
+    store.reject(spec_digest(SPEC), by=admin, reason="too many rounds")
+    rejected = _refusal(store, _facts("job2"))
+    # the coordinator sees them inside its round error: "<site>: site 'x', round 1: <message>; ..."
+    job_error = f"round 1 (fit) failed: errors: alpha: site 'alpha', round 1: {rejected}; beta: site 'beta' crashed"
+
+    # Act
+    (first,) = parse_refusals(f"site 'alpha', round 1: {pending}")
+    (second,) = parse_refusals(job_error)
+
+    # Assert
+    assert (first.site, first.job_id, first.kind) == ("alpha", "job1", RefusalKind.PENDING)
+    assert spec_digest(SPEC).startswith(first.spec_prefix) and len(first.spec_prefix) == 12
+    assert (second.job_id, second.kind) == ("job2", RefusalKind.REJECTED)
+    assert second.why == "rejected by keeper: too many rounds"
+    assert parse_refusals("site 'alpha', round 1: dataset 'heart' is not offered here") == []
+    store.close()
+
+
+def _entry(**budget: float) -> CatalogEntry:
+    return CatalogEntry(site="alpha", dataset="heart", rows="80", columns=(CatalogColumn(name="age", type="float"),),
+                        **budget)  # type: ignore[arg-type]  # only the budget keywords vary  # fmt: skip
+
+
+def test_a_catalog_entry_carries_the_sites_budget_and_refuses_a_malformed_one() -> None:
+    with_budget = _entry(epsilon_budget=4.0, delta_budget=1e-5)
+    assert CatalogEntry.from_dict(json.loads(json.dumps(with_budget.to_dict()))) == with_budget
+    assert "epsilon_budget" not in _entry().to_dict()  # entries without a budget keep their old shape
+    for bad in (-1.0, "lots", float("nan"), True):
+        raw = with_budget.to_dict() | {"epsilon_budget": bad}
+        with pytest.raises(ValidationError, match="malformed catalog entry"):
+            CatalogEntry.from_dict(raw)
+
+
+def test_the_audit_search_form_lists_every_bad_field_at_once() -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_query({"since": "yesterday", "until": "2026-13-40", "actor": "x" * 101})
+    text = str(caught.value)
+    assert "since" in text and "until" in text and "actor: too long" in text
+
+
+def test_an_audit_query_matches_action_prefix_actor_job_and_whole_days() -> None:
+    query = parse_query(
+        {"action": "login", "actor": "auditor", "job": "", "since": "2026-01-02", "until": "2026-01-02"}
+    )
+    at = dt.datetime(2026, 1, 2, 23, 59, tzinfo=dt.UTC).timestamp()
+    entry = AuditEntry(seq=1, at=at, action="login.failed", actor="auditor", fields={}, prev="0" * 64, hash="0" * 64)
+    assert query.matches(entry)
+    assert not query.matches(AuditEntry(seq=2, at=at + 120, action="login.failed", actor="auditor", fields={},
+                                        prev="0" * 64, hash="0" * 64))  # fmt: skip
+    assert not AuditQuery(job_id="j1").matches(entry)
+
+
+def test_consent_counts_follow_each_patients_newest_decision() -> None:
+    day = dt.date(2026, 1, 1)
+    records = (
+        ConsentRecord(patient_id="p1", purpose="*", status=ConsentStatus.PERMIT, date=day),
+        ConsentRecord(patient_id="p1", purpose="*", status=ConsentStatus.DENY, date=day + dt.timedelta(days=3)),
+        ConsentRecord(patient_id="p2", purpose="*", status=ConsentStatus.DENY, date=day),
+        ConsentRecord(patient_id="p2", purpose="*", status=ConsentStatus.PERMIT, date=day + dt.timedelta(days=1)),
+        ConsentRecord(patient_id="p3", purpose="research", status=ConsentStatus.PERMIT, date=day),
+    )
+    counts = ConsentCounts.of(ConsentRegistry(records=records))
+    assert (counts.patients, counts.opted_in, counts.withdrawn, counts.decisions) == (3, 2, 1, 5)
+
+
+def test_the_node_page_views_read_the_sites_files(tmp_path: Path) -> None:
+    data = tmp_path / "heart"
+    data.mkdir()
+    (data / "train.csv").write_text("a,label\n1,0\n2,1\n3,0\n")
+    (data / "test.csv").write_text("a,label\n4,1\n")
+    datasets = {
+        "heart": DatasetConfig(name="heart", path=data),
+        "gone": DatasetConfig(name="gone", path=tmp_path / "x"),
+    }
+    ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
+    ledger.set_budget("heart", epsilon=2.0, delta=1e-5)
+    ledger.reserve("heart", "j1", epsilon=0.5, delta=1e-6)
+    ledger.close()
+
+    views = {v.name: v for v in dataset_views(datasets, tmp_path, on=dt.date(2026, 1, 1))}
+    budgets = {b.dataset: b for b in budget_views(datasets, tmp_path / "ledger.sqlite")}
+
+    assert views["heart"].rows == 4 and views["heart"].valid and len(views["heart"].fingerprint) == 64
+    assert not views["gone"].valid and views["gone"].rows is None
+    assert budgets["heart"].used_fraction == pytest.approx(0.25) and budgets["gone"].status is None
+    assert [e["action"] for e in budgets["heart"].events] == ["reserve", "set-budget"]  # newest first
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "node.example.org"])
+def test_the_node_page_refuses_a_non_loopback_address_unless_told(host: str) -> None:
+    with pytest.raises(ConfigError, match="--page-public"):
+        check_page_address(host, public=False)
+    check_page_address(host, public=True)
+    for loopback in ("127.0.0.1", "::1", "localhost"):
+        check_page_address(loopback, public=False)
+
+
+def test_the_node_page_refuses_to_start_without_the_sites_own_user_store(tmp_path: Path) -> None:
+    keyring = Keyring.single(generate_key("k1"))
+    with pytest.raises(ConfigError, match=r"users\.db.*medfed users add"):
+        open_node_page(NodeSettings(site="alpha", state_dir=tmp_path), keyring=keyring)
+    with pytest.raises(ConfigError, match="state_dir"):
+        open_node_page(NodeSettings(site="alpha"), keyring=keyring)
+    assert not (tmp_path / "users.db").exists()  # refusing created nothing
