@@ -199,7 +199,14 @@ def _node(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: runtime.stop())
     print(f"node {cfg.settings.site} dialling {cfg.coordinator}", flush=True)
-    runtime.run()
+    from medfed.cli.node_page_cmds import start_page
+
+    stop_page = start_page(args, cfg)  # --page: the node's local page, in this process
+    try:
+        runtime.run()
+    finally:
+        if stop_page is not None:
+            stop_page()
     return 0
 
 
@@ -253,6 +260,19 @@ def _declared_check(name: str, decl: Any, state_dir: Path | None) -> bool:
     return True
 
 
+def _policy_check(settings: Any) -> None:
+    """A warning, not a failure: ``approval = "off"`` is the site's written choice (and audited)."""
+    from medfed.security.node_policy import ApprovalMode
+
+    policy = settings.policy
+    if policy is None or policy.approval is ApprovalMode.OFF:
+        print('policy: WARNING approval = "off" in [policy]: every job the policy admits runs on this site\'s '
+              "data without the site admin's approval (each node start records it in the audit log)")  # fmt: skip
+    else:
+        print("policy: ok (every job needs the site admin's approval or a standing rule: medfed approvals list; "
+              f"approvals in {settings.state_dir / 'approvals.db'})")  # fmt: skip
+
+
 def _node_check(cfg: Any) -> int:
     from medfed.data.tabular import load_csv_dataset
     from medfed.transport.grpc_client import GrpcCoordinatorLink
@@ -261,11 +281,7 @@ def _node_check(cfg: Any) -> int:
     problems = _identity_problems(cfg.tls.cert_pem, cfg.tls.ca_pem)
     print(f"certificate: {'ok' if not problems else '; '.join(problems)}")
     ok &= not problems
-    if cfg.settings.policy is None:  # a warning, not a failure: earlier sites have no [policy]
-        print("policy: WARNING no [policy] in site.toml: any job the coordinator sends runs here without "
-              "this site's approval (production sites should set one; see docs/security.md)")  # fmt: skip
-    else:
-        print(f"policy: ok (approvals in {cfg.settings.state_dir / 'approvals.db'})")
+    _policy_check(cfg.settings)
     for name, ds in cfg.settings.datasets.items():
         if ds.decl is not None:  # declared (csv, parquet, fhir, omop): validated as jobs and the catalog read it
             ok &= _declared_check(name, ds.decl, cfg.settings.state_dir)

@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("start", "check", "budget"):
         n = nsub.add_parser(name)
         n.add_argument("--config", type=Path, required=True, help="the site's site.toml")
+    from medfed.cli import node_page_cmds  # --page: the node's local page
+
+    node_page_cmds.add_arguments(nsub.choices["start"])
 
     priv = sub.add_parser("privacy", help="DP accounting: ε of a DP-SGD plan, or σ for a target ε")
     psub = priv.add_subparsers(dest="action", required=True)
