@@ -23,12 +23,14 @@ from medfed.security.authz import (
 
 # What each role may do on its own things: the expected matrix, written independently of MATRIX.
 EXPECTED: dict[UserRole, set[Action]] = {
-    UserRole.RESEARCHER: {Action.JOB_SUBMIT, Action.JOB_READ, Action.JOB_CANCEL, Action.RESULT_READ},
+    UserRole.RESEARCHER: {Action.JOB_SUBMIT, Action.JOB_READ, Action.JOB_CANCEL, Action.RESULT_READ,
+                          Action.CATALOG_READ},
     UserRole.FEDERATION_ADMIN: {Action.USER_MANAGE, Action.SITE_MANAGE, Action.JOB_READ, Action.JOB_CANCEL,
-                                Action.AUDIT_READ, Action.ALERT_READ},
+                                Action.AUDIT_READ, Action.ALERT_READ, Action.CATALOG_READ},
     UserRole.SITE_ADMIN: {Action.JOB_READ, Action.APPROVAL_READ, Action.APPROVAL_DECIDE, Action.POLICY_EDIT,
-                          Action.BUDGET_READ, Action.AUDIT_READ, Action.ALERT_READ},
-    UserRole.AUDITOR: {Action.JOB_READ, Action.APPROVAL_READ, Action.BUDGET_READ, Action.AUDIT_READ, Action.ALERT_READ},
+                          Action.BUDGET_READ, Action.AUDIT_READ, Action.ALERT_READ, Action.CATALOG_READ},
+    UserRole.AUDITOR: {Action.JOB_READ, Action.APPROVAL_READ, Action.BUDGET_READ, Action.AUDIT_READ, Action.ALERT_READ,
+                       Action.CATALOG_READ},
 }  # fmt: skip
 
 

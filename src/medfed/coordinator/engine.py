@@ -17,7 +17,7 @@ from medfed.aggregation.anomaly import AnomalyRecord
 from medfed.aggregation.base import Strategy
 from medfed.coordinator.audit_hooks import CoordinatorAudit
 from medfed.coordinator.checkpoints import AtRest, load_checkpoint, save_checkpoint, save_model
-from medfed.coordinator.nodes import NodeRegistry
+from medfed.coordinator.nodes import NodeRegistry, matching_datasets
 from medfed.coordinator.robustness import RobustPlan, aggregate_round, robust_plan
 from medfed.coordinator.rounds import RoundInProgress, RoundKey
 from medfed.coordinator.secure_rounds import SecureRound
@@ -272,14 +272,20 @@ class JobRunner(threading.Thread):
         online = self.ctx.nodes.online()
         if self.spec.sites:
             return f"the job asks for sites {list(self.spec.sites)}; online: {[n.site for n in online]}"
-        offers = "; ".join(f"{n.site} offers {list(n.datasets)}" for n in online) or "no site is online"
-        return f"no online site offers dataset {self.spec.dataset!r}: {offers}"
+        selector = self.spec.selector
+        if selector.by_tag:
+            tagged = {n.site: {e.dataset: list(e.tags) for e in n.catalog} for n in online}
+            offers = "; ".join(f"{site}'s catalog: {entries}" for site, entries in tagged.items())
+        else:
+            offers = "; ".join(f"{n.site} offers {list(n.datasets)}" for n in online)
+        return f"no online site offers {selector.describe()}: {offers or 'no site is online'}"
 
     def _eligible_sites(self) -> list[str]:
         online = self.ctx.nodes.online()
         if self.spec.sites:
             return [n.site for n in online if n.site in self.spec.sites]
-        return [n.site for n in online if not n.datasets or self.spec.dataset in n.datasets]
+        selector = self.spec.selector
+        return [n.site for n in online if matching_datasets(n, selector)]
 
     def wait_for_sites(self, deadline: float) -> list[str]:
         cond = self.ctx.nodes.cond
@@ -288,8 +294,20 @@ class JobRunner(threading.Thread):
                 self._check_cancel()
                 sites = self._eligible_sites()
                 if len(sites) >= self.spec.policy.min_nodes or time.monotonic() >= deadline:
-                    return sites
+                    break
                 cond.wait(min(1.0, max(deadline - time.monotonic(), 0.0)))
+        self._record_matches()
+        return sites
+
+    def _record_matches(self) -> None:
+        """Keep, per online site, which of its datasets the job's selector matched (none: the site
+        takes no part), so the job's view says which sites matched; written only when it changed."""
+        selector = self.spec.selector
+        matches = {n.site: list(matching_datasets(n, selector)) for n in self.ctx.nodes.online()}
+        known = self.ctx.store.dataset_matches(self.ctx.job_id)
+        changed = {site: found for site, found in matches.items() if known.get(site) != sorted(found)}
+        if changed:
+            self.ctx.store.set_dataset_matches(self.ctx.job_id, changed)
 
     def run_round(
         self,

@@ -1,4 +1,5 @@
-"""Who is connected, and the per-site task mailboxes nodes long-poll."""
+"""Who is connected, the per-site task mailboxes nodes long-poll, and what the federation's catalog
+says about which site offers what (:func:`matching_datasets`, :func:`catalog_listing`)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from medfed.core.errors import ValidationError
 from medfed.core.records import TaskMessage
+from medfed.core.selectors import DatasetSelector
 from medfed.data.catalog import CatalogEntry
 from medfed.transport.api import Hello
 
@@ -27,6 +29,49 @@ class NodeInfo:
     last_seen: float
     catalog: tuple[CatalogEntry, ...] = ()  # metadata of its declared datasets (coarse counts)
     cert_expires: float = 0.0  # notAfter of the certificate it registered with (epoch seconds); 0: unknown
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CatalogListing:
+    """One catalog entry as the coordinator shows it: the entry its site last reported, whether the
+    site is online now, and when (epoch seconds) and how long ago it reported."""
+
+    entry: CatalogEntry
+    online: bool
+    reported_at: float
+    age_s: float
+
+    @property
+    def site(self) -> str:
+        return self.entry.site
+
+    def as_dict(self) -> dict[str, object]:
+        return {"site": self.site, "online": self.online, "reported_at": self.reported_at, "age_s": self.age_s}
+
+
+def catalog_listing(
+    stored: Iterable[tuple[CatalogEntry, float]], *, online: set[str], now: float
+) -> list[CatalogListing]:
+    """Listings of stored ``(entry, reported_at)`` pairs, by site and dataset."""
+    return sorted(
+        (
+            CatalogListing(entry=e, online=e.site in online, reported_at=at, age_s=max(0.0, now - at))
+            for e, at in stored
+        ),
+        key=lambda x: (x.site, x.entry.dataset),
+    )
+
+
+def matching_datasets(info: NodeInfo, selector: DatasetSelector) -> tuple[str, ...]:
+    """The datasets of a registered site that ``selector`` picks, as the coordinator can tell: a
+    name among those it offers (a site that offers no list takes any name, as before), or the
+    offered datasets whose catalog entries carry every tag. The node itself decides (it refuses
+    several matches); this decides only which sites are asked."""
+    if not selector.by_tag:
+        return (selector.name,) if not info.datasets or selector.name in info.datasets else ()
+    return tuple(
+        sorted(e.dataset for e in info.catalog if e.dataset in info.datasets and selector.matches(e.dataset, e.tags))
+    )
 
 
 def parse_catalog(text: str, *, site: str, offered: tuple[str, ...]) -> tuple[CatalogEntry, ...]:

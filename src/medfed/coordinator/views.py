@@ -40,6 +40,8 @@ def job_view(store: Store, row: JobRow, *, detail: bool) -> dict[str, Any]:
         view["round_metrics"] = store.round_rows(row.job_id)
         view["site_metrics"] = store.site_rows(row.job_id)
         view["anomalies"] = store.anomaly_rows(row.job_id)
+        # per online site, the datasets the job's selector matched there (empty: it took no part)
+        view["dataset_matches"] = store.dataset_matches(row.job_id)
         query = store.query_result(row.job_id)
         if query is not None:  # a query job's result: read it with medfed.coordinator.queries.result_from_json
             view["query_result"] = query

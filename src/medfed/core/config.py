@@ -197,7 +197,7 @@ def _dataset_selector(value: Any, problems: list[str]) -> DatasetSelector | None
         problems.append(f"job.dataset.tags must be a non-empty list of non-empty strings, got {tags!r}")
     elif len({t.strip().lower() for t in tags}) != len(tags):
         problems.append(f"job.dataset.tags lists a tag twice (tags compare in lower case): {tags!r}")
-    if len(problems) > before:
+    if len(problems) > before or not isinstance(tags, list):
         return None
     try:
         return DatasetSelector.by_tags(tags)

@@ -66,6 +66,7 @@ class Action(enum.StrEnum):
     BUDGET_READ = "budget.read"
     AUDIT_READ = "audit.read"  # read, verify and export audit logs
     ALERT_READ = "alert.read"  # access-anomaly alerts
+    CATALOG_READ = "catalog.read"  # search the federation's catalog (metadata and coarse counts, never rows)
 
 
 #: The kind of resource each action applies to.
@@ -82,6 +83,7 @@ ACTION_RESOURCE: dict[Action, ResourceKind] = {
     Action.BUDGET_READ: ResourceKind.SITE,
     Action.AUDIT_READ: ResourceKind.SITE,
     Action.ALERT_READ: ResourceKind.SITE,
+    Action.CATALOG_READ: ResourceKind.FEDERATION,
 }
 
 
@@ -103,12 +105,14 @@ MATRIX: dict[tuple[UserRole, Action], Reach] = {
     (_R, Action.JOB_READ): Reach.OWN_JOB,
     (_R, Action.JOB_CANCEL): Reach.OWN_JOB,
     (_R, Action.RESULT_READ): Reach.OWN_JOB,
+    (_R, Action.CATALOG_READ): Reach.ANY,  # where a job is designed
     (_F, Action.USER_MANAGE): Reach.ANY,
     (_F, Action.SITE_MANAGE): Reach.ANY,
     (_F, Action.JOB_READ): Reach.ANY,
     (_F, Action.JOB_CANCEL): Reach.ANY,
     (_F, Action.AUDIT_READ): Reach.ANY,
     (_F, Action.ALERT_READ): Reach.ANY,
+    (_F, Action.CATALOG_READ): Reach.ANY,
     (_S, Action.JOB_READ): Reach.ANY,  # a site admin reviews any spec before approving it
     (_S, Action.APPROVAL_READ): Reach.OWN_SITE,
     (_S, Action.APPROVAL_DECIDE): Reach.OWN_SITE,
@@ -116,11 +120,13 @@ MATRIX: dict[tuple[UserRole, Action], Reach] = {
     (_S, Action.BUDGET_READ): Reach.OWN_SITE,
     (_S, Action.AUDIT_READ): Reach.OWN_SITE,
     (_S, Action.ALERT_READ): Reach.OWN_SITE,
+    (_S, Action.CATALOG_READ): Reach.ANY,  # what the federation offers (the site's own entries among them)
     (_A, Action.JOB_READ): Reach.ANY,
     (_A, Action.APPROVAL_READ): Reach.ANY,
     (_A, Action.BUDGET_READ): Reach.ANY,
     (_A, Action.AUDIT_READ): Reach.ANY,
     (_A, Action.ALERT_READ): Reach.ANY,
+    (_A, Action.CATALOG_READ): Reach.ANY,  # metadata only: an auditor reads what sites publish
 }
 
 #: What break glass grants, on any resource: stop any running job and investigate (audit, alerts,
