@@ -263,6 +263,6 @@ class PeopleGuard:
         return self._inner.model_signature(_trusted(peer), job_id)
 
     def search_catalog(self, peer: Peer, query: str) -> JobViewDict:
-        # the catalog is where a job is designed: the closest right is job.submit
-        self._allow(peer, Action.JOB_SUBMIT, Resource.federation())
+        # metadata and coarse counts only: researchers design jobs with it, auditors and admins read it
+        self._allow(peer, Action.CATALOG_READ, Resource.federation())
         return self._inner.search_catalog(peer, query)

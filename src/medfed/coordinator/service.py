@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from medfed.coordinator.alerting import AlertScanner, ScanConfig
 from medfed.coordinator.audit_hooks import CoordinatorAudit
 from medfed.coordinator.checkpoints import AtRest, load_checkpoint
 from medfed.coordinator.engine import JobContext, JobRunner
-from medfed.coordinator.nodes import NodeRegistry, parse_catalog
+from medfed.coordinator.nodes import CatalogListing, NodeRegistry, catalog_listing, parse_catalog
 from medfed.coordinator.queries import QueryRunner, query_spec
 from medfed.coordinator.robustness import robust_plan
 from medfed.coordinator.rounds import RoundInProgress
@@ -143,6 +144,7 @@ class Coordinator:
         catalog = parse_catalog(hello.catalog_json, site=peer.name, offered=hello.datasets)
         rejoined = self.nodes.register(peer.name, hello, catalog=catalog, cert_expires=peer.cert_expires)
         self.store.touch_node(peer.name, version=hello.version, datasets=hello.datasets)
+        self.store.replace_catalog(peer.name, catalog)  # search answers after a restart, offline sites too
         log.info("site %s registered (version %s, datasets %s)", peer.name, hello.version, list(hello.datasets))
         if rejoined:
             self._drop_lost_tasks(peer.name)
@@ -254,22 +256,34 @@ class Coordinator:
             self.store.set_job_state(job_id, JobState.CANCELLED, error="cancelled by a user")
         return job_view(self.store, self._row(job_id), detail=False)
 
+    def catalog_entries(self) -> list[CatalogListing]:
+        """Every catalog entry the store holds (each site's last report, kept across restarts), with
+        whether its site is online now and when it reported."""
+        online = {n.site for n in self.nodes.online()}
+        stored = [(s.entry, s.reported_at) for s in self.store.catalog()]
+        return catalog_listing(stored, online=online, now=time.time())
+
     def search_catalog(self, peer: Peer, query: str) -> JobViewDict:
         """Which sites' datasets match ``query``: the catalog entries nodes published when they
-        registered (schema, tags, codes, coarse counts). The coordinator holds no rows to show."""
+        last registered (schema, tags, codes, coarse counts), online or not; each hit says whether
+        its site is online and how old its entry is. The coordinator holds no rows to show."""
         from medfed.data.catalog import search
 
-        nodes = self.nodes.all()
-        online = {n.site for n in self.nodes.online()}
-        entries = {(e.site, e.dataset): e for n in nodes for e in n.catalog}
-        hits = search(entries.values(), query)
+        listings = {(x.site, x.entry.dataset): x for x in self.catalog_entries()}
+        hits = search((x.entry for x in listings.values()), query)
         log.info("catalog search by %s: %d hit(s)", peer.name, len(hits))
+        online = {n.site for n in self.nodes.online()}
+        reports, now = self.store.catalog_reports(), time.time()
+        counts = {site: sum(1 for s, _ in listings if s == site) for site in reports}
         return {
             "job_id": "",
             "query": query,
-            "hits": [asdict(h) | {"online": h.site in online} for h in hits],
-            "entries": [entries[(h.site, h.dataset)].to_dict() for h in hits],
-            "sites": [{"site": n.site, "online": n.site in online, "datasets": len(n.catalog)} for n in nodes],
+            "hits": [asdict(h) | listings[(h.site, h.dataset)].as_dict() for h in hits],
+            "entries": [listings[(h.site, h.dataset)].entry.to_dict() for h in hits],
+            "sites": [
+                {"site": site, "online": site in online, "datasets": counts[site], "age_s": max(0.0, now - at)}
+                for site, at in sorted(reports.items())
+            ],
         }
 
     def fetch_model(self, peer: Peer, job_id: str) -> Parameters:
