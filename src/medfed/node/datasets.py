@@ -101,8 +101,10 @@ class JobData:
     dropped_by_policy: int  # rows a missing-value policy excluded
 
     def metrics(self) -> dict[str, float]:
-        """The counts that travel with the result."""
+        """The counts that travel with the result (``medfed.report.rows`` reads them): rows read from
+        the source, excluded by consent, dropped as invalid by a missing-value policy."""
         return {
+            "policy_rows_read": float(self.consent.rows_in + self.dropped_by_policy),
             "consent_rows_excluded": float(self.consent.rows_excluded),
             "consent_patients_excluded": float(self.consent.patients_excluded),
             "policy_rows_dropped": float(self.dropped_by_policy),
