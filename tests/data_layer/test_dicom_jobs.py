@@ -55,7 +55,12 @@ def test_a_dicom_directory_reaches_the_task_as_normalised_labelled_images(tmp_pa
     labels = np.concatenate([data.y_train, data.y_test])
     match = [i for i, row in enumerate(rows) if np.allclose(row, ct_small)]
     assert len(match) == 1 and labels[match[0]] == 1.0
-    assert job.metrics() == {"consent_rows_excluded": 0.0, "consent_patients_excluded": 0.0, "policy_rows_dropped": 0.0}
+    assert job.metrics() == {
+        "policy_rows_read": 7.0,
+        "consent_rows_excluded": 0.0,
+        "consent_patients_excluded": 0.0,
+        "policy_rows_dropped": 0.0,
+    }
     # the same job splits the same way every round; another job differently or identically, but valid
     again = _load(decl).data
     np.testing.assert_array_equal(again.x_test, data.x_test)
