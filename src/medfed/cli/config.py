@@ -7,7 +7,9 @@ settings here; everything below receives values, never paths to configuration.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,6 +203,24 @@ def read_session(client_config: Path) -> str:
         return ""
     except OSError as exc:
         raise ConfigError(f"{session_path(client_config)}: {exc.strerror or exc}") from None
+
+
+#: An API token for scripts (``medfed users token issue``): the variable, or ``--token-file``.
+TOKEN_ENV = "MEDFED_TOKEN"  # noqa: S105 - the variable's name, not a token
+
+
+def read_api_token(token_file: Path | None, environ: Mapping[str, str] | None = None) -> str:
+    """The API token to send instead of a login session: ``token_file`` (first line) when given,
+    else ``$MEDFED_TOKEN``, else '' (the session of ``medfed login --config`` is used)."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--token-file {token_file}: {exc.strerror or exc}") from None
+        if not token:
+            raise ConfigError(f"--token-file {token_file}: the file is empty")
+        return token
+    return (os.environ if environ is None else environ).get(TOKEN_ENV, "").strip()
 
 
 def load_client_config(path: Path) -> ClientConfig:
