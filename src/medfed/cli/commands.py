@@ -313,13 +313,17 @@ def _node_check(cfg: Any) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from medfed.cli.config import load_client_config, read_session
+    from medfed.cli.config import load_client_config, read_api_token, read_session
     from medfed.transport.grpc_client import ResearcherClient
 
     path = _client_path(args)
     cfg = load_client_config(path)
-    # the session of `medfed login --config` (needed when the coordinator has a user store)
-    return ResearcherClient(cfg.coordinator, cfg.tls, session=read_session(path))
+    # who the person is at a coordinator with a user store: an API token given with --token-file, else the
+    # session of `medfed login --config`, else an API token in $MEDFED_TOKEN
+    token_file = getattr(args, "token_file", None)
+    session = "" if token_file is not None else read_session(path)
+    token = "" if session else read_api_token(token_file)
+    return ResearcherClient(cfg.coordinator, cfg.tls, session=session, token=token)
 
 
 def _client_path(args: argparse.Namespace) -> Path:

@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     jsub.add_parser("list")
     for j in (submit, result, *(jsub.choices[n] for n in ("status", "watch", "cancel", "list"))):
         j.add_argument("--config", type=Path, help="client.toml (default: $MEDFED_CLIENT_CONFIG or ./client.toml)")
+        j.add_argument("--token-file", type=Path, help="API token to send instead of a login session ($MEDFED_TOKEN)")
 
     # each area registers its own commands: data/catalog, users/login/approvals/alerts, audit/backup/keys, synth
     from medfed.cli import consent_cmds, data_cmds, people_cmds, security_cmds, synth_cmds
