@@ -74,6 +74,12 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private; type
     )
     login.add_argument("--user", help="user id (default: the name in client.toml)")
     login.add_argument("--config", type=Path, help="client.toml: log in at its coordinator over mTLS")
+    login.add_argument(
+        "--break-glass",
+        action="store_true",
+        help="emergency access for an admin (with --config): a short session, every call loudly audited",
+    )
+    login.add_argument("--reason", default="", help="why you break glass (10+ characters; sealed at the coordinator)")
     for p in (add, enrol, login):
         p.add_argument("--password-stdin", action="store_true", help="line 1: password; line 2: TOTP code")
     for p in (add, usub.choices["list"], enrol, issue, revoke, login):
@@ -202,8 +208,12 @@ def _enrol(args: argparse.Namespace, store: Any) -> int:
 def _login(args: argparse.Namespace) -> int:
     from medfed.security.users import Credentials
 
+    if args.break_glass != bool(args.reason):
+        raise ConfigError('medfed login: --break-glass needs --reason "...", and --reason goes with --break-glass')
     if args.config is not None:
         return _remote_login(args)
+    if args.break_glass:
+        raise ConfigError("medfed login --break-glass works at the coordinator: give --config client.toml")
     if args.users_db is None or not args.user:
         raise ConfigError("medfed login needs --config client.toml (the coordinator), or --users-db and --user")
     store = _store(args)
@@ -220,7 +230,8 @@ def _login(args: argparse.Namespace) -> int:
 
 def _remote_login(args: argparse.Namespace) -> int:
     """Password + TOTP at the coordinator, over this person's mTLS certificate; the session goes
-    to ``client.session`` (0600) next to client.toml, where the job commands pick it up."""
+    to ``client.session`` (0600) next to client.toml, where the job commands pick it up.
+    With ``--break-glass --reason``: an admin's emergency session (short; every call audited)."""
     from medfed.cli.config import load_client_config, session_path
     from medfed.transport.grpc_client import ResearcherClient
 
@@ -231,11 +242,13 @@ def _remote_login(args: argparse.Namespace) -> int:
     password, code = _secrets(args, code=True)
     client = ResearcherClient(cfg.coordinator, cfg.tls)
     try:
-        grant = client.login(user, password, code)
+        grant = client.login(user, password, code, break_glass_reason=args.reason)
     finally:
         client.close()
     path = session_path(args.config)
     _write_token(path, grant.session)
+    if grant.emergency:
+        print(f"BREAK GLASS: emergency session for {user!r}; every call is audited; it ends {_when(grant.expires_at)}")
     print(f"logged in at {cfg.coordinator} as {grant.role} {user!r}; session in {path} until {_when(grant.expires_at)}")
     return 0
 
