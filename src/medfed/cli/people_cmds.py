@@ -90,20 +90,9 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private; type
     from medfed.cli import approvals_cmds  # its own module; it uses this one's token helpers
 
     approvals_cmds.register(sub)
-    _register_alerts(sub)
+    from medfed.cli import alert_cmds  # its own module: the coordinator's alert store (--state), or --events here
 
-
-def _register_alerts(sub: Any) -> None:
-    alerts = sub.add_parser("alerts", help="access-anomaly alerts")
-    lst = alerts.add_subparsers(dest="action", required=True).add_parser("list", help="detect over an access log")
-    lst.add_argument("--events", type=Path, required=True, help="access events as JSON lines")
-    lst.add_argument("--baseline-days", type=float, required=True, help="the first N days are the normal baseline")
-    lst.add_argument("--site", required=True, help="the site whose log this is (for authorisation)")
-    lst.add_argument("--seed", type=int, default=0)
-    lst.add_argument("--json", action="store_true")
-    lst.add_argument("--users-db", type=Path, required=True)
-    lst.add_argument("--key-file", type=Path, help="keyring of the user store (default: $MEDFED_DATA_KEY)")
-    lst.set_defaults(people=_alerts)
+    alert_cmds.register(sub)
 
 
 def dispatch(args: argparse.Namespace) -> int:

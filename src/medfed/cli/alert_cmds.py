@@ -1,0 +1,90 @@
+"""``medfed alerts list``: security alerts, from the coordinator's alert store or an access log.
+
+Two modes:
+
+* ``--state DIR`` reads the alerts a coordinator raised (``DIR/alerts.sqlite``: unusual access in its
+  audit log, nodes sending anomalous updates), newest first, filtered by ``--kind`` and ``--since``.
+  It only reads; whoever can read the coordinator's state directory can read its alerts (the
+  alerts are also ``alert.raised`` events in the coordinator's audit log).
+* ``--events FILE`` runs the access detector over an access log of JSON lines (the first
+  ``--baseline-days`` are the baseline), checked against the user store's token like the other
+  people commands (:mod:`medfed.cli.people_cmds`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from medfed.core.errors import ConfigError
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:  # argparse's _SubParsersAction is private; typed loosely on purpose
+    """Add ``alerts list`` to the ``medfed`` parser (dispatched as a people command)."""
+    alerts = sub.add_parser("alerts", help="security alerts: the coordinator's alert store, or detect over a log")
+    lst = alerts.add_subparsers(dest="action", required=True).add_parser(
+        "list", help="list the coordinator's alerts (--state) or detect over an access log (--events)"
+    )
+    mode = lst.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--state", type=Path, help="the coordinator's state directory (reads DIR/alerts.sqlite)")
+    mode.add_argument("--events", type=Path, help="access events as JSON lines (detect now)")
+    lst.add_argument("--kind", help="--state: only alerts of this kind (e.g. failed_logins, norm_outlier)")
+    lst.add_argument("--since-hours", type=float, help="--state: only alerts of the last N hours")
+    lst.add_argument("--limit", type=int, default=500, help="--state: at most this many (default 500)")
+    lst.add_argument("--baseline-days", type=float, help="--events: the first N days are the normal baseline")
+    lst.add_argument("--site", help="--events: the site whose log this is (for authorisation)")
+    lst.add_argument("--seed", type=int, default=0, help="--events: the detector's seed")
+    lst.add_argument("--users-db", type=Path, help="--events: the user store (SQLite)")
+    lst.add_argument("--key-file", type=Path, help="--events: keyring of the user store (default: $MEDFED_DATA_KEY)")
+    lst.add_argument("--json", action="store_true", help="one JSON object per alert")
+    lst.set_defaults(people=_list)
+
+
+def _list(args: argparse.Namespace) -> int:
+    if args.events is not None:
+        missing = [
+            f"--{n.replace('_', '-')}" for n in ("baseline_days", "site", "users_db") if getattr(args, n) is None
+        ]
+        if missing:
+            raise ConfigError(f"alerts list --events also needs {', '.join(missing)}")
+        from medfed.cli import people_cmds
+
+        # the detector-over-a-log mode lives with the people commands' token checks
+        return int(people_cmds._alerts(args))
+    return _from_store(args)
+
+
+def _from_store(args: argparse.Namespace) -> int:
+    from medfed.security.alerts import AlertStore
+
+    path = args.state / "alerts.sqlite"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no alert store (is {args.state} a coordinator's state directory?)")
+    if args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    since = 0.0 if args.since_hours is None else time.time() - args.since_hours * 3600.0
+    store = AlertStore(path)
+    try:
+        alerts = store.list(since=since, kind=args.kind, limit=args.limit)
+    finally:
+        store.close()
+    for a in alerts:
+        if args.json:
+            print(json.dumps(a.as_dict(), sort_keys=True))
+            continue
+        where = f" job {a.job_id} round {a.round}" if a.job_id else ""
+        print(f"{_when(a.at)}  {a.source.value:<7} {a.subject:<16} {a.kind}{where}  score {a.score:.3g}")
+        print(f"    {a.reason}")
+    if not args.json:
+        print(f"{len(alerts)} alert(s) in {path}")
+    return 0
+
+
+def _when(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
