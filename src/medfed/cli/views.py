@@ -74,7 +74,25 @@ def print_job(view: dict[str, Any], *, detail: bool) -> None:
                     _fmt(m.get("eval_loss")), s["error"],
                 )  # fmt: skip
         console.print(sites)
+    print_rows(view)
     print_anomalies(view)
+
+
+def print_rows(view: dict[str, Any]) -> None:
+    """Which dataset each site used (a tag-selected job) and the rows its policies left out."""
+    from medfed.report.rows import site_rows_lines
+
+    matches = view.get("dataset_matches") or {}
+    if matches:
+        used = ", ".join(f"{site} → {', '.join(names)}" for site, names in sorted(matches.items()) if names)
+        none = sorted(site for site, names in matches.items() if not names)
+        skipped = f"; no match (took no part): {', '.join(none)}" if none else ""
+        console.print(f"datasets matched: {used or 'none'}{skipped}", markup=False, soft_wrap=True)
+    lines = site_rows_lines(view)
+    if lines:
+        console.print("rows per site (counts only; excluded rows never reach the task):")
+        for line in lines:
+            console.print(f"  {line}", markup=False, soft_wrap=True)
 
 
 def print_anomalies(view: dict[str, Any]) -> None:

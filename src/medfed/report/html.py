@@ -104,7 +104,7 @@ def render_job_report(view: dict[str, Any], *, comparison: tuple[list[str], list
         "<h2>Final model per site</h2>",
         _table(["site", "test examples", "accuracy", "AUC", "loss", "error"], _site_rows(view)),
     ]
-    parts += _privacy_section(view) + _anomaly_section(view)
+    parts += _rows_section(view) + _privacy_section(view) + _anomaly_section(view)
     parts += ["<h2>Job spec</h2>", f"<pre>{html.escape(view.get('spec_toml', ''))}</pre>", "</body></html>"]
     return "\n".join(parts)
 
@@ -122,6 +122,26 @@ def _final_sites(view: dict[str, Any]) -> list[dict[str, Any]]:
     rounds = [r["round"] for r in view.get("round_metrics", [])]
     last = max(rounds) if rounds else None
     return [s for s in view.get("site_metrics", []) if s["round"] == last and not s["error"]]
+
+
+def _rows_section(view: dict[str, Any]) -> list[str]:
+    """Which dataset each site used, and the rows its consent and missing-value policies left out."""
+    from medfed.report.rows import site_rows_lines
+
+    parts = []
+    matches = view.get("dataset_matches") or {}
+    if matches:
+        rows = [[site, ", ".join(names) or "no match: took no part"] for site, names in sorted(matches.items())]
+        parts += ["<h2>Datasets selected per site</h2>", _table(["site", "dataset"], rows)]
+    lines = site_rows_lines(view)
+    if lines:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+        parts += [
+            "<h2>Rows per site</h2>",
+            "<p>Counts only: excluded rows never reach the task.</p>",
+            f"<ul>{items}</ul>",
+        ]
+    return parts
 
 
 def _privacy_section(view: dict[str, Any]) -> list[str]:
