@@ -119,6 +119,7 @@ def _wait_for_signal() -> None:
 
 def _coordinator(args: argparse.Namespace) -> int:
     from medfed.cli.config import load_server_tls
+    from medfed.coordinator.alerting import ScanConfig
     from medfed.coordinator.app import start_coordinator
     from medfed.coordinator.service import CoordinatorSettings
     from medfed.report.html import write_job_report
@@ -147,6 +148,7 @@ def _coordinator(args: argparse.Namespace) -> int:
         heartbeat_interval_s=args.heartbeat,
         keyring=keyring,
         signing_key=kit_key if kit_key.is_file() else None,
+        alert_scan=ScanConfig(interval_s=args.alert_scan) if args.alert_scan > 0 else None,
     )
     users = _coordinator_users(args, state)
     proc = start_coordinator(settings, address=args.listen, tls=tls, crl_path=crl, on_job_finished=report, users=users)
