@@ -4,6 +4,7 @@ first event, every new alert is audited once, and the audit chain still verifies
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,3 +127,22 @@ def test_node_results_and_alerts_are_not_access_events() -> None:
 def test_scan_config_is_checked() -> None:
     with pytest.raises(ConfigError, match=r"recent_windows.*interval_s"):
         ScanConfig(recent_windows=0, interval_s=0.0)
+
+
+def test_the_periodic_thread_raises_alerts_by_itself(tmp_path: Path) -> None:
+    audit = CoordinatorAudit(tmp_path)
+    store = Store(tmp_path / "coordinator.sqlite")
+    scanner = AlertScanner(audit=audit, store=store, alerts_path=tmp_path / "alerts.sqlite",
+                           config=ScanConfig(interval_s=0.05))  # fmt: skip
+    try:
+        scanner.start()
+        for _ in range(5):
+            audit.record(AuditAction.LOGIN_FAILED, "eve", {"user": "eve", "source": "198.51.100.7"})
+        deadline = time.monotonic() + 30.0
+        while not scanner.alerts.list() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [a.subject for a in scanner.alerts.list()] == ["eve"]
+    finally:
+        scanner.stop()
+        audit.close()
+        store.close()
