@@ -73,7 +73,9 @@ def load_declarations(path: Path, only: list[str] | None = None) -> SiteDatasets
         raise ConfigError(f"{path}: no datasets {unknown} (declared: {sorted(tables)})")
     problems, decls = [], {}
     for name, table in tables.items():
-        if (only and name not in only) or not isinstance(table, dict) or "columns" not in table:
+        if (only and name not in only) or not isinstance(table, dict):
+            continue
+        if "columns" not in table and table.get("format") not in ("dicom", "notes"):  # those have a fixed table
             continue
         try:
             decls[name] = parse_dataset(name, table, base=path.parent, where=str(path))
