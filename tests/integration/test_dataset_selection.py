@@ -41,8 +41,10 @@ BETA = CSV_SITE.replace("datasets.diabetes", "datasets.dm_export")
 OPTIONS = {"input_dim": 3, "local_steps": 5, "batch_size": 8, "lr": 0.05}
 
 
-def _tagged_job(tags: str, *, min_nodes: int) -> str:
-    spec = job_toml(name="by-tag", dataset="PLACEHOLDER", rounds=2, min_nodes=min_nodes, task_options=OPTIONS)
+def _tagged_job(tags: str, *, min_nodes: int, deadline_s: float = 30.0) -> str:
+    spec = job_toml(
+        name="by-tag", dataset="PLACEHOLDER", rounds=2, min_nodes=min_nodes, deadline_s=deadline_s, task_options=OPTIONS
+    )
     return spec.replace('dataset = "PLACEHOLDER"', f"dataset = {{ tags = {tags} }}")
 
 
@@ -125,6 +127,12 @@ def test_a_tag_matching_two_datasets_at_a_site_is_refused_there_naming_both(tagg
     assert "site 'alpha' has 2 datasets tagged ['cohort']: ['dm_copy', 'dm_fhir']" in view["error"], view["error"]
     assert view["dataset_matches"] == {"alpha": ["dm_copy", "dm_fhir"], "beta": [], "gamma": []}
     assert {s["site"] for s in view["site_metrics"]} <= {"alpha"}  # beta and gamma were never asked
+    # a tag no site carries: nobody is asked, and the error says what the sites' catalogs hold
+    job = client.submit_job(_tagged_job('["genomics"]', min_nodes=1, deadline_s=2.0), "g.toml")
+    view = wait_job(client, job["job_id"], timeout_s=90)
+    assert view["state"] == "failed" and view["site_metrics"] == []
+    assert "no online site offers datasets tagged ['genomics']" in view["error"], view["error"]
+    assert "alpha's catalog: {'dm_copy': ['cohort', 'copy']" in view["error"]
 
 
 def test_the_catalog_answers_after_a_coordinator_restart_with_sites_offline(tagged: Cluster) -> None:
