@@ -33,6 +33,7 @@ from medfed.dashboard.app import create_app
 from medfed.dashboard.server import DashboardServer, serve_dashboard
 from medfed.dashboard.web import DashboardContext
 from medfed.learn.base import TabularData
+from medfed.report.html import write_job_report
 from medfed.security.authz import UserRole
 from medfed.security.users import AuthPolicy, Credentials, UserStore, totp_code
 
@@ -183,9 +184,20 @@ def start_dashboard(
         return open_user_store(root / "users.db", keyring=keyring, audit=audit, policy=POLICY, clock=clock)
 
     state = root / "state"
-    settings = CoordinatorSettings(state_dir=state, heartbeat_interval_s=heartbeat_s)
+    kit = fed.kit("coordinator")
+    settings = CoordinatorSettings(state_dir=state, heartbeat_interval_s=heartbeat_s, signing_key=kit / "signing.key")
+
+    def report(job_id: str, view: dict[str, Any]) -> None:  # as `medfed coordinator start` does
+        if "query_result" not in view and "synthesis_result" not in view:
+            write_job_report(view, state / "reports" / f"{job_id}.html")
+
     proc = start_coordinator(
-        settings, address="127.0.0.1:0", tls=fed.server_tls(), crl_path=fed.kit("coordinator") / "crl.pem", users=users
+        settings,
+        address="127.0.0.1:0",
+        tls=fed.server_tls(),
+        crl_path=kit / "crl.pem",
+        users=users,
+        on_job_finished=report,
     )
     cluster = Cluster(fed=fed, proc=proc, state_dir=state)
     try:
@@ -196,7 +208,6 @@ def start_dashboard(
         for user_id, (role, site) in USERS.items():
             store.add_user(user_id, role, PASSWORD, site=site)
             totp[user_id] = _enrol_totp(store, clock, user_id)
-        kit = fed.kit("coordinator")
         context = DashboardContext(coordinator=proc.coordinator, users=store, state_dir=state, clock=clock)
         server = serve_dashboard(create_app(context), cert_path=kit / "cert.pem", key_path=kit / "key.pem")
         for site in sites if nodes is None else nodes:

@@ -10,6 +10,7 @@ SameSite=Strict (:func:`medfed.dashboard.auth.set_cookie`). Serve it only with
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from urllib.parse import quote
 
@@ -79,6 +80,13 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def utc_text(ts: float) -> str:
+    """Seconds since the epoch as ``YYYY-MM-DD HH:MM:SS UTC`` (``—`` for none)."""
+    if not ts or ts <= 0:
+        return "—"
+    return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _login_required(request: Request, exc: Exception) -> Response:
     expired = isinstance(exc, LoginRequired) and exc.expired
     target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="/?=&")
@@ -127,6 +135,8 @@ def create_app(context: DashboardContext, *, pages: tuple[str, ...] = PAGE_MODUL
     )
     app.state.dashboard = context
     app.state.nav = nav
-    app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR)
+    templates = Jinja2Templates(directory=TEMPLATES_DIR)
+    templates.env.filters["utc"] = utc_text
+    app.state.templates = templates
     app.add_middleware(SecurityHeaders)
     return app

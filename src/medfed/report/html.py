@@ -18,7 +18,9 @@ _CSS = """
 body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}
 th{background:#eee}td:first-child,th:first-child{text-align:left}.err{color:#a00}
-@media print{body{margin:0}}
+svg{max-width:100%;height:auto}pre{white-space:pre-wrap}
+@media print{@page{size:A4;margin:15mm}body{margin:0;max-width:none;font-size:10pt}
+h2{break-after:avoid}table,svg,pre{break-inside:avoid}th{background:none;border-bottom:2px solid #000}}
 """
 
 
