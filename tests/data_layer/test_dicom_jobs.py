@@ -17,7 +17,7 @@ from medfed.core.errors import ConfigError, DataError
 from medfed.data.consent import ConsentRecord, ConsentRegistry, ConsentStatus
 from medfed.data.dicom import ImageConfig, read_image
 from medfed.data.sources import DatasetDecl, SourceFormat, parse_dataset, read_table
-from medfed.node.datasets import catalog_entry, load_for_job, publish
+from medfed.node.datasets import Publisher, catalog_entry, load_for_job, publish
 from medfed.node.runtime import DatasetConfig
 
 DAY = dt.date(2026, 6, 1)
@@ -188,3 +188,18 @@ def test_every_declaration_problem_of_a_dicom_dataset_is_listed_at_once(tmp_path
     with pytest.raises(ConfigError, match="positive: only a dicom or notes dataset takes this key"):
         parse_dataset("t", {"format": "csv", "path": "t.csv", "columns": [{"name": "a"}], "positive": ["x"]},
                       base=tmp_path, where="site.toml")  # fmt: skip
+
+
+def test_the_catalog_is_computed_again_when_the_labels_csv_changes(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", ["CT_small.dcm", "MR_small.dcm"])
+    (tmp_path / "labels.csv").write_text("PatientID,label\n1CT1,1\n4MR1,0\n")
+    decl = parse_dataset(
+        "scans", {"format": "dicom", "path": "images", "labels": "labels.csv"}, base=tmp_path, where="site.toml"
+    )
+    publisher = Publisher("alpha", {"scans": DatasetConfig(name="scans", path=decl.path, decl=decl)}, None)
+
+    assert publisher.current(on=DAY).offered == ("scans",)
+    assert publisher.current(on=DAY).offered == ("scans",) and publisher.computed == 1
+    (tmp_path / "labels.csv").write_text("PatientID,label\n1CT1,1\n")  # MR_small now has no label
+
+    assert publisher.current(on=DAY).offered == () and publisher.computed == 2

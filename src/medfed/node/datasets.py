@@ -29,6 +29,7 @@ import pandas as pd
 from medfed.core.errors import ConfigError, DataError, PermissionDenied, ValidationError
 from medfed.data.catalog import CatalogEntry, entry_for
 from medfed.data.consent import ANY_PURPOSE, ConsentRegistry, ConsentReport, ConsentStore, apply_consent, table_for_task
+from medfed.data.media import ImageOptions, NotesOptions
 from medfed.data.profile import DatasetProfile, profile_frames
 from medfed.data.schema import ColumnType
 from medfed.data.sources import MEDIA_FORMATS, DatasetDecl, fingerprint, read_table, to_tabular
@@ -199,6 +200,11 @@ def publish(site: str, datasets: Mapping[str, DatasetConfig], registry: ConsentR
     return Publication(offered=tuple(offered), entries=tuple(entries), refused=refused)
 
 
+def _media_options(decl: DatasetDecl | None) -> ImageOptions | NotesOptions | None:
+    """A dicom or notes dataset's options (their labels CSV is part of the dataset's content)."""
+    return None if decl is None else decl.images or decl.notes
+
+
 def _version(path: Path | None) -> tuple[int, int]:
     """(latest mtime in ns, total size) of a file or of a directory's files; (0, 0) if absent."""
     if path is None or not path.exists():
@@ -220,6 +226,7 @@ class Publisher:
 
     def current(self, *, on: dt.date) -> Publication:
         paths = [d.decl.path for d in self._datasets.values() if d.decl is not None and not d.decl.dsn]
+        paths += [o.labels for d in self._datasets.values() if (o := _media_options(d.decl)) and o.labels]
         key = (on, _version(consent_path(self._state_dir)), *(_version(p) for p in paths))
         if self._last is None or key != self._key:
             self._last = publish(self._site, self._datasets, read_registry(self._state_dir), on=on)
