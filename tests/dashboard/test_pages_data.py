@@ -48,17 +48,19 @@ def test_refusals_written_by_a_real_approvals_store_are_parsed_with_their_kind(t
     store.reject(spec_digest(SPEC), by=admin, reason="too many rounds")
     rejected = _refusal(store, _facts("job2"))
     # the coordinator sees them inside its round error: "<site>: site 'x', round 1: <message>; ..."
-    job_error = f"round 1 (fit) failed: errors: alpha: site 'alpha', round 1: {rejected}; beta: site 'beta' crashed"
+    job_error = (f"round 1 (fit) failed: errors: alpha: permission: site 'alpha', round 1: {rejected}; "
+                 f"beta: permission: site 'beta', round 1: {pending}")  # fmt: skip
 
     # Act
     (first,) = parse_refusals(f"site 'alpha', round 1: {pending}")
-    (second,) = parse_refusals(job_error)
+    second, third = parse_refusals(job_error)
 
     # Assert
     assert (first.site, first.job_id, first.kind) == ("alpha", "job1", RefusalKind.PENDING)
     assert spec_digest(SPEC).startswith(first.spec_prefix) and len(first.spec_prefix) == 12
     assert (second.job_id, second.kind) == ("job2", RefusalKind.REJECTED)
     assert second.why == "rejected by keeper: too many rounds"
+    assert (third.site, third.kind) == ("alpha", RefusalKind.PENDING)  # the message names its own site
     assert parse_refusals("site 'alpha', round 1: dataset 'heart' is not offered here") == []
     store.close()
 

@@ -42,8 +42,6 @@ from medfed.dashboard.auth import safe_next, set_cookie
 from medfed.dashboard.pages.scope import when
 from medfed.dashboard.web import (
     CSRF_FIELD,
-    PRE_COOKIE,
-    SESSION_COOKIE,
     TEMPLATES_DIR,
     Forbidden,
     LoginRequired,
@@ -62,6 +60,9 @@ __all__ = ["NODE_USERS_FILE", "NodePageContext", "check_page_address", "create_n
 log = logging.getLogger(__name__)
 
 NODE_USERS_FILE = "users.db"
+#: Cookie names of their own: browsers scope cookies by host, not port, so the node page on the same
+#: host as the coordinator's dashboard must not overwrite its session (nor the other way round).
+SESSION_COOKIE, PRE_COOKIE = "medfed_node_session", "medfed_node_pre"
 REFUSED = "Login failed: wrong user, password or code, or the account is locked. Try again later."
 NAV = [NavEntry(path="/datasets", label="Datasets"), NavEntry(path="/budget", label="Budget"),
        NavEntry(path="/approvals", label="Approvals"), NavEntry(path="/audit", label="Audit")]  # fmt: skip

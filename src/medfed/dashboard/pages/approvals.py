@@ -35,7 +35,7 @@ NAV_ACTIONS = frozenset({Action.APPROVAL_READ})
 #: What ApprovalStore.check writes when it refuses (tests check it against a real refusal).
 _REFUSAL = re.compile(
     r"site '(?P<site>[^']+)' has not cleared job '(?P<job>[^']+)' \(spec (?P<spec>[0-9a-f]{12})…\): "
-    r"(?P<why>.*?)(?=; [\w.-]+: site '|$)"
+    r"(?P<why>.*?)(?=; [\w.-]+: (?:\w+: )?site '|$)"
 )
 
 
