@@ -38,7 +38,9 @@ def connect(*, path: Path | None = None, dsn: str = "") -> Connection:
         try:
             psycopg = importlib.import_module("psycopg")
         except ImportError:
-            raise DataError("a PostgreSQL OMOP source needs the psycopg package installed at the site") from None
+            raise DataError(
+                "a PostgreSQL OMOP source needs psycopg at the site (pip install 'medfed[postgres]')"
+            ) from None
         conn: Connection = psycopg.connect(dsn)
         return conn
     if path is None or not path.is_file():
