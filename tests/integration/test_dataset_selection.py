@@ -135,7 +135,9 @@ def test_a_tag_matching_two_datasets_at_a_site_is_refused_there_naming_both(tagg
     assert "alpha's catalog: {'dm_copy': ['cohort', 'copy']" in view["error"]
 
 
-def test_the_catalog_answers_after_a_coordinator_restart_with_sites_offline(tagged: Cluster) -> None:
+def test_the_catalog_answers_after_a_coordinator_restart_with_sites_offline(
+    tagged: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
     _start(tagged)
     before = tagged.client().search_catalog("endocrinology")
     assert [(h["site"], h["dataset"], h["online"]) for h in before["hits"]] == [
@@ -152,8 +154,13 @@ def test_the_catalog_answers_after_a_coordinator_restart_with_sites_offline(tagg
     again = start_cluster(tagged.fed, tagged.state_dir)  # same state, no node has come back
     try:
         after = again.client().search_catalog("endocrinology")
+        capsys.readouterr()
+        assert main(["catalog", "search", "endocrinology", "--federation", "--config", str(_client_toml(again))]) == 0
+        printed = capsys.readouterr().out.splitlines()
     finally:
         again.close()
+    assert [line.split(":")[0] for line in printed] == ["alpha/dm_fhir", "beta/dm_export"]
+    assert all(re.search(r"\(site offline, entry from \d+ (s|min) ago\)$", line) for line in printed), printed
     assert [(h["site"], h["dataset"], h["online"]) for h in after["hits"]] == [
         ("alpha", "dm_fhir", False),
         ("beta", "dm_export", False),

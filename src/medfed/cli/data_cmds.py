@@ -142,10 +142,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _age(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"5 h"``, ``"3 d"``: how old a catalog entry is."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
+
+
 def _print_hits(hits: list[dict[str, Any]]) -> None:
     for h in hits:
         extra = "  ".join(f"{what}: {n}" for what, n in h["estimates"])
-        offline = "" if h.get("online", True) else "  (site offline)"
+        age = f", entry from {_age(float(h['age_s']))} ago" if "age_s" in h else ""
+        offline = "" if h.get("online", True) else f"  (site offline{age})"
         print(f"{h['site']}/{h['dataset']}: rows {h['rows']}  {extra}".rstrip() + offline)
     if not hits:
         print("no dataset matches")
