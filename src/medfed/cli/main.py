@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     cstart.add_argument("--state", type=Path, required=True, help="state directory (SQLite, checkpoints, reports)")
     cstart.add_argument("--listen", default="127.0.0.1:50443", help="host:port for nodes and people (mTLS)")
     cstart.add_argument("--heartbeat", type=float, default=5.0, help="node heartbeat interval in seconds")
+    cstart.add_argument(
+        "--request-skew",
+        type=float,
+        default=120.0,
+        help="refuse a signed call whose time is more than this many seconds from ours (replay window)",
+    )
     cstart.add_argument("--alert-scan", type=float, default=300.0, help="scan for security alerts every N s (0: off)")
     cstart.add_argument(
         "--key-file", type=Path, help="keyring (medfed keys generate) to encrypt checkpoints and models at rest"
