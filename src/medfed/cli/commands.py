@@ -151,7 +151,12 @@ def _coordinator(args: argparse.Namespace) -> int:
         alert_scan=ScanConfig(interval_s=args.alert_scan) if args.alert_scan > 0 else None,
     )
     users = _coordinator_users(args, state)
-    proc = start_coordinator(settings, address=args.listen, tls=tls, crl_path=crl, on_job_finished=report, users=users)
+    from medfed.transport.grpc_server import RequestPolicy
+
+    requests = RequestPolicy(skew_s=args.request_skew)  # signed calls: the clock skew allowed
+    proc = start_coordinator(
+        settings, address=args.listen, tls=tls, crl_path=crl, on_job_finished=report, users=users, requests=requests
+    )
     if proc.users is not None:
         print(f"people log in against {proc.users.path} (medfed login --config client.toml)", flush=True)
     print(f"coordinator ready on port {proc.port}", flush=True)
