@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +147,9 @@ def test_a_postgres_error_is_a_data_error_naming_the_table(eunomia_dsn: str) -> 
         cur.execute("ALTER TABLE drug_exposure_old RENAME TO drug_exposure")
         conn.commit()  # type: ignore[attr-defined]  # idem
         conn.close()
+
+
+def test_without_psycopg_a_dsn_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # what a site without the postgres extra has
+    with pytest.raises(DataError, match=r"needs psycopg at the site \(pip install 'medfed\[postgres\]'\)"):
+        connect(dsn="postgresql://nobody@/nowhere")
