@@ -370,7 +370,12 @@ class Processes:
         assert p.popen.poll() is None, f"coordinator exited early:\n{p.text()}"
         return p
 
-    def node(self, site: str) -> Process:
+    def node(self, site: str, *, approve: bool = True) -> Process:
+        """``medfed node start --config site.toml``. Approval is on by default at a site started
+        from its site.toml: with ``approve`` its admin first covers the tests' jobs
+        (:func:`job_toml`) with a standing rule (:func:`standing_rule`)."""
+        if approve:
+            standing_rule(self.fed, site)
         return self.run(["node", "start", "--config", str(self.fed.site_toml(site))], site)
 
     def client(self) -> ResearcherClient:
@@ -383,6 +388,31 @@ class Processes:
                 p.popen.terminate()
         for p in self.started:
             p.stop()
+
+
+def standing_rule(
+    fed: Federation, site: str, *, task: str = "logistic_regression", dataset: str = "heart", purpose: str = "research"
+) -> str:
+    """The site admin's standing rule for ``task`` on ``dataset`` for ``purpose`` by the tests'
+    researcher, in the state directory of the site's site.toml (added once); returns its id."""
+    from medfed.security.approvals import StandingRule, open_site_approvals
+    from medfed.security.authz import Principal, UserRole
+
+    settings = load_node_config(fed.site_toml(site)).settings
+    assert settings.state_dir is not None
+    store = open_site_approvals(settings.state_dir, site=site, note=lambda event, fields: None)
+    try:
+        for rule in store.rules():
+            if not rule.revoked and (rule.task, rule.dataset, rule.purpose) == (task, dataset, purpose):
+                return rule.rule_id
+        draft = StandingRule(
+            rule_id="", task=task, dataset=dataset, purpose=purpose, researcher=RESEARCHER, created_by="",
+            created_at=0.0, expires_at=None, reason="the integration tests' jobs",
+        )  # fmt: skip
+        admin = Principal(user_id=f"{site}-admin", role=UserRole.SITE_ADMIN, site=site)
+        return store.add_rule(draft, by=admin).rule_id
+    finally:
+        store.close()
 
 
 def sites_online(client: ResearcherClient, sites: set[str]) -> bool:
@@ -398,5 +428,5 @@ def sites_online(client: ResearcherClient, sites: set[str]) -> bool:
 __all__ = [
     "ADMIN", "FINISHED", "RESEARCHER", "SITE_DATA", "Cluster", "Federation", "NodeThread", "Process", "Processes",
     "add_dataset", "free_port", "job_toml", "load_node_config", "make_federation", "plan_text", "sites_online",
-    "start_cluster", "wait_job", "wait_until",
+    "standing_rule", "start_cluster", "wait_job", "wait_until",
 ]  # fmt: skip

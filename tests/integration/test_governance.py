@@ -21,7 +21,7 @@ from medfed.node.runtime import NodeRuntime, NodeSettings
 from medfed.security.approvals import ApprovalState, ApprovalStore
 from medfed.security.audit import read_log, verify_chain
 from medfed.security.authz import Principal, UserRole
-from medfed.security.node_policy import NodePolicy, parse_node_policy
+from medfed.security.node_policy import ApprovalMode, NodePolicy, parse_node_policy
 
 SITES = ("alpha", "beta", "gamma")
 POLICY = {
@@ -153,5 +153,6 @@ def test_a_bad_policy_table_names_the_file_and_every_problem(cluster: Cluster) -
     assert "purposes must be a list" in message and "tasks is required" in message and "datasets is required" in message
 
 
-def test_a_site_without_a_policy_table_keeps_running_jobs_unapproved(cluster: Cluster) -> None:
-    assert load_node_config(cluster.fed.site_toml("alpha")).settings.policy is None
+def test_a_site_without_a_policy_table_still_requires_approval(cluster: Cluster) -> None:
+    policy = load_node_config(cluster.fed.site_toml("alpha")).settings.policy
+    assert policy == NodePolicy.approval_only("alpha") and policy.approval is ApprovalMode.REQUIRED

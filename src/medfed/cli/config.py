@@ -123,11 +123,12 @@ def _coordinator_key(pub: Path) -> bytes | None:
     return read_pem(pub, "coordinator signing key") if pub.is_file() else None
 
 
-def _node_policy(table: object, site: str, path: Path) -> NodePolicy | None:
+def _node_policy(table: object, site: str, path: Path) -> NodePolicy:
     """``[policy]``: which jobs may touch this site's data, each after the site admin's approval.
-    Absent: no checks (earlier releases' behaviour; ``medfed node check`` warns)."""
+    Absent: approval is still required (:meth:`NodePolicy.approval_only`); only an explicit
+    ``approval = "off"`` turns it off."""
     if table is None:
-        return None
+        return NodePolicy.approval_only(site)
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [policy] must be a table")
     return parse_node_policy(table, site=site, where=f"{path} [policy]")

@@ -1,7 +1,9 @@
 """``medfed demo``: a throw-away federation of the four Fed-Heart-Disease hospitals.
 
-It provisions a PKI, writes each hospital's rows into that site's own directory only, starts a
-coordinator and four node processes that talk gRPC over mutual TLS on 127.0.0.1, runs a federated
+It provisions a PKI, writes each hospital's rows into that site's own directory only, gives each
+site a standing rule for the demo's own job (approval is on by default at every site: the demo
+acts as each hospital's admin and prints the rules it created), starts a coordinator and four node
+processes that talk gRPC over mutual TLS on 127.0.0.1, runs a federated
 logistic regression with a progress bar, and prints federated vs local-only vs pooled accuracy
 beside FLamby's published figures. The local-only and pooled baselines are computed in this
 process from the same public data set, as references: in a real federation they do not exist.
@@ -18,13 +20,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from medfed.cli.views import console, watch_job
 from medfed.core.errors import JobError, TransportError
 from medfed.core.params import Parameters
+
+if TYPE_CHECKING:
+    from medfed.security.approvals import StandingRule
 
 SITES = ("cleveland", "hungary", "switzerland", "va_long_beach")
 #: FLamby's published Fed-Heart-Disease accuracies (mean over the 4 test sets, 5 seeds).
@@ -86,6 +91,46 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         return f'"{v}"'
     return repr(v)
+
+
+def _standing_rules(root: Path) -> list[tuple[str, StandingRule, str]]:
+    """Each site's admin (played by the demo) covers the demo's job with a standing rule: task
+    ``logistic_regression`` on ``heart`` for the default purpose by the demo's researcher, the
+    dataset's fingerprint pinned. Returns (site, rule, fingerprint) per site."""
+    from medfed.cli.config import load_node_config
+    from medfed.core.records import DEFAULT_PURPOSE
+    from medfed.node.fingerprints import dataset_fingerprint
+    from medfed.security.approvals import StandingRule, open_site_approvals
+    from medfed.security.authz import Principal, UserRole
+
+    made = []
+    for site in SITES:
+        settings = load_node_config(root / "federation" / "sites" / site / "site.toml").settings
+        if settings.state_dir is None:  # load_node_config always sets one
+            raise JobError(f"demo site {site} has no state directory")
+        digest = dataset_fingerprint(settings.datasets["heart"])
+        store = open_site_approvals(settings.state_dir, site=site, note=lambda event, fields: None)
+        try:
+            rule = store.add_rule(
+                StandingRule(rule_id="", task="logistic_regression", dataset="heart", purpose=DEFAULT_PURPOSE,
+                             researcher="researcher", created_by="", created_at=0.0, expires_at=None,
+                             reason="medfed demo: the demo job on this site's heart data"),
+                by=Principal(user_id=f"{site}-admin", role=UserRole.SITE_ADMIN, site=site), fingerprint=digest,
+            )  # fmt: skip
+        finally:
+            store.close()
+        made.append((site, rule, digest))
+    return made
+
+
+def _print_rules(rules: list[tuple[str, StandingRule, str]]) -> None:
+    table = Table(title="Site approval (on by default): the standing rule each hospital's admin gave the demo job")
+    for col in ("hospital", "rule", "covers", "heart data fingerprint"):
+        table.add_column(col)
+    for site, rule, digest in rules:
+        covers = f"{rule.task} on {rule.dataset} for {rule.purpose!r} by {rule.researcher}"
+        table.add_row(site, rule.rule_id, covers, digest[:16] + "…")
+    console.print(table)
 
 
 def _prepare(root: Path, port: int, *, dp: bool) -> None:
@@ -159,6 +204,7 @@ def run_demo(opts: DemoOptions) -> int:
         port = _free_port()
         console.print(f"[bold]medfed demo[/]: four hospitals of Fed-Heart-Disease, federation in {root}")
         _prepare(root, port, dp=opts.dp)
+        _print_rules(_standing_rules(root))
         procs = stack.enter_context(_processes(root, port))
         client = _connect(root, procs)
         console.print("coordinator and 4 nodes are up (gRPC over mutual TLS on 127.0.0.1)")

@@ -304,7 +304,7 @@ class ApprovalStore:
         if problems:
             raise ValidationError(problems, where=f"standing rule at site {self.site!r}")
         rule_id, now = secrets.token_hex(4), self._clock()
-        fields: Fields = {"rule": rule_id, "task": rule.task, "dataset": rule.dataset, "purpose": rule.purpose}
+        fields: Fields = {"approval_id": rule_id, "task": rule.task, "dataset": rule.dataset, "purpose": rule.purpose}
         if fingerprint:
             fields["fingerprint"] = fingerprint
         event = self._decision_event(by, "rule-added", rule.reason, fields)
@@ -323,7 +323,7 @@ class ApprovalStore:
 
     def revoke_rule(self, rule_id: str, *, by: Principal, reason: str = "") -> None:
         self._authorize(by)
-        event = self._decision_event(by, "rule-revoked", reason, {"rule": rule_id})
+        event = self._decision_event(by, "rule-revoked", reason, {"approval_id": rule_id})
         with self._tx() as db:
             if not db.execute("UPDATE rules SET revoked=? WHERE rule_id=?", (self._clock(), rule_id)).rowcount:
                 raise ValidationError(f"no standing rule {rule_id!r} at site {self.site!r}")
@@ -406,16 +406,23 @@ class ApprovalStore:
 
 
 def open_site_approvals(
-    state_dir: Path, *, site: str, note: AuditFn, clock: Callable[[], float] = time.time
+    state_dir: Path,
+    *,
+    site: str,
+    note: AuditFn,
+    clock: Callable[[], float] = time.time,
+    approvals_file: Path | None = None,
 ) -> ApprovalStore:
-    """A site's approvals (``state_dir/approvals.db``) writing each decision into the site's own
-    audit log (``state_dir/audit.sqlite``, checkpoints signed by ``state_dir/audit-signing.key``):
-    what ``medfed approvals`` and the node page open. Closing the store closes the log."""
+    """A site's approvals (``state_dir/approvals.db``, or ``approvals_file``) writing each decision
+    into the site's own audit log (``state_dir/audit.sqlite``, checkpoints signed by
+    ``state_dir/audit-signing.key``): what ``medfed approvals`` and the node page open. Closing the
+    store closes the log."""
     from medfed.security.provision import open_signing_key  # the PKI recipes: only where a site is opened
 
     log = AuditLog(state_dir / AUDIT_FILE, signer=open_signing_key(state_dir / AUDIT_KEY_FILE), clock=clock)
+    path = approvals_file or state_dir / APPROVALS_FILE
     try:
-        store = ApprovalStore(state_dir / APPROVALS_FILE, site=site, audit=note, clock=clock, audit_log=log)
+        store = ApprovalStore(path, site=site, audit=note, clock=clock, audit_log=log)
     except BaseException:
         log.close()
         raise
