@@ -186,15 +186,30 @@ def test_cache_entries_expire_with_the_window() -> None:
 def test_a_flood_cannot_grow_the_cache_or_reopen_a_replay() -> None:
     cache = ReplayCache(window_s=120.0, max_entries=1000)
     first = (b"victim", T0)
-    assert cache.admit(*first, now=T0) is None
+    assert cache.admit(*first, now=T0, peer="mallory") is None
     for i in range(20_000):  # a flood of fresh, distinct nonces within one window
-        cache.admit(i.to_bytes(16, "big"), T0 + 1 + i * 0.001, now=T0 + 1 + i * 0.001)
+        cache.admit(i.to_bytes(16, "big"), T0 + 1 + i * 0.001, now=T0 + 1 + i * 0.001, peer="mallory")
         assert len(cache) <= 1000
-    # the victim's nonce was dropped to keep the bound, but its replay is still refused
-    assert cache.admit(*first, now=T0 + 30) is Refusal.STALE
-    assert cache.floor >= T0
+    # the first nonce was dropped to keep the bound, but its replay is still refused
+    assert cache.admit(*first, now=T0 + 30, peer="mallory") is Refusal.STALE
+    assert cache.floor("mallory") >= T0
     # a fresh request still passes
-    assert cache.admit(b"fresh", T0 + 30, now=T0 + 30) is None
+    assert cache.admit(b"fresh", T0 + 30, now=T0 + 30, peer="mallory") is None
+
+
+def test_a_flood_by_one_caller_leaves_the_others_window_alone() -> None:
+    cache = ReplayCache(window_s=120.0, max_entries=1000)
+    alice = [(i.to_bytes(16, "big"), T0 + i) for i in range(50)]  # an honest caller, a request a second
+    for nonce, at in alice:
+        assert cache.admit(nonce, at, now=at, peer="alice") is None
+    for i in range(10_000):  # mallory floods with requests dated as far ahead as the skew allows
+        cache.admit(b"m" + i.to_bytes(15, "big"), T0 + 50 + 120, now=T0 + 50, peer="mallory")
+    assert len(cache) <= 1000
+    # alice's nonces are all still remembered (replays: REPLAYED, not merely stale) ...
+    assert all(cache.admit(n, at, now=T0 + 60, peer="alice") is Refusal.REPLAYED for n, at in alice)
+    assert cache.floor("alice") == float("-inf")
+    # ... and her next request, dated a little behind everyone else's, still passes
+    assert cache.admit(b"late", T0 + 55, now=T0 + 60, peer="alice") is None
 
 
 @settings(max_examples=200, deadline=None)

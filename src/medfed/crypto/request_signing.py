@@ -22,13 +22,15 @@ malformed headers (:attr:`Refusal.UNSIGNED`, :attr:`Refusal.MALFORMED`), a time 
 (:attr:`Refusal.ALTERED`), a bad signature (:attr:`Refusal.BAD_SIGNATURE`), and a nonce already
 seen (:attr:`Refusal.REPLAYED`).
 
-:class:`ReplayCache` bounds memory: it remembers a nonce only while its request could still pass
-the time check (``time + skew_s``), and holds at most ``max_entries``. When full it drops the
-entry with the oldest request time and raises a floor: from then on a request no newer than a
-dropped entry is refused as stale. A flood therefore narrows the window (fresh requests still
-pass) but can neither grow memory past the bound nor reopen a replay of a dropped nonce.
-Only requests with a valid signature reach the cache, so only holders of a federation key can
-fill it.
+:class:`ReplayCache` bounds memory: it remembers a nonce (per caller certificate) only while its
+request could still pass the time check (``time + skew_s``), and holds at most ``max_entries`` in
+all. When full it drops the oldest entry of the caller that holds the most, and raises that
+caller's floor to the dropped entry's time: from then on a request of that caller no newer than a
+dropped entry is refused as stale. A flood therefore narrows the flooder's own window (its fresh
+requests still pass; other callers are untouched while it holds more entries than they do) but
+can neither grow memory past the bound nor reopen a replay of a dropped nonce. The cache keys on
+the signed nonce, not on the signature bytes (ECDSA signatures are malleable). Only requests with a
+valid signature reach the cache, so only holders of a federation key can fill it.
 """
 
 from __future__ import annotations
@@ -165,10 +167,30 @@ class RequestSigner:
         return (TIME_KEY, str(time_ms)), (NONCE_KEY, nonce), (BODY_KEY, body_sha256), (SIGNATURE_KEY, signature)
 
 
-class ReplayCache:
-    """Nonces seen within the time window, at most ``max_entries`` of them (see the module docstring).
+class _PeerNonces:
+    """One caller's nonces within the window, oldest request time first, and its floor."""
 
-    Thread-safe. ``admit`` is O(log n); expired entries are dropped as time passes.
+    __slots__ = ("floor", "heap", "seen")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, bytes]] = []
+        self.seen: set[bytes] = set()
+        self.floor = float("-inf")  # this caller's requests at or before this time are refused
+
+    def expire(self, before: float) -> int:
+        dropped = 0
+        while self.heap and self.heap[0][0] < before:
+            self.seen.discard(heapq.heappop(self.heap)[1])
+            dropped += 1
+        return dropped
+
+
+class ReplayCache:
+    """Nonces seen within the time window, per caller, at most ``max_entries`` in all.
+
+    When full, the caller holding the most entries loses its oldest one and that caller's floor
+    rises to its time (see the module docstring): a flood narrows the flooder's own window, not
+    another caller's. Thread-safe; ``admit`` is O(log n), and O(callers) when the cache is full.
     """
 
     def __init__(self, *, window_s: float, max_entries: int = DEFAULT_MAX_NONCES) -> None:
@@ -176,32 +198,51 @@ class ReplayCache:
             raise ValidationError(f"window_s must be > 0 and max_entries >= 1, got {window_s!r}, {max_entries!r}")
         self.window_s = window_s
         self.max_entries = max_entries
-        self.floor = float("-inf")  # requests at or before this time are refused (raised by evictions)
-        self._heap: list[tuple[float, bytes]] = []
-        self._seen: set[bytes] = set()
+        self._peers: dict[str, _PeerNonces] = {}
+        self._total = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return self._total
 
-    def admit(self, nonce: bytes, at: float, *, now: float) -> Refusal | None:
-        """Record ``nonce`` of a request made at ``at``; a :class:`Refusal` if it must not pass."""
+    def floor(self, peer: str = "") -> float:
+        """The time at or before which ``peer``'s requests are refused (-inf until an eviction)."""
         with self._lock:
-            while self._heap and self._heap[0][0] < now - self.window_s:
-                self._seen.discard(heapq.heappop(self._heap)[1])
-            if at <= self.floor or at < now - self.window_s:
+            known = self._peers.get(peer)
+            return known.floor if known is not None else float("-inf")
+
+    def admit(self, nonce: bytes, at: float, *, now: float, peer: str = "") -> Refusal | None:
+        """Record ``peer``'s ``nonce`` of a request made at ``at``; a :class:`Refusal` if it must not pass."""
+        oldest_allowed = now - self.window_s
+        with self._lock:
+            nonces = self._peers.get(peer)
+            if nonces is not None:
+                self._total -= nonces.expire(oldest_allowed)
+            if at < oldest_allowed or (nonces is not None and at <= nonces.floor):
                 return Refusal.STALE
-            if nonce in self._seen:
+            if nonces is not None and nonce in nonces.seen:
                 return Refusal.REPLAYED
-            while len(self._heap) >= self.max_entries:
-                oldest, dropped = heapq.heappop(self._heap)
-                self._seen.discard(dropped)
-                self.floor = max(self.floor, oldest)
-            if at <= self.floor:  # it was itself the oldest: refusing it keeps the bound and the guarantee
+            if self._total >= self.max_entries:
+                self._make_room(oldest_allowed)
+            nonces = self._peers.setdefault(peer, _PeerNonces())
+            if at <= nonces.floor:  # it was this caller's oldest: refusing it keeps the bound and the guarantee
                 return Refusal.STALE
-            heapq.heappush(self._heap, (at, nonce))
-            self._seen.add(nonce)
+            heapq.heappush(nonces.heap, (at, nonce))
+            nonces.seen.add(nonce)
+            self._total += 1
             return None
+
+    def _make_room(self, oldest_allowed: float) -> None:
+        for peer, nonces in list(self._peers.items()):
+            self._total -= nonces.expire(oldest_allowed)
+            if not nonces.heap and nonces.floor < oldest_allowed:  # nothing left that could matter
+                del self._peers[peer]
+        while self._total >= self.max_entries:
+            largest = max(self._peers.values(), key=lambda n: len(n.heap))
+            at, dropped = heapq.heappop(largest.heap)
+            largest.seen.discard(dropped)
+            largest.floor = max(largest.floor, at)
+            self._total -= 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,7 +347,7 @@ class RequestVerifier:
             raise RequestRefused(
                 Refusal.BAD_SIGNATURE, "the signature does not match this certificate's key and request"
             ) from None
-        refusal = self.cache.admit(bytes.fromhex(h.nonce), at, now=now)
+        refusal = self.cache.admit(bytes.fromhex(h.nonce), at, now=now, peer=fingerprint)
         if refusal is Refusal.REPLAYED:
             raise RequestRefused(refusal, "this request was already received (a replay)")
         if refusal is not None:
