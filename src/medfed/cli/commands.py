@@ -151,6 +151,16 @@ def _coordinator(args: argparse.Namespace) -> int:
         alert_scan=ScanConfig(interval_s=args.alert_scan) if args.alert_scan > 0 else None,
     )
     users = _coordinator_users(args, state)
+    https = getattr(args, "https", None)
+    if https:
+        from medfed.dashboard.server import parse_https_address
+
+        parse_https_address(https)  # a malformed address fails before anything starts
+    if https and users is None:
+        raise ConfigError(
+            f"--https {https}: the dashboard needs a user store for its logins "
+            f"(--users PATH or {state / 'users.db'}; create one with medfed users add --users-db PATH)"
+        )
     from medfed.transport.grpc_server import RequestPolicy
 
     requests = RequestPolicy(skew_s=args.request_skew)  # signed calls: the clock skew allowed
@@ -159,10 +169,18 @@ def _coordinator(args: argparse.Namespace) -> int:
     )
     if proc.users is not None:
         print(f"people log in against {proc.users.path} (medfed login --config client.toml)", flush=True)
-    print(f"coordinator ready on port {proc.port}", flush=True)
+    dashboard = None
     try:
+        if https and proc.users is not None:
+            from medfed.dashboard.launch import start_dashboard
+
+            dashboard = start_dashboard(proc.coordinator, proc.users, kit=args.kit, state_dir=state, address=https)
+            print(f"dashboard at {dashboard.url}/ (HTTPS; password + TOTP)", flush=True)
+        print(f"coordinator ready on port {proc.port}", flush=True)
         _wait_for_signal()
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         proc.stop()
     return 0
 

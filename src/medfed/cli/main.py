@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         default=120.0,
         help="refuse a signed call whose time is more than this many seconds from ours (replay window)",
     )
+    cstart.add_argument(
+        "--https",
+        metavar="HOST:PORT",
+        help="also serve the web dashboard over HTTPS (TLS 1.2+, the kit's certificate) on HOST:PORT, e.g. "
+        "127.0.0.1:8443; needs a user store (--users): people log in with password + TOTP",
+    )
     cstart.add_argument("--alert-scan", type=float, default=300.0, help="scan for security alerts every N s (0: off)")
     cstart.add_argument(
         "--key-file", type=Path, help="keyring (medfed keys generate) to encrypt checkpoints and models at rest"

@@ -37,6 +37,14 @@ class DashboardServer:
     def url(self) -> str:
         return f"https://{self.host}:{self.port}"
 
+    @property
+    def minimum_tls(self) -> ssl.TLSVersion:
+        """The oldest TLS version the server accepts (set here, not left to the platform's default)."""
+        context = self._server.config.ssl
+        if context is None:
+            raise ConfigError("dashboard server without TLS")
+        return context.minimum_version
+
     def stop(self, timeout_s: float = 5.0) -> None:
         self._server.should_exit = True
         self._thread.join(timeout_s)
