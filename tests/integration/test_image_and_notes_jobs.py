@@ -90,6 +90,13 @@ def test_a_cnn_trains_on_two_sites_dicom_and_notes_train_a_model_consent_and_bad
     assert offered == {site: ("heart", "notes", "scans") for site in SITES}
     refusals = [r.getMessage() for r in caplog.records if "dataset broken is not offered" in r.getMessage()]
     assert len(refusals) == 2 and all("MR_truncated.dcm: truncated DICOM file" in r for r in refusals)
+    broken = job_toml(
+        name="broken", task="cnn", dataset="broken", rounds=1, min_nodes=1, deadline_s=2.0, retries=0,
+        task_options=CNN_OPTIONS,
+    )  # fmt: skip
+    refused = wait_job(client, client.submit_job(broken, "broken.toml")["job_id"], timeout_s=60)
+    assert refused["state"] == "failed" and "no online site offers" in refused["error"], refused["error"]
+    assert "broken" in refused["error"] and not _fits(refused, "alpha") + _fits(refused, "beta")
 
     job = job_toml(name="scans", task="cnn", dataset="scans", rounds=2, min_nodes=2, task_options=CNN_OPTIONS)
     view = wait_job(client, client.submit_job(job, "scans.toml")["job_id"], timeout_s=150)
