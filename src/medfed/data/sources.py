@@ -327,7 +327,8 @@ def _as_of(decl: DatasetDecl, as_of: pd.Timestamp | None) -> pd.Timestamp:
 
 def iter_harmonised(decl: DatasetDecl, *, as_of: pd.Timestamp | None = None) -> Iterator[Conformed]:
     """The dataset as harmonised, validated frames: batches for CSV/Parquet, one frame per patient
-    table for FHIR and OMOP (features taken on or before ``as_of``, or the declaration's ``as_of``)."""
+    table for FHIR and OMOP (features taken on or before ``as_of``, or the declaration's ``as_of``), the
+    index (patient id, label; one row per file or note) for DICOM and notes."""
     if decl.format in (SourceFormat.CSV, SourceFormat.PARQUET):
         yield from iter_conformed(decl)
         return

@@ -1,7 +1,8 @@
 """Declared datasets at the node: what a task receives, and what the catalog may say about them.
 
-A dataset declared with ``columns`` in ``site.toml`` (CSV, Parquet, FHIR or OMOP; see
-:func:`medfed.data.sources.parse_dataset`) reaches a task only through :func:`load_for_job`: its
+A dataset declared with ``columns`` in ``site.toml`` (CSV, Parquet, FHIR or OMOP; DICOM and notes
+have a fixed table; see :func:`medfed.data.sources.parse_dataset`) reaches a task only through
+:func:`load_for_job` (images and notes: :mod:`medfed.node.media_data`): its
 purpose limits are checked, it is harmonised and validated, the rows of patients who opted out
 are removed (:func:`medfed.data.consent.table_for_task`, with the consent decisions read afresh
 from the node's store, so a withdrawal is honoured by the next job), and it becomes the
