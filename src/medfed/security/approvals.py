@@ -153,16 +153,8 @@ class ApprovalStore:
             if r.covers(facts, now=now) and approval.state is not ApprovalState.REJECTED
         ]
         refuse = f"site {self.site!r} has not cleared job {facts.job_id!r} (spec {facts.spec_hash[:12]}…): "
-        why = ""
-        if approval.state is ApprovalState.PENDING:
-            why = "its spec awaits the site admin's approval (medfed approvals list)"
-        elif approval.state is ApprovalState.REJECTED:
-            why = f"rejected by {approval.decided_by}: {approval.reason}"
-        elif approval.expires_at is not None and now >= approval.expires_at:
-            why = f"the approval expired at {approval.expires_at:.0f}"
-        elif approval.purpose != facts.purpose:
-            why = f"approved for purpose {approval.purpose!r}, not {facts.purpose!r}"
-        else:
+        why = _why_not(approval, facts, now)
+        if not why:
             candidates.insert(0, Clearance(spec_hash=facts.spec_hash, approved_by=approval.decided_by,
                                            expires_at=approval.expires_at))  # fmt: skip
         if not fingerprint and candidates:
@@ -403,6 +395,19 @@ class ApprovalStore:
             tofile=f"{current.state.value} {spec_hash[:12]}",
         )
         return "".join(lines)
+
+
+def _why_not(approval: Approval, facts: JobFacts, now: float) -> str:
+    """Why ``approval`` does not clear ``facts``'s job now ('' when it does)."""
+    if approval.state is ApprovalState.PENDING:
+        return "its spec awaits the site admin's approval (medfed approvals list)"
+    if approval.state is ApprovalState.REJECTED:
+        return f"rejected by {approval.decided_by}: {approval.reason}"
+    if approval.expires_at is not None and now >= approval.expires_at:
+        return f"the approval expired at {approval.expires_at:.0f}"
+    if approval.purpose != facts.purpose:
+        return f"approved for purpose {approval.purpose!r}, not {facts.purpose!r}"
+    return ""
 
 
 def open_site_approvals(
