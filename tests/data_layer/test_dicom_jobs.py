@@ -203,3 +203,16 @@ def test_the_catalog_is_computed_again_when_the_labels_csv_changes(tmp_path: Pat
     (tmp_path / "labels.csv").write_text("PatientID,label\n1CT1,1\n")  # MR_small now has no label
 
     assert publisher.current(on=DAY).offered == () and publisher.computed == 2
+
+
+def test_a_stray_file_is_named_while_hidden_files_and_dicomdir_are_skipped(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "images", ["CT_small.dcm", "MR_small.dcm"])
+    (images / ".DS_Store").write_bytes(b"\x00\x01")
+    (images / "DICOMDIR").write_bytes(b"\x00" * 200)
+    assert len(read_table(_decl(tmp_path)).frame) == 2
+    (images / "notes.txt").write_text("not an image")
+
+    with pytest.raises(DataError) as err:
+        read_table(_decl(tmp_path))
+
+    assert f"{images / 'notes.txt'}: not a readable DICOM file" in str(err.value)

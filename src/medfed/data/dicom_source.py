@@ -39,11 +39,12 @@ _LABEL_KEYS = ("SOPInstanceUID", "PatientID", "patient_id")
 
 
 def image_files(directory: Path) -> list[Path]:
-    """Every non-hidden file under ``directory``, sorted (DICOM files need no extension)."""
+    """Every file under ``directory``, sorted (DICOM files need no extension), except hidden files and
+    ``DICOMDIR`` (a PS3.10 media index, not an image). Any other file must be a readable image."""
     if not directory.is_dir():
         raise DataError(f"{directory}: not a directory of DICOM files")
     return sorted(
-        p for p in directory.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts[-1:])
+        p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR"
     )
 
 
