@@ -123,7 +123,10 @@ def _run(g: Governed, spec: str) -> tuple[str, Any]:
 
 
 def _node_login(g: Governed, page: Any) -> None:
+    """Log alpha's keeper in on the node page (a live session there: already in, /login moves on)."""
     page.goto(g.node_url + "/login")
+    if "/login" not in page.url:
+        return
     page.fill("#user", KEEPER)
     page.fill("#password", PASSWORD)
     with g.dash._login_lock:
@@ -194,6 +197,18 @@ def test_a_site_admin_approves_a_refused_spec_on_the_node_page_and_the_resubmitt
     page.goto(gov.dash.url + "/approvals")  # still logged in there: the node page's cookies are its own
     state = page.locator(f"[data-testid=not-cleared][data-spec='{digest}'] [data-testid=state]").inner_text()
     assert f"cleared since (job {ran_id} ran)" in state
+
+    # Act 4 / Assert 4: a changed spec of the same job is refused again, shown with its diff to the one that ran
+    changed = spec.replace("lr = 0.05", "lr = 0.1")
+    _run(gov, changed)
+    page.reload()
+    item = page.locator(f"[data-testid=not-cleared][data-spec='{hashlib.sha256(changed.encode()).hexdigest()}']")
+    diff = item.locator("[data-testid=diff]").text_content() or ""
+    assert f"ran: job {ran_id}" in diff and "-lr = 0.05" in diff and "+lr = 0.1" in diff, diff
+    _node_login(gov, page)
+    page.goto(gov.node_url + "/approvals")
+    node_diff = page.locator(f"[data-testid=approval][data-spec='{hashlib.sha256(changed.encode()).hexdigest()}']")
+    assert "+lr = 0.1" in (node_diff.locator("[data-testid=diff]").text_content() or "")
 
 
 def _gauge(page: Any, site: str, dataset: str) -> float:
