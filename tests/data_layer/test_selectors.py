@@ -17,10 +17,12 @@ from medfed.core.params import Parameters
 from medfed.core.records import ResultMessage, ResultStatus, TaskKind, TaskMessage
 from medfed.core.selectors import DatasetSelector
 from medfed.data.sources import parse_dataset
-from medfed.node.governance import job_facts
+from medfed.node.governance import job_facts, open_governance
 from medfed.node.middleware import NodeContext
 from medfed.node.runtime import DatasetConfig
 from medfed.node.selection import resolve_dataset, select_dataset
+from medfed.security.audit import read_log
+from medfed.security.audit_events import AuditAction
 
 HEAD = '[job]\nname = "sel"\ntask = "logistic_regression"\nrounds = 2\n'
 BY_TAGS = HEAD + 'dataset = { tags = ["Cardiology", "adult"] }\n'
@@ -129,6 +131,19 @@ def test_a_task_whose_label_disagrees_with_its_spec_is_refused(tmp_path: Path) -
         resolve_dataset(_task(BY_TAGS, "tags:genomics"), "s", site)
     with pytest.raises(ValidationError, match="dataset selector 'tags:'"):
         resolve_dataset(_task(BY_TAGS, "tags:"), "s", site)
+
+
+def test_a_refused_selector_is_recorded_in_the_sites_audit_log(tmp_path: Path) -> None:
+    site = _site(tmp_path, heart=["adult", "cardiology"])
+    governance = open_governance("s", state_dir=tmp_path / "state", policy=None)
+    assert governance is not None
+    ctx = NodeContext(site="s", datasets=site, task_loader=lambda name: None, governance=governance)  # type: ignore[arg-type,return-value]
+    with pytest.raises(PermissionDenied):
+        select_dataset(_task(BY_TAGS, "tags:genomics"), ctx, lambda task, ctx: pytest.fail("not reached"))
+    governance.close()
+    entries, _ = read_log(tmp_path / "state" / "audit.sqlite")
+    refused = [e.fields for e in entries if e.action == AuditAction.TASK_REFUSED.value]
+    assert refused == [{"site": "s", "job_id": "j1", "round": 1, "outcome": "bad-spec"}]
 
 
 def test_the_chain_after_selection_sees_the_resolved_name(tmp_path: Path) -> None:

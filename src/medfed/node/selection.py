@@ -20,6 +20,7 @@ from medfed.core.config import parse_job_spec
 from medfed.core.errors import ConfigError, PermissionDenied, ValidationError
 from medfed.core.records import ResultMessage, TaskMessage
 from medfed.core.selectors import DatasetSelector
+from medfed.security.audit_events import AuditAction
 
 if TYPE_CHECKING:
     from medfed.node.middleware import Handler, NodeContext
@@ -66,8 +67,18 @@ def resolve_dataset(task: TaskMessage, site: str, datasets: Mapping[str, Dataset
 
 
 def select_dataset(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMessage:
-    """Resolve the task's dataset selector here; the rest of the chain sees the site's own name."""
-    name = resolve_dataset(task, ctx.site, ctx.datasets)
+    """Resolve the task's dataset selector here; the rest of the chain sees the site's own name.
+    A task whose selector disagrees with its spec is refused and, with a site audit log, recorded
+    there as governance records a task that asks for something its spec does not say."""
+    try:
+        name = resolve_dataset(task, ctx.site, ctx.datasets)
+    except PermissionDenied:
+        if ctx.governance is not None:
+            from medfed.node.governance import Refusal  # governance imports this module
+
+            fields: dict[str, str | int | float | bool] = {"job_id": task.job_id, "round": task.round}
+            ctx.governance.record(AuditAction.TASK_REFUSED, fields | {"outcome": Refusal.BAD_SPEC.value})
+        raise
     if name == task.dataset:
         return nxt(task, ctx)
     log.debug("site %s, job %s: %s -> dataset %r", ctx.site, task.job_id, task.dataset, name)
