@@ -7,6 +7,7 @@ emergency session whose every call is written to the coordinator's audit log.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -189,7 +190,10 @@ def test_break_glass_gives_an_admin_a_short_loudly_audited_session(people: Peopl
     assert grant.expires_at - people.clock() == pytest.approx(POLICY.break_glass_s)
     assert view["state"] == "cancelled"
     glass = people.audit("access.break_glass")
-    assert glass[0] == (ADMIN, {"user": ADMIN, "role": "federation_admin", "source": "127.0.0.1"})
+    reason_sha256 = hashlib.sha256(b"runaway job on the cardiology data").hexdigest()
+    assert glass[0] == (
+        ADMIN, {"user": ADMIN, "role": "federation_admin", "source": "127.0.0.1", "fingerprint": reason_sha256}
+    )  # fmt: skip
     assert glass[1][1] == {
         "user": ADMIN, "method": "job.cancel", "source": "127.0.0.1", "resource": "job", "kind": "emergency_call",
         "outcome": "role_grant", "job_id": job_id,

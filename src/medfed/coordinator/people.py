@@ -53,8 +53,9 @@ _EVENTS: dict[str, AuditAction] = {
     "auth.break_glass_refused": AuditAction.PERMISSION_DENIED,
     "auth.token_refused": AuditAction.LOGIN_FAILED,
 }
-#: UserStore's field names -> the audit log's allow-listed keys.
-_RENAMED = {"why": "reason", "token": "token_id"}
+#: UserStore's field names -> the audit log's allow-listed keys (a break-glass reason's SHA-256 links
+#: the event to the reason sealed in the user store: its fingerprint).
+_RENAMED = {"why": "reason", "token": "token_id", "reason_sha256": "fingerprint"}
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
