@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -71,6 +72,37 @@ def test_a_captured_call_replayed_from_a_second_channel_is_refused(
     assert _refused(cluster) == [
         {"user": "alpha", "role": "node", "method": "heartbeat", "kind": "replayed", "source": "127.0.0.1"}
     ]
+
+
+class _Recorder(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Records what a real client puts on the wire: method, metadata and request of each unary call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[tuple[str, str], ...], object]] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: object) -> Any:
+        self.calls.append((details.method, tuple(details.metadata or ()), request))
+        return continuation(details, request)
+
+
+def test_a_call_captured_from_the_real_client_cannot_be_replayed(cluster: Cluster, fed: Federation) -> None:
+    # Arrange: the node's own link, with a tap on its channel
+    link = cluster.link("alpha")
+    tap = _Recorder()
+    link._stub = pb_grpc.FederationStub(grpc.intercept_channel(link._channel, tap))
+
+    # Act: the genuine call passes; its capture, resent on a new connection with the same certificate, does not
+    assert link.register(Hello(version="test")).site == "alpha"
+    method, metadata, request = tap.calls[-1]
+    assert method == "/medfed.v1.Federation/Register" and {k for k, _ in metadata} >= {
+        "medfed-request-time", "medfed-request-nonce", "medfed-request-body", "medfed-request-signature"
+    }  # fmt: skip
+    with _channel(cluster, fed.tls("alpha")) as second:
+        err = _code(lambda: pb_grpc.FederationStub(second).Register(request, timeout=10, metadata=metadata))
+
+    # Assert
+    assert "request refused (replayed)" in err.details()
+    assert [e["kind"] for e in _refused(cluster)] == ["replayed"]
 
 
 def test_unsigned_altered_stale_and_foreign_key_calls_are_refused_and_audited(
