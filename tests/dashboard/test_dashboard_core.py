@@ -176,3 +176,14 @@ def test_the_job_report_opens_and_the_auditor_cannot_download_the_model(dash: Da
     assert report.status == 200 and "Per-round metrics" in report.text()
     assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page") >= 1
     assert model.status == 403
+
+
+def test_a_researcher_cannot_open_approvals(dash: Dashboard, page: Any) -> None:
+    dash.login(page, RESEARCHER)
+
+    response = page.goto(dash.url + "/approvals")
+    shot(page, "approvals-researcher-403")
+
+    assert response is not None and response.status == 403
+    assert "researcher" in page.inner_text("[data-testid=error]")
+    assert page.locator("nav a[href='/approvals']").count() == 0  # no link to a page the role cannot use
