@@ -26,6 +26,8 @@ __all__ = ["add_arguments", "start_page"]
 def add_arguments(start: Any) -> None:  # argparse's parser; typed loosely like the other sub-parser hooks
     start.add_argument("--page", metavar="HOST:PORT", help="serve the node's local page (e.g. 127.0.0.1:8765)")
     start.add_argument("--page-public", action="store_true", help="allow --page on a non-loopback address")
+    start.add_argument("--page-cert", type=Path, help="a server certificate for the page (default: the kit's cert)")
+    start.add_argument("--page-key", type=Path, help="its private key (with --page-cert)")
     start.add_argument(
         "--page-key-file", type=Path, help="keyring of the site's user store (default: $MEDFED_DATA_KEY)"
     )
@@ -50,10 +52,15 @@ def start_page(args: argparse.Namespace, cfg: NodeConfig) -> Callable[[], None] 
     except ConfigError:
         raise ConfigError(f"--page {args.page!r}: expected host:port, e.g. 127.0.0.1:8765") from None
     check_page_address(host, public=args.page_public)
+    if (args.page_cert is None) != (args.page_key is None):
+        raise ConfigError("--page-cert and --page-key go together")
+    if args.page_cert is not None:  # a server certificate the hospital issued for the page's host name
+        cert, key = args.page_cert, args.page_key
+    else:  # the kit's identity: a client certificate, so browsers warn (see docs/dashboard.md)
+        _, cert, key = _tls_paths(read_toml(args.config), args.config)
     state = cfg.settings.state_dir
     keyring = load_keyring(args.page_key_file, os.environ, data_dirs=(state,) if state is not None else ())
     context = open_node_page(cfg.settings, keyring=keyring)
-    _, cert, key = _tls_paths(read_toml(args.config), args.config)
     try:
         server = serve_dashboard(create_node_app(context), host=host, port=port, cert_path=cert, key_path=key)
     except BaseException:
