@@ -7,6 +7,7 @@ file. A logistic regression trains on hashed word features of the scrubbed notes
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,4 +126,10 @@ def test_a_cnn_trains_on_two_sites_dicom_and_notes_train_a_model_consent_and_bad
     assert {r["num_examples"] for r in _fits(notes_view, "beta")} == {6}
     assert client.fetch_model(notes_view["job_id"])["weight"].shape == (1, 64)
     seen = json.dumps(notes_view) + json.dumps(client.search_catalog("imaging"))
-    assert not [p["value"] for n in deidgate_notes() for p in n["phi"] if p["value"] in seen]
+    # as whole tokens: a short number such as an MRN "2280" may occur inside a float or a random job id
+    leaked = [p["value"] for n in deidgate_notes() for p in n["phi"] if _token(p["value"]).search(seen)]
+    assert not leaked
+
+
+def _token(value: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![\w.]){re.escape(value)}(?![\w])")
