@@ -41,10 +41,11 @@ BETA = CSV_SITE.replace("datasets.diabetes", "datasets.dm_export")
 OPTIONS = {"input_dim": 3, "local_steps": 5, "batch_size": 8, "lr": 0.05}
 
 
-def _tagged_job(tags: str, *, min_nodes: int, deadline_s: float = 30.0) -> str:
+def _tagged_job(tags: str, *, min_nodes: int, deadline_s: float = 30.0, sites: tuple[str, ...] = ()) -> str:
     spec = job_toml(
-        name="by-tag", dataset="PLACEHOLDER", rounds=2, min_nodes=min_nodes, deadline_s=deadline_s, task_options=OPTIONS
-    )
+        name="by-tag", dataset="PLACEHOLDER", rounds=2, min_nodes=min_nodes, deadline_s=deadline_s, sites=sites,
+        task_options=OPTIONS,
+    )  # fmt: skip
     return spec.replace('dataset = "PLACEHOLDER"', f"dataset = {{ tags = {tags} }}")
 
 
@@ -127,6 +128,11 @@ def test_a_tag_matching_two_datasets_at_a_site_is_refused_there_naming_both(tagg
     assert "site 'alpha' has 2 datasets tagged ['cohort']: ['dm_copy', 'dm_fhir']" in view["error"], view["error"]
     assert view["dataset_matches"] == {"alpha": ["dm_copy", "dm_fhir"], "beta": [], "gamma": []}
     assert {s["site"] for s in view["site_metrics"]} <= {"alpha"}  # beta and gamma were never asked
+    # a job that lists its sites: a listed site without a match takes no part either
+    listed = _tagged_job('["diabetes"]', min_nodes=1, sites=("beta", "gamma"))
+    view = wait_job(client, client.submit_job(listed, "l.toml")["job_id"], timeout_s=90)
+    assert view["state"] == "completed", view["error"]
+    assert {s["site"] for s in view["site_metrics"]} == {"beta"}
     # a tag no site carries: nobody is asked, and the error says what the sites' catalogs hold
     job = client.submit_job(_tagged_job('["genomics"]', min_nodes=1, deadline_s=2.0), "g.toml")
     view = wait_job(client, job["job_id"], timeout_s=90)

@@ -281,10 +281,14 @@ class JobRunner(threading.Thread):
         return f"no online site offers {selector.describe()}: {offers or 'no site is online'}"
 
     def _eligible_sites(self) -> list[str]:
+        """The online sites to ask: those the job lists (a name-selected job asks them whatever they
+        offer, as before; their error says what is missing), else those whose offer matches; a tag
+        selector always needs a match, so a listed site without one takes no part."""
         online = self.ctx.nodes.online()
-        if self.spec.sites:
-            return [n.site for n in online if n.site in self.spec.sites]
         selector = self.spec.selector
+        if self.spec.sites:
+            listed = [n for n in online if n.site in self.spec.sites]
+            return [n.site for n in listed if not selector.by_tag or matching_datasets(n, selector)]
         return [n.site for n in online if matching_datasets(n, selector)]
 
     def wait_for_sites(self, deadline: float) -> list[str]:
