@@ -174,7 +174,7 @@ def _processes(root: Path, port: int) -> Iterator[list[subprocess.Popen[bytes]]]
                 p.kill()
 
 
-def _connect(root: Path, procs: list[subprocess.Popen[bytes]], timeout_s: float = 60.0) -> Any:
+def _connect(root: Path, procs: list[subprocess.Popen[bytes]], timeout_s: float = 180.0) -> Any:
     from medfed.cli.config import load_client_config
     from medfed.transport.grpc_client import ResearcherClient
 
