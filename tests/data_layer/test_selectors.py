@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medfed.core.config import parse_job_spec
 from medfed.core.errors import ConfigError, DataError, PermissionDenied, ValidationError
@@ -171,3 +173,25 @@ def test_governance_facts_name_the_sites_dataset_and_check_its_tags() -> None:
     assert job_facts(_task(by_name, "heart")).dataset == "heart"
     with pytest.raises(PermissionDenied, match="dataset 'other'"):
         job_facts(_task(by_name, "other"), tags=("adult", "cardiology"))
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+_TAGS = st.lists(
+    st.from_regex(r"[a-z0-9][a-z0-9._-]{0,10}[a-z0-9]", fullmatch=True), min_size=1, max_size=5, unique=True
+)
+
+
+@given(tags=_TAGS, extra=_TAGS)
+@settings(max_examples=200, deadline=None)
+def test_a_label_stands_for_its_selector_and_order_case_and_extra_tags_do_not_matter(
+    tags: list[str], extra: list[str]
+) -> None:
+    selector = DatasetSelector.by_tags(tags)
+    assert DatasetSelector.from_label(selector.label) == selector
+    assert DatasetSelector.by_tags([t.upper() for t in reversed(tags)]) == selector
+    assert selector.matches("any", [*extra, *(t.upper() for t in tags)])
+    missing = [t for t in tags if t not in extra]
+    assert selector.matches("any", extra) is (not missing)
+    spec = parse_job_spec(HEAD + f"dataset = {{ tags = {[t.title() for t in tags]!r} }}\n".replace("'", '"'))
+    assert spec.selector == selector
