@@ -37,7 +37,10 @@ PAGE_MODULES: tuple[str, ...] = (
 
 
 def _page(name: str) -> ModuleType:
-    module = importlib.import_module(f"{__name__}.{name}")
+    try:
+        module = importlib.import_module(f"{__name__}.{name}")
+    except ImportError as exc:
+        raise ConfigError(f"dashboard page module {name!r} cannot be imported: {exc}") from None
     problems = []
     if not callable(getattr(module, "routes", None)):
         problems.append("no routes() function")
