@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 
 import pytest
@@ -234,3 +235,23 @@ def test_property_a_request_is_admitted_at_most_once(steps: list[tuple[bool, int
             assert request not in admitted
             admitted.add(request)
         assert len(cache) <= bound
+
+
+@functools.cache
+def _fuzz_cert() -> bytes:
+    return issue_certificate(create_ca("fuzz", now=NOW), IdentitySpec(name="a", role=Role.NODE), now=NOW).cert_pem
+
+
+_TEXT = st.one_of(
+    st.text(max_size=120),
+    st.from_regex(r"v1\.[A-Za-z0-9_-]{0,100}", fullmatch=True),
+    st.from_regex(r"[0-9a-f]{32}|[0-9a-f]{64}|[0-9]{1,16}", fullmatch=True),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from([TIME_KEY, NONCE_KEY, BODY_KEY, SIGNATURE_KEY, "other"]), _TEXT))
+def test_fuzz_any_metadata_is_refused_cleanly(metadata: dict[str, str]) -> None:
+    """Outside input: whatever the headers hold, the verifier refuses with RequestRefused, nothing else."""
+    with pytest.raises(RequestRefused):
+        RequestVerifier(clock=Clock()).verify(method=METHOD, body_sha256=None, cert_pem=_fuzz_cert(), metadata=metadata)
