@@ -1,0 +1,49 @@
+"""The Federation page tells online from offline sites: a node that stops heartbeating turns
+offline (its last heartbeat stays shown), the others stay online."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dashboard.support import FED_ADMIN, Dashboard, node_thread, shot, start_dashboard
+from integration.support import wait_until
+from medfed.learn.base import TabularData
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def two_sites(tmp_path_factory: pytest.TempPathFactory, heart: dict[str, TabularData]) -> Iterator[Dashboard]:
+    d = start_dashboard(Path(tmp_path_factory.mktemp("dashfed")), heart, sites=("alpha", "beta"))
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def test_a_stopped_node_shows_offline_with_its_last_heartbeat(two_sites: Dashboard, page: Any) -> None:
+    # Arrange
+    dash = two_sites
+    dash.login(page, FED_ADMIN)
+    page.goto(dash.url + "/federation")
+    before = page.inner_text("tr[data-site=beta] td:nth-child(2)")
+
+    # Act: beta's node stops; the coordinator marks it stale after three missed heartbeats
+    beta = node_thread(dash, "beta")
+    beta.runtime.stop()
+    beta.join(15.0)
+    wait_until(lambda: "beta" not in {n.site for n in dash.coordinator.nodes.online()}, timeout_s=20, what="beta stale")
+    page.goto(dash.url + "/federation")
+    shot(page, "federation-offline")
+
+    # Assert
+    assert before == "online"
+    assert page.inner_text("tr[data-site=beta] td:nth-child(2)") == "offline"
+    assert page.inner_text("tr[data-site=alpha] td:nth-child(2)") == "online"
+    assert page.inner_text("[data-testid=online-count]") == "1"
+    assert page.inner_text("tr[data-site=beta] td:nth-child(3)").endswith("UTC")  # its last heartbeat
+    assert float(page.inner_text("tr[data-site=beta] td:nth-child(4)")) >= 0.9
