@@ -45,7 +45,7 @@ def test_a_dicom_directory_reaches_the_task_as_normalised_labelled_images(tmp_pa
     data = job.data
     assert decl.format is SourceFormat.DICOM and data.image_shape == (1, 32, 48)
     assert data.x_train.dtype == np.float32 and data.x_train.shape[1] == 32 * 48 == len(data.feature_names)
-    assert len(data.y_train) + len(data.y_test) == 7 and len(data.y_test) == 2  # 25 % per class held out
+    assert len(data.y_train) + len(data.y_test) == 7 and len(data.y_test) == 2  # one CT, one MR patient held out
     rows = _all_rows(data)
     assert rows.min() >= 0.0 and rows.max() <= 1.0
     # 3 CT files (label 1), 4 MR (label 0): the label comes from each file's Modality
@@ -216,3 +216,17 @@ def test_a_stray_file_is_named_while_hidden_files_and_dicomdir_are_skipped(tmp_p
         read_table(_decl(tmp_path))
 
     assert f"{images / 'notes.txt'}: not a readable DICOM file" in str(err.value)
+
+
+def test_a_patients_images_stay_on_one_side_of_the_split(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", SITE_IMAGES["alpha"])  # 4MR1: MR_small and its big-endian copy
+    decl = _decl(tmp_path)
+    mr_small = read_image(shipped("MR_small.dcm"), ImageConfig())[0].ravel()
+    sides = set()
+    for job in range(12):
+        data = _load(decl, job=f"job-{job}").data
+        in_train = sum(np.allclose(row, mr_small) for row in data.x_train)
+        in_test = sum(np.allclose(row, mr_small) for row in data.x_test)
+        assert (in_train, in_test) in ((2, 0), (0, 2))
+        sides.add(in_test)
+    assert sides == {0, 2}  # held out in some jobs, trained on in others: the split is random, by patient

@@ -138,6 +138,7 @@ class Images:
 
     pixels: npt.NDArray[np.float32]
     labels: npt.NDArray[np.float32]
+    patients: npt.NDArray[np.str_]  # each image's patient id (stays at the node: for the train/test split)
     burned_in_excluded: int
 
 
@@ -153,8 +154,8 @@ def load_images(decl: DatasetDecl, index: pd.DataFrame) -> Images:
     # only the burned-in policy of the config is consulted here; the key is a throw-away
     policy = DeidConfig(key=os.urandom(32), burned_in=opts.burned_in)
     config = ImageConfig(size=opts.size, window=opts.window)
-    pixels, labels, excluded = [], [], 0
-    for file, label in zip(index["file"], index["label"], strict=True):
+    pixels, labels, patients, excluded = [], [], [], 0
+    for file, label, patient in zip(index["file"], index["label"], index["patient_id"], strict=True):
         ds = read_dicom(Path(file))
         if burned_in_reason(ds, policy) is not None:
             excluded += 1
@@ -162,10 +163,12 @@ def load_images(decl: DatasetDecl, index: pd.DataFrame) -> Images:
         frames = normalise(ds, config, path=file)
         pixels.append(frames[len(frames) // 2])
         labels.append(float(label))
+        patients.append(str(patient))
     if not pixels:
         raise DataError(f"dataset {decl.name}: no image left after consent and the burned-in policy")
     return Images(
         pixels=np.stack(pixels).astype(np.float32),
         labels=np.asarray(labels, dtype=np.float32),
+        patients=np.asarray(patients, dtype=str),
         burned_in_excluded=excluded,
     )

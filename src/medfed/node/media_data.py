@@ -5,12 +5,14 @@ consent filter removes the rows of patients who may not be used for the job's pu
 any pixel is decoded or any note is featurised, so an opted-out patient's images and notes never
 reach a task; only the counts of what was excluded travel. Images become a :class:`TabularData`
 of flattened, normalised pixels with ``image_shape`` set; notes become ``log(1 + count)`` of the
-words of the scrubbed text (:func:`medfed.data.notes_source.notes_matrix`).
+words of the scrubbed text (:func:`medfed.data.notes_source.notes_matrix`). Evaluation rows are
+held out by patient (:func:`split_mask`), so one patient's slices or notes are not on both sides.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +24,8 @@ from medfed.data.notes_source import index_notes, notes_matrix
 from medfed.data.sources import DatasetDecl, SourceFormat
 from medfed.learn.base import TabularData
 
+log = logging.getLogger(__name__)
+
 
 def _check_purpose(decl: DatasetDecl, purpose: str) -> None:
     if decl.purposes and purpose not in decl.purposes:
@@ -29,22 +33,36 @@ def _check_purpose(decl: DatasetDecl, purpose: str) -> None:
 
 
 def split_mask(
-    labels: npt.NDArray[np.float32], test_fraction: float, seed: int, *, where: str
+    labels: npt.NDArray[np.float32], patients: npt.NDArray[np.str_], test_fraction: float, seed: int, *, where: str
 ) -> npt.NDArray[np.bool_]:
-    """A test mask drawn at random per class (stratified), the same for the same ``seed``.
+    """A test mask that keeps each patient's images or notes on one side, the same for the same ``seed``.
+
+    Patients are drawn at random per class (a patient's class: the label of its first row), so the
+    slices of one scan or the notes of one stay are never split between training and evaluation.
+    With too few patients for that (a side would be empty), rows are drawn per class instead and a
+    warning is logged: evaluation is then optimistic.
 
     Raises
     ------
     ValidationError
-        A side of the split would be empty.
+        Even the row-wise split leaves a side empty.
     """
-    rng = np.random.default_rng(seed)
+    _, first, group = np.unique(patients, return_index=True, return_inverse=True)
+    test = _stratified(labels[first], test_fraction, np.random.default_rng(seed))[group]
+    if test.all() or not test.any():
+        log.warning("%s: too few patients to hold some out; the test split is drawn by row", where)
+        test = _stratified(labels, test_fraction, np.random.default_rng(seed))
+    if test.all() or not test.any():
+        raise ValidationError(f"{len(labels)} examples cannot be split {test_fraction}", where=where)
+    return test
+
+
+def _stratified(labels: npt.NDArray[np.float32], fraction: float, rng: np.random.Generator) -> npt.NDArray[np.bool_]:
+    """``fraction`` of each class's items, at random."""
     test = np.zeros(len(labels), dtype=bool)
     for cls in (0.0, 1.0):
         idx = rng.permutation(np.nonzero(labels == cls)[0])
-        test[idx[: round(len(idx) * test_fraction)]] = True
-    if test.all() or not test.any():
-        raise ValidationError(f"{len(labels)} examples cannot be split {test_fraction}", where=where)
+        test[idx[: round(len(idx) * fraction)]] = True
     return test
 
 
@@ -92,7 +110,7 @@ def media_for_job(
         n, rows, cols = images.pixels.shape
         x = images.pixels.reshape(n, rows * cols)
         names = tuple(f"pixel_{r}_{c}" for r in range(rows) for c in range(cols))
-        test = split_mask(images.labels, fraction, seed, where=where)
+        test = split_mask(images.labels, images.patients, fraction, seed, where=where)
         return _tabular(x, images.labels, names, test, (1, rows, cols)), report, images.burned_in_excluded
     if decl.format is SourceFormat.NOTES:
         index, report = apply_consent(index_notes(decl), registry, purpose=purpose, id_column="patient_id", on=on)
@@ -100,6 +118,6 @@ def media_for_job(
             raise DataError(f"{where}: no note left after the consent filter")
         features = notes_matrix(decl, index["text"].tolist())
         y = index["label"].to_numpy(dtype=np.float32)
-        test = split_mask(y, fraction, seed, where=where)
+        test = split_mask(y, index["patient_id"].to_numpy(dtype=str), fraction, seed, where=where)
         return _tabular(np.log1p(features.matrix), y, features.vocabulary, test, None), report, 0
     raise DataError(f"{where}: {decl.format.value} is not an image or notes format")
