@@ -13,11 +13,12 @@ import pydicom
 import pytest
 from media_support import MR_SMALL_PATIENT, SITE_IMAGES, shipped, write_images
 
-from medfed.core.errors import ConfigError, DataError
+from medfed.core.errors import ConfigError, DataError, ValidationError
 from medfed.data.consent import ConsentRecord, ConsentRegistry, ConsentStatus
 from medfed.data.dicom import ImageConfig, read_image
 from medfed.data.sources import DatasetDecl, SourceFormat, parse_dataset, read_table
 from medfed.node.datasets import Publisher, catalog_entry, load_for_job, publish
+from medfed.node.media_data import split_mask
 from medfed.node.runtime import DatasetConfig
 
 DAY = dt.date(2026, 6, 1)
@@ -230,3 +231,15 @@ def test_a_patients_images_stay_on_one_side_of_the_split(tmp_path: Path) -> None
         assert (in_train, in_test) in ((2, 0), (0, 2))
         sides.add(in_test)
     assert sides == {0, 2}  # held out in some jobs, trained on in others: the split is random, by patient
+
+
+def test_with_too_few_patients_the_split_is_by_row_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=np.float32)
+    one_each = np.array(["a"] * 4 + ["b"] * 4)
+
+    test = split_mask(labels, one_each, 0.25, seed=5, where="dataset scans")
+
+    assert test.sum() == 2 and test[:4].sum() == 1 and test[4:].sum() == 1
+    assert "dataset scans: too few patients to hold some out; the test split is drawn by row" in caplog.text
+    with pytest.raises(ValidationError, match=r"2 examples cannot be split 0\.25"):
+        split_mask(labels[3:5], one_each[3:5], 0.25, seed=5, where="dataset scans")
