@@ -151,3 +151,27 @@ def test_the_node_page_refuses_to_start_without_the_sites_own_user_store(tmp_pat
     with pytest.raises(ConfigError, match="state_dir"):
         open_node_page(NodeSettings(site="alpha"), keyring=keyring)
     assert not (tmp_path / "users.db").exists()  # refusing created nothing
+
+
+def test_the_store_finds_privacy_reports_refusals_and_successes_across_jobs(tmp_path: Path) -> None:
+    from medfed.coordinator.store import Store
+    from medfed.core.records import RoundRecord, SiteMetrics, TaskKind
+
+    store = Store(tmp_path / "coordinator.sqlite")
+    for job_id in ("j1", "j2"):
+        store.add_job(job_id=job_id, name="n", owner="r", spec_toml=SPEC, spec_hash=spec_digest(SPEC), rounds=2)
+    sites = (
+        SiteMetrics(site="alpha", num_examples=0, metrics={}, error="site 'alpha' has not cleared job 'j1' (...)"),
+        SiteMetrics(site="beta", num_examples=9, metrics={"privacy_epsilon_spent": 0.5, "note": 1.0}),
+        SiteMetrics(site="gamma", num_examples=9, metrics={"eval_accuracy": 0.7}),
+    )
+    for rnd in (1, 2):
+        record = RoundRecord(job_id="j1", round=rnd, kind=TaskKind.FIT, sites=sites, aggregated={}, duration_s=1.0)
+        store.complete_round(record, checkpoint=None)
+
+    reports = store.site_reports("privacy_epsilon_spent")
+    assert [(r["job_id"], r["round"], r["site"]) for r in reports] == [("j1", 1, "beta"), ("j1", 2, "beta")]
+    assert reports[0]["metrics"]["privacy_epsilon_spent"] == 0.5
+    assert [e[:3] for e in store.site_errors("has not cleared job")] == [("j1", 1, "alpha"), ("j1", 2, "alpha")]
+    assert store.sites_succeeded() == {"j1": {"beta", "gamma"}}
+    store.close()

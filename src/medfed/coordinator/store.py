@@ -291,6 +291,40 @@ class Store:
             for r in rows
         ]
 
+    # --- across jobs (the dashboard's Privacy and Approvals pages): filtered in SQL, not per job ---
+
+    def site_reports(self, metric: str) -> list[dict[str, Any]]:
+        """Successful site results of every job that report ``metric``, by job, round and site."""
+        rows = self._conn().execute(
+            "SELECT job_id, round, kind, site, metrics FROM site_metrics WHERE error='' AND instr(metrics, ?) > 0"
+            " ORDER BY job_id, round, kind, site", (json.dumps(metric),),
+        ).fetchall()  # fmt: skip
+        out = []
+        for job_id, rnd, kind, site, text in rows:
+            metrics = json.loads(text)
+            if metric in metrics:  # instr() matched the key's JSON spelling; a value could hold it too
+                out.append({"job_id": job_id, "round": rnd, "kind": kind, "site": site, "metrics": metrics})
+        return out
+
+    def site_errors(self, containing: str) -> list[tuple[str, int, str, str]]:
+        """``(job_id, round, site, error)`` of every site result whose error contains ``containing``."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT job_id, round, site, error FROM site_metrics WHERE instr(error, ?) > 0 ORDER BY job_id, round",
+                (containing,),
+            )
+            .fetchall()
+        )
+        return [(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+    def sites_succeeded(self) -> dict[str, set[str]]:
+        """job id -> the sites that returned at least one successful result for it."""
+        out: dict[str, set[str]] = {}
+        for job_id, site in self._conn().execute("SELECT DISTINCT job_id, site FROM site_metrics WHERE error=''"):
+            out.setdefault(str(job_id), set()).add(str(site))
+        return out
+
     def anomaly_rows(self, job_id: str) -> list[dict[str, Any]]:
         """Anomaly reports of a job, by round and site, in :meth:`AnomalyRecord.as_dict` form."""
         rows = (

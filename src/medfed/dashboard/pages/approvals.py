@@ -99,38 +99,37 @@ class NotCleared:
     cleared_since: str  # a later job with the same spec that ran at this site ("" if none)
 
 
-def _ran_at(coordinator: Coordinator, jobs: Iterable[JobRow]) -> dict[str, set[str]]:
-    """job id -> the sites that returned at least one successful result for it."""
-    return {row.job_id: {s["site"] for s in coordinator.store.site_rows(row.job_id) if not s["error"]} for row in jobs}
-
-
-def _refusals_of(coordinator: Coordinator, row: JobRow) -> list[Refusal]:
-    texts = [row.error] + [s["error"] for s in coordinator.store.site_rows(row.job_id) if s["error"]]
-    found = [r for t in texts for r in parse_refusals(t)]
-    return [r for r in found if r.job_id == row.job_id and row.spec_hash.startswith(r.spec_prefix)]
+#: The words every "not cleared" refusal carries (filtered in the store's SQL before parsing).
+_MARK = "has not cleared job"
 
 
 def not_cleared(coordinator: Coordinator, *, sites: Iterable[str] | None = None) -> list[NotCleared]:
     """The latest refusal per (site, spec), restricted to ``sites``; still-open ones first."""
     keep = None if sites is None else set(sites)
     jobs = coordinator.store.jobs()  # oldest first
-    ran = _ran_at(coordinator, jobs)
+    by_id = {j.job_id: j for j in jobs}
+    texts: dict[str, list[str]] = {j.job_id: [j.error] for j in jobs if _MARK in j.error}
+    for job_id, _, _, error in coordinator.store.site_errors(_MARK):
+        texts.setdefault(job_id, []).append(error)
     latest: dict[tuple[str, str], tuple[JobRow, Refusal]] = {}
-    for row in jobs:
-        for r in _refusals_of(coordinator, row):
-            if keep is None or r.site in keep:
+    for row in sorted((by_id[j] for j in texts if j in by_id), key=lambda j: j.created):
+        for r in (r for t in texts[row.job_id] for r in parse_refusals(t)):
+            if r.job_id == row.job_id and row.spec_hash.startswith(r.spec_prefix) and (keep is None or r.site in keep):
                 latest[(r.site, row.spec_hash)] = (row, r)
+    ran = coordinator.store.sites_succeeded() if latest else {}
     out = []
     for (site, spec_hash), (row, r) in latest.items():
-        later = [j for j in jobs if j.spec_hash == spec_hash and j.created > row.created and site in ran[j.job_id]]
-        before = [j for j in jobs if j.name == row.name and j.job_id != row.job_id and site in ran[j.job_id]]
+        later = [
+            j for j in jobs if j.spec_hash == spec_hash and j.created > row.created and site in ran.get(j.job_id, ())
+        ]
+        before = [j for j in jobs if j.name == row.name and j.job_id != row.job_id and site in ran.get(j.job_id, ())]
         base = max((j for j in before if j.created <= row.created), key=lambda j: j.created, default=None)
-        diff = "" if base is None else _diff(base, row)
         out.append(
             NotCleared(
                 site=site, kind=r.kind, why=r.why, spec_hash=spec_hash, job_id=row.job_id, job_name=row.name,
-                owner=row.owner, refused_at=row.updated, spec_toml=row.spec_toml, diff=diff,
-                compared_with="" if base is None else base.job_id, cleared_since=later[0].job_id if later else "",
+                owner=row.owner, refused_at=row.updated, spec_toml=row.spec_toml,
+                diff="" if base is None else _diff(base, row), compared_with="" if base is None else base.job_id,
+                cleared_since=later[0].job_id if later else "",
             )
         )  # fmt: skip
     return sorted(out, key=lambda n: (bool(n.cleared_since), n.site, -n.refused_at))

@@ -93,9 +93,8 @@ def _about(e: AuditEntry, scope: SiteScope) -> bool:
     return e.actor in scope.sites or str(e.fields.get("site", "")) in scope.sites
 
 
-def search(path: Path, query: AuditQuery, scope: SiteScope) -> tuple[list[AuditEntry], int]:
+def search(entries: Sequence[AuditEntry], query: AuditQuery, scope: SiteScope) -> tuple[list[AuditEntry], int]:
     """Matching entries within ``scope``, newest first (at most ``query.limit``), and how many matched."""
-    entries, _ = read_log(path)
     hits = [e for e in entries if _about(e, scope) and query.matches(e)]
     return list(reversed(hits[-query.limit :])), len(hits)
 
@@ -119,8 +118,8 @@ def _page(request: Request, *, report: VerifyReport | None = None, verify_error:
     except ValidationError as exc:
         query, problems = AuditQuery(), [str(exc)]
     try:
-        hits, matched = search(path, query, scope)
-        everything, _ = read_log(path)
+        everything, _ = read_log(path)  # read-only, once per page
+        hits, matched = search(everything, query, scope)
     except StoreError as exc:
         hits, matched, everything, problems = [], 0, [], [*problems, str(exc)]
     return render(

@@ -100,27 +100,27 @@ def _number(metrics: dict[str, Any], key: str) -> float | None:
 
 
 def site_spends(coordinator: Coordinator) -> list[SiteSpend]:
-    """Every (job, site) whose results report a privacy spend, oldest job first."""
+    """Every (job, site) whose results report a privacy spend, in job order."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for s in coordinator.store.site_reports("privacy_epsilon_spent"):
+        if _number(s["metrics"], "privacy_epsilon_spent") is not None:
+            latest[(s["job_id"], s["site"])] = s  # rows come ordered by round: the last one wins
+    jobs = {row.job_id: row for row in coordinator.store.jobs()}
+    datasets: dict[str, str] = {}
     spends = []
-    for row in coordinator.store.jobs():
-        latest: dict[str, dict[str, Any]] = {}
-        for s in coordinator.store.site_rows(row.job_id):
-            if not s["error"] and _number(s["metrics"], "privacy_epsilon_spent") is not None:
-                latest[s["site"]] = s  # rows come ordered by round: the last one wins
-        if not latest:
-            continue
-        dataset = _dataset_of(row.spec_toml, row.job_id)
-        for site, s in sorted(latest.items()):
-            m = s["metrics"]
-            spends.append(
-                SiteSpend(
-                    site=site, dataset=dataset, job_id=row.job_id, job_name=row.name, job_state=row.state.value,
-                    round=int(s["round"]), epsilon_spent=_number(m, "privacy_epsilon_spent") or 0.0,
-                    delta_spent=_number(m, "privacy_delta_spent") or 0.0,
-                    epsilon_left=_number(m, "privacy_epsilon_left"), epsilon_total=_number(m, "privacy_epsilon_total"),
-                    reported_at=row.updated,
-                )
-            )  # fmt: skip
+    for (job_id, site), s in sorted(latest.items(), key=lambda kv: (jobs[kv[0][0]].created, kv[0][1])):
+        row, m = jobs[job_id], s["metrics"]
+        if job_id not in datasets:
+            datasets[job_id] = _dataset_of(row.spec_toml, job_id)
+        spends.append(
+            SiteSpend(
+                site=site, dataset=datasets[job_id], job_id=job_id, job_name=row.name, job_state=row.state.value,
+                round=int(s["round"]), epsilon_spent=_number(m, "privacy_epsilon_spent") or 0.0,
+                delta_spent=_number(m, "privacy_delta_spent") or 0.0,
+                epsilon_left=_number(m, "privacy_epsilon_left"), epsilon_total=_number(m, "privacy_epsilon_total"),
+                reported_at=row.updated,
+            )
+        )  # fmt: skip
     return spends
 
 
