@@ -17,6 +17,7 @@ from dashboard.support import AUDITOR, FED_ADMIN, PASSWORD, POLICY, RESEARCHER, 
 from medfed.core.params import Parameters
 from medfed.crypto.signing import ModelSignature, verify_model
 from medfed.security.provision import COORDINATOR_PUB
+from medfed.security.users import Credentials
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -187,3 +188,31 @@ def test_a_researcher_cannot_open_approvals(dash: Dashboard, page: Any) -> None:
     assert response is not None and response.status == 403
     assert "researcher" in page.inner_text("[data-testid=error]")
     assert page.locator("nav a[href='/approvals']").count() == 0  # no link to a page the role cannot use
+
+
+def test_a_site_admin_cancels_another_job_only_under_break_glass(dash: Dashboard, page: Any) -> None:
+    # Arrange: a long job; the site admin first logs in normally (no job.cancel right)
+    job_id = dash.submit(RESEARCHER, name="long-job", rounds=200)
+    dash.login(page, SITE_ADMIN)
+    page.goto(f"{dash.url}/jobs/{job_id}")
+    normal_form = page.locator("[data-testid=cancel-form]").count()
+    refused = page.request.post(f"{dash.url}/jobs/{job_id}/cancel", form={"csrf": _csrf(page)})
+    # break glass (CLI-only: `medfed login --break-glass`), then the same browser carries that session
+    session = dash.users.break_glass(
+        Credentials(user_id=SITE_ADMIN, password=PASSWORD, code=dash.code(SITE_ADMIN)),
+        reason="a runaway job is exhausting site budgets",
+    )
+    page.context.add_cookies([{"name": "medfed_session", "value": session.secret, "url": dash.url}])
+
+    # Act
+    page.goto(f"{dash.url}/jobs/{job_id}")
+    shot(page, "job-break-glass")
+    with page.expect_navigation():
+        page.click("[data-testid=cancel-form] button")
+
+    # Assert
+    assert normal_form == 0 and refused.status == 403
+    assert page.inner_text("[data-testid=state]") == "cancelled"
+    assert dash.coordinator.store.job(job_id).state.value == "cancelled"
+    loud = [e for e in dash.audit_actions() if e[0] == "access.break_glass" and e[2].get("method") == "job.cancel"]
+    assert loud and loud[-1][1] == SITE_ADMIN

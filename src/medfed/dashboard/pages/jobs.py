@@ -3,6 +3,7 @@ live round progress and charts, its downloads, and the submit form.
 
 Rights, as in the gRPC API (:mod:`medfed.coordinator.people`): ``job.read`` on the job to see it
 (a researcher: their own jobs), ``result.read`` to download its model and signature, and
+``job.cancel`` to stop it (its owner, a federation admin, a site admin under break glass) and
 ``job.submit`` to submit (researchers). An auditor sees no submit form, and a POST from one is
 refused (403, audited as ``access.denied``).
 """
@@ -108,9 +109,22 @@ def detail(request: Request) -> Response:
         "metrics": metrics,
         "comparison": comparison,
         "can_download": allowed(principal, Action.RESULT_READ, resource),
+        "can_cancel": allowed(principal, Action.JOB_CANCEL, resource) and not row.state.finished,
         "has_report": job_data.report_path(ctx(request).state_dir, row.job_id).is_file(),
     }
     return render(request, "job.html", context)
+
+
+async def cancel(request: Request) -> Response:
+    """Stop a job (``job.cancel``: its owner, a federation admin, or a site admin under break glass)."""
+    resource, row = _job_resource(request, request.path_params["job_id"])
+    principal = require(request, Action.JOB_CANCEL, resource)
+    form = await request.form()
+    check_csrf(request, form)
+    if not row.state.finished:  # the coordinator waits (up to 10 s) for the job's runner to stop
+        peer = job_data.trusted_peer(principal.user_id)
+        await run_in_threadpool(ctx(request).coordinator.cancel_job, peer, row.job_id)
+    return RedirectResponse(f"/jobs/{row.job_id}", status_code=303)
 
 
 def progress_json(request: Request) -> Response:
@@ -163,6 +177,7 @@ def routes() -> list[Route]:
         Route("/jobs", jobs, methods=["GET"]),
         Route("/jobs", submit, methods=["POST"]),
         Route("/jobs/{job_id}", detail, methods=["GET"]),
+        Route("/jobs/{job_id}/cancel", cancel, methods=["POST"]),
         Route("/jobs/{job_id}/progress.json", progress_json, methods=["GET"]),
         Route("/jobs/{job_id}/model.npz", model, methods=["GET"]),
         Route("/jobs/{job_id}/signature.json", signature, methods=["GET"]),
