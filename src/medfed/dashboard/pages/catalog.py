@@ -14,45 +14,46 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from medfed.coordinator.nodes import CatalogListing
 from medfed.coordinator.service import Coordinator
 from medfed.core.errors import ValidationError
+from medfed.dashboard.pages.scope import when
 from medfed.dashboard.web import ctx, render, require
-from medfed.data.catalog import CatalogEntry, SearchHit, search
-from medfed.security.authz import Action, Resource, role_actions
+from medfed.data.catalog import SearchHit, search
+from medfed.security.authz import Action, Resource
 
-__all__ = ["NAV", "CatalogResult", "catalog_search", "routes"]
+__all__ = ["NAV", "NAV_ACTIONS", "CatalogResult", "catalog_search", "routes"]
 
 NAV: tuple[str, str] | None = ("/catalog", "Catalog")
+NAV_ACTIONS = frozenset({Action.CATALOG_READ})
 MAX_QUERY = 200
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CatalogResult:
     query: str
-    hits: tuple[tuple[SearchHit, CatalogEntry, bool], ...]  # hit, its entry, whether its site is online
-    sites: tuple[tuple[str, bool, int], ...]  # site, online, datasets in its catalog
+    hits: tuple[tuple[SearchHit, CatalogListing], ...]  # a hit, and its entry with its site's state and age
+    sites: tuple[tuple[str, bool, int, float], ...]  # site, online, datasets in its catalog, reported at
 
 
 def catalog_search(coordinator: Coordinator, query: str) -> CatalogResult:
-    """Search the catalogs of the nodes that registered (the coordinator's ``search_catalog``)."""
-    nodes = coordinator.nodes.all()
-    online = {n.site for n in coordinator.nodes.online()}
-    entries = {(e.site, e.dataset): e for n in nodes for e in n.catalog}
-    hits = search(entries.values(), query) if query.strip() else []
+    """Search every entry the coordinator keeps (each site's last report, online or not), as its
+    ``search_catalog`` does for the API."""
+    listings = {(x.site, x.entry.dataset): x for x in coordinator.catalog_entries()}
+    hits = search((x.entry for x in listings.values()), query) if query.strip() else []
+    sites: dict[str, tuple[bool, int, float]] = {}
+    for x in listings.values():
+        _, n, at = sites.get(x.site, (x.online, 0, x.reported_at))
+        sites[x.site] = (x.online, n + 1, max(at, x.reported_at))
     return CatalogResult(
         query=query,
-        hits=tuple((h, entries[(h.site, h.dataset)], h.site in online) for h in hits),
-        sites=tuple((n.site, n.site in online, len(n.catalog)) for n in nodes),
+        hits=tuple((h, listings[(h.site, h.dataset)]) for h in hits),
+        sites=tuple((site, *sites[site]) for site in sorted(sites)),
     )
 
 
 def catalog(request: Request) -> Response:
-    principal = require(request)
-    # researchers search before they submit; everyone who reads jobs (admins, site admins, auditors) may look
-    if Action.JOB_SUBMIT in role_actions(principal.role):
-        require(request, Action.JOB_SUBMIT, Resource.federation())
-    else:
-        require(request, Action.JOB_READ, Resource.job("*", owner=""))
+    require(request, Action.CATALOG_READ, Resource.federation())
     query = request.query_params.get("q", "").strip()
     problems = []
     if len(query) > MAX_QUERY:
@@ -61,7 +62,7 @@ def catalog(request: Request) -> Response:
         result = catalog_search(ctx(request).coordinator, query)
     except ValidationError as exc:
         result, problems = catalog_search(ctx(request).coordinator, ""), [str(exc)]
-    return render(request, "catalog.html", {"result": result, "problems": problems, "q": query})
+    return render(request, "catalog.html", {"result": result, "problems": problems, "q": query, "when": when})
 
 
 def routes() -> list[Route]:

@@ -125,14 +125,12 @@ def site_spends(coordinator: Coordinator) -> list[SiteSpend]:
 
 
 def _catalog_budgets(coordinator: Coordinator) -> dict[tuple[str, str], tuple[float, float | None, float | None]]:
-    """(site, dataset) -> (ε total, δ total, registered at) from the catalogs of registered nodes."""
-    registered = {n["site"]: float(n["last_seen"]) for n in coordinator.store.nodes()}
-    out = {}
-    for node in coordinator.nodes.all():
-        for e in node.catalog:
-            if e.epsilon_budget is not None:
-                out[(e.site, e.dataset)] = (e.epsilon_budget, e.delta_budget, registered.get(e.site))
-    return out
+    """(site, dataset) -> (ε total, δ total, reported at) from the catalog entries the coordinator keeps."""
+    return {
+        (x.site, x.entry.dataset): (x.entry.epsilon_budget, x.entry.delta_budget, x.reported_at)
+        for x in coordinator.catalog_entries()
+        if x.entry.epsilon_budget is not None
+    }
 
 
 def budget_gauges(coordinator: Coordinator, *, sites: Iterable[str] | None = None) -> list[BudgetGauge]:
