@@ -216,3 +216,14 @@ def test_a_site_admin_cancels_another_job_only_under_break_glass(dash: Dashboard
     assert dash.coordinator.store.job(job_id).state.value == "cancelled"
     loud = [e for e in dash.audit_actions() if e[0] == "access.break_glass" and e[2].get("method") == "job.cancel"]
     assert loud and loud[-1][1] == SITE_ADMIN
+
+
+def test_an_oversized_form_is_refused_before_it_is_parsed(dash: Dashboard, page: Any) -> None:
+    dash.login(page, RESEARCHER)
+    jobs_before = len(dash.coordinator.store.jobs())
+
+    response = page.request.post(dash.url + "/jobs", form={"csrf": _csrf(page), "spec": "#" * (300 * 1024)})
+
+    assert response.status == 413
+    assert response.headers["x-frame-options"] == "DENY"
+    assert len(dash.coordinator.store.jobs()) == jobs_before

@@ -80,6 +80,37 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+#: The largest request body a page accepts (the job-spec form is the biggest, 64 KiB of TOML).
+MAX_BODY_BYTES = 256 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over :data:`MAX_BODY_BYTES` (413), declared or streamed."""
+
+    def __init__(self, app: ASGIApp, *, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await Response("request body too large or malformed length", status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def utc_text(ts: float) -> str:
     """Seconds since the epoch as ``YYYY-MM-DD HH:MM:SS UTC`` (``—`` for none)."""
     if not ts or ts <= 0:
@@ -138,5 +169,6 @@ def create_app(context: DashboardContext, *, pages: tuple[str, ...] = PAGE_MODUL
     templates = Jinja2Templates(directory=TEMPLATES_DIR)
     templates.env.filters["utc"] = utc_text
     app.state.templates = templates
+    app.add_middleware(BodyLimit)
     app.add_middleware(SecurityHeaders)
     return app
