@@ -48,6 +48,7 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 SITES = ("alpha", "beta", "gamma")
 KEEPER = "alpha-keeper"  # alpha's site admin in alpha's OWN user store (not the coordinator's)
+WATCHER = "alpha-watcher"  # an auditor in alpha's own user store
 BUDGET = 50.0  # a refused attempt still reserves at the sites that ran it: room for several jobs
 GAMMA_BUDGET = 3.0
 
@@ -57,7 +58,7 @@ class Governed:
     dash: Dashboard
     node_server: DashboardServer
     node_page: NodePageContext
-    keeper_totp: bytes
+    totp: dict[str, bytes]  # alpha's own users' TOTP secrets
     states: Path
 
     @property
@@ -95,12 +96,16 @@ def gov(tmp_path_factory: pytest.TempPathFactory, heart: dict[str, TabularData])
         users = UserStore(states / "alpha" / "users.db", audit=lambda e, f: None, keyring=keyring, policy=POLICY,
                           clock=dash.clock)  # fmt: skip
         users.add_user(KEEPER, UserRole.SITE_ADMIN, PASSWORD, site="alpha")
+        users.add_user(WATCHER, UserRole.AUDITOR, PASSWORD)
         secret = _enrol_totp(users, dash.clock, KEEPER)
+        watcher = _enrol_totp(users, dash.clock, WATCHER)
         users.close()
         page = open_node_page(_settings(dash, "alpha", states), keyring=keyring, clock=dash.clock)
         kit = dash.fed.kit("alpha")
         server = serve_dashboard(create_node_app(page), cert_path=kit / "cert.pem", key_path=kit / "key.pem")
-        yield Governed(dash=dash, node_server=server, node_page=page, keeper_totp=secret, states=states)
+        yield Governed(
+            dash=dash, node_server=server, node_page=page, totp={KEEPER: secret, WATCHER: watcher}, states=states
+        )
     finally:
         if server is not None:
             server.stop()
@@ -122,15 +127,15 @@ def _run(g: Governed, spec: str) -> tuple[str, Any]:
     return job_id, g.dash.coordinator.store.job(job_id)
 
 
-def _node_login(g: Governed, page: Any) -> None:
-    """Log alpha's keeper in on the node page (a live session there: already in, /login moves on)."""
+def _node_login(g: Governed, page: Any, user: str = KEEPER) -> None:
+    """Log ``user`` in on alpha's node page (a live session there: already in, /login moves on)."""
     page.goto(g.node_url + "/login")
     if "/login" not in page.url:
         return
-    page.fill("#user", KEEPER)
+    page.fill("#user", user)
     page.fill("#password", PASSWORD)
     with g.dash._login_lock:
-        code = totp_code(g.keeper_totp, at=g.dash.clock())
+        code = totp_code(g.totp[user], at=g.dash.clock())
         g.dash.clock.advance(30)
     page.fill("#code", code)
     with page.expect_navigation():
@@ -287,6 +292,26 @@ def test_node_page_shows_datasets_and_verifies_its_own_audit_chain(gov: Governed
     shot(page, "node-audit")
     assert page.inner_text("[data-testid=verify-result]").startswith("✓ Chain OK")
     assert "login.succeeded" in page.inner_text("[data-testid=entries]")
+
+
+def test_the_node_page_lets_its_auditor_read_but_not_decide_and_ends_idle_sessions(gov: Governed, page: Any) -> None:
+    _node_login(gov, page, WATCHER)
+    page.goto(gov.node_url + "/approvals")
+    assert page.locator("[data-testid=approval]").count() >= 1
+    assert page.locator("[data-testid=decide]").count() == 0  # no form to decide with
+    spec = page.locator("[data-testid=approval]").first.get_attribute("data-spec")
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    # a hand-made POST with the auditor's own valid CSRF token is refused by the role matrix, and audited
+    forged = page.request.post(gov.node_url + f"/approvals/{spec}", form={"csrf": csrf, "decision": "reject",
+                                                                           "reason": "not mine to decide"})  # fmt: skip
+    assert forged.status == 403 and "approval.decide" in forged.text()
+    denied = [e for e in gov.node_page.audit.entries() if e.action == "access.denied"]
+    assert denied and denied[-1].fields.get("user") == WATCHER
+
+    gov.dash.clock.advance(gov.node_page.users.policy.session_idle_s + 60)  # idle past the automatic logoff
+    page.goto(gov.node_url + "/audit")
+    assert "/login" in page.url and "expired=1" in page.url
+    assert "session ended" in page.inner_text("main")
 
 
 def test_an_alert_appears_after_repeated_failed_logins(gov: Governed, page: Any) -> None:
