@@ -182,6 +182,9 @@ def test_a_dataset_edited_after_approval_is_refused_and_named_until_it_is_re_app
     listing = admin_cli("list", site_toml=toml)
     assert digest[:16] in listing and "pending" in listing
     assert re.search(rf"heart CHANGED since the decision \(was {before[:12]}…, now {after[:12]}…\)", listing)
+    capsys.readouterr()
+    main(["node", "check", "--config", str(toml)])  # the kit names another port: only the local lines matter
+    assert "approvals: 1 spec(s) pending (1 because a dataset changed since approval)" in capsys.readouterr().out
 
     # Act / Assert: re-approval pins the new content and the job runs again
     out = admin_cli("approve", digest[:12], "--reason", "new extract reviewed", site_toml=toml)

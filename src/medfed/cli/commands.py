@@ -296,6 +296,25 @@ def _policy_check(settings: Any) -> None:
     else:
         print("policy: ok (every job needs the site admin's approval or a standing rule: medfed approvals list; "
               f"approvals in {settings.state_dir / 'approvals.db'})")  # fmt: skip
+        _approvals_summary(settings)
+
+
+def _approvals_summary(settings: Any) -> None:
+    """How many specs await this site's admin, how many because their dataset changed, and the rules."""
+    from medfed.security.approvals import ApprovalState, ApprovalStore
+
+    path = settings.state_dir / "approvals.db"
+    if not path.is_file():
+        return
+    store = ApprovalStore(path, site=settings.site, audit=lambda event, fields: None)
+    try:
+        pending = store.approvals(ApprovalState.PENDING)
+        rules = [r for r in store.rules() if not r.revoked]
+    finally:
+        store.close()
+    changed = sum("changed since approval" in a.reason for a in pending)
+    print(f"approvals: {len(pending)} spec(s) pending ({changed} because a dataset changed since approval), "
+          f"{len(rules)} standing rule(s)")  # fmt: skip
 
 
 def _node_check(cfg: Any) -> int:
