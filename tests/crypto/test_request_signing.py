@@ -139,16 +139,40 @@ def test_stale_or_future_requests_are_refused(ids: dict[str, Credential], offset
     assert err.value.refusal is Refusal.STALE
 
 
+def _started_earlier(skew_s: float, clock: Clock) -> RequestVerifier:
+    """A verifier that has been running for a while (its start is no floor for these requests)."""
+    clock.t -= 1000
+    verifier = RequestVerifier(skew_s=skew_s, clock=clock)
+    clock.t += 1000
+    return verifier
+
+
 def test_the_skew_is_configurable(ids: dict[str, Credential]) -> None:
     clock = Clock()
     headers = _signed(ids["alpha"], Clock(T0 - 100))
-    RequestVerifier(skew_s=120.0, clock=clock).verify(
+    _started_earlier(120.0, clock).verify(
         method=METHOD, body_sha256=None, cert_pem=ids["alpha"].cert_pem, metadata=headers
     )
-    with pytest.raises(RequestRefused):
-        RequestVerifier(skew_s=30.0, clock=clock).verify(
+    with pytest.raises(RequestRefused) as err:
+        _started_earlier(30.0, clock).verify(
             method=METHOD, body_sha256=None, cert_pem=ids["alpha"].cert_pem, metadata=headers
         )
+    assert err.value.refusal is Refusal.STALE
+
+
+def test_a_request_signed_before_the_verifier_started_is_refused(ids: dict[str, Credential]) -> None:
+    """The replay cache lives in memory: after a restart, a request from before cannot be told from a replay."""
+    clock = Clock()
+    headers = _signed(ids["alpha"], Clock(T0 - 5))  # e.g. captured just before the coordinator restarted
+    with pytest.raises(RequestRefused) as err:
+        RequestVerifier(clock=clock).verify(
+            method=METHOD, body_sha256=None, cert_pem=ids["alpha"].cert_pem, metadata=headers
+        )
+    assert err.value.refusal is Refusal.BEFORE_START
+    # a caller that signs again now passes
+    RequestVerifier(clock=clock).verify(
+        method=METHOD, body_sha256=None, cert_pem=ids["alpha"].cert_pem, metadata=_signed(ids["alpha"], clock)
+    )
 
 
 def test_unsigned_and_malformed_calls_are_refused(ids: dict[str, Credential]) -> None:

@@ -165,3 +165,21 @@ def test_a_client_with_a_far_off_clock_gets_a_clear_error(cluster: Cluster, fed:
             link.heartbeat()
     finally:
         link.close()
+
+
+def test_a_call_signed_before_the_coordinator_started_is_retryable(cluster: Cluster, fed: Federation) -> None:
+    """After a restart the replay cache is empty: older signatures are refused, as a transport error the node
+    retries (signing again), not as an authentication failure that would stop it."""
+    from medfed.core.errors import TransportError
+    from medfed.transport.grpc_client import GrpcCoordinatorLink
+
+    link = GrpcCoordinatorLink(cluster.target, fed.tls("alpha"), timeout_s=10.0)
+    tls = fed.tls("alpha")
+    link._signer = RequestSigner(tls.key_pem, tls.cert_pem, clock=lambda: time.time() - 60)  # the cluster is younger
+    try:
+        with pytest.raises(TransportError, match="sign it again") as err:
+            link.heartbeat()
+        assert not isinstance(err.value, AuthenticationError)
+    finally:
+        link.close()
+    assert [e["kind"] for e in _refused(cluster)] == ["before_start"]

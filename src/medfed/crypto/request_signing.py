@@ -19,8 +19,10 @@ TLS layer authenticated, never from the request, so a signature made for one cer
 useless on a connection authenticated as another. It then refuses, in this order: missing or
 malformed headers (:attr:`Refusal.UNSIGNED`, :attr:`Refusal.MALFORMED`), a time more than
 ``skew_s`` from its clock (:attr:`Refusal.STALE`), a body whose digest differs from the signed one
-(:attr:`Refusal.ALTERED`), a bad signature (:attr:`Refusal.BAD_SIGNATURE`), and a nonce already
-seen (:attr:`Refusal.REPLAYED`).
+(:attr:`Refusal.ALTERED`), a bad signature (:attr:`Refusal.BAD_SIGNATURE`), a request signed before
+the verifier started (:attr:`Refusal.BEFORE_START`: its replay cache, in memory, is new after a
+restart; the transport makes this refusal retryable, and a retry is signed afresh), and a nonce
+already seen (:attr:`Refusal.REPLAYED`).
 
 :class:`ReplayCache` bounds memory: it remembers a nonce (per caller certificate) only while its
 request could still pass the time check (``time + skew_s``), and holds at most ``max_entries`` in
@@ -96,6 +98,7 @@ class Refusal(enum.StrEnum):
     ALTERED = "altered"
     BAD_SIGNATURE = "bad_signature"
     REPLAYED = "replayed"
+    BEFORE_START = "before_start"  # signed before this verifier (its replay cache) existed: sign again
 
 
 class RequestRefused(AuthenticationError):  # noqa: N818 - a verdict, like PermissionDenied
@@ -298,6 +301,9 @@ class RequestVerifier:
         self.skew_s = skew_s
         self.cache = ReplayCache(window_s=skew_s, max_entries=max_nonces)
         self._clock = clock
+        # The cache lives in memory: a request signed before it existed (before a restart) could be
+        # one it saw in a former life, so it is refused; an honest caller signs again (a retry).
+        self.started = clock()
         self._keys: dict[bytes, tuple[ec.EllipticCurvePublicKey, str]] = {}
         self._keys_lock = threading.Lock()
 
@@ -347,6 +353,8 @@ class RequestVerifier:
             raise RequestRefused(
                 Refusal.BAD_SIGNATURE, "the signature does not match this certificate's key and request"
             ) from None
+        if at < self.started:
+            raise RequestRefused(Refusal.BEFORE_START, "signed before the coordinator (re)started; sign it again")
         refusal = self.cache.admit(bytes.fromhex(h.nonce), at, now=now, peer=fingerprint)
         if refusal is Refusal.REPLAYED:
             raise RequestRefused(refusal, "this request was already received (a replay)")

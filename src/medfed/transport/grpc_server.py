@@ -207,6 +207,8 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
         except RequestRefused as exc:
             self._refused(RefusedCall(name=info.common_name, role=role.value, method=audit_method(method),
                                       refusal=exc.refusal, source=source))  # fmt: skip
+            if exc.refusal is Refusal.BEFORE_START:  # retryable: a TransportError at the caller, which signs again
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             _abort(context, exc)
         peer = Peer(
             name=info.common_name,
