@@ -227,3 +227,21 @@ def test_an_oversized_form_is_refused_before_it_is_parsed(dash: Dashboard, page:
     assert response.status == 413
     assert response.headers["x-frame-options"] == "DENY"
     assert len(dash.coordinator.store.jobs()) == jobs_before
+
+
+def test_a_polling_job_page_does_not_keep_an_idle_session_alive(dash: Dashboard, page: Any) -> None:
+    # Arrange: a job page open and polling progress.json every second
+    job_id = dash.submit(RESEARCHER, name="idle-watch", rounds=1)
+    dash.wait_job(job_id)
+    dash.login(page, RESEARCHER)
+    page.goto(f"{dash.url}/jobs/{job_id}")
+
+    # Act: the person walks away; only the page's own requests come in
+    dash.clock.advance(POLICY.session_idle_s - 60)
+    polled = page.request.get(f"{dash.url}/jobs/{job_id}/progress.json")
+    dash.clock.advance(120)  # past the idle limit counted from the person's last own request
+    page.goto(f"{dash.url}/jobs/{job_id}")
+
+    # Assert
+    assert polled.status == 200 and polled.json()["job_id"] == job_id
+    assert "/login" in page.url and "expired=1" in page.url

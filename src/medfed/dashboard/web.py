@@ -127,8 +127,9 @@ def _source(request: Request) -> str:
     return request.client.host if request.client is not None else ""
 
 
-def current_principal(request: Request) -> Principal | None:
-    """The logged-in principal, or ``None``; looked up (and the session touched) once per request."""
+def current_principal(request: Request, *, touch: bool = True) -> Principal | None:
+    """The logged-in principal, or ``None``; looked up once per request. ``touch`` resets the
+    session's idle timer (a person's own request); ``False`` for a page's automatic polling."""
     if getattr(request.state, "principal_known", False):
         cached: Principal | None = request.state.principal
         return cached
@@ -137,7 +138,7 @@ def current_principal(request: Request) -> Principal | None:
     request.state.session_ended = False
     if secret:
         try:
-            principal = ctx(request).users.session(secret)
+            principal = ctx(request).users.session(secret, touch=touch)
         except AuthenticationFailed:
             request.state.session_ended = True
     request.state.principal = principal
@@ -160,13 +161,16 @@ def _deny(request: Request, principal: Principal, action: Action, resource: Reso
     ctx(request).coordinator.audit.record(AuditAction.PERMISSION_DENIED, principal.user_id, fields)
 
 
-def require(request: Request, action: Action | None = None, resource: Resource | None = None) -> Principal:
+def require(
+    request: Request, action: Action | None = None, resource: Resource | None = None, *, touch: bool = True
+) -> Principal:
     """The logged-in principal, allowed ``action`` on ``resource`` by the role matrix.
 
     Without ``action`` only a login is required. Raises :class:`LoginRequired` (no or ended
-    session) or :class:`Forbidden` (audited as ``access.denied``).
+    session) or :class:`Forbidden` (audited as ``access.denied``). ``touch=False`` for requests
+    a page makes by itself (polling): they must not keep an idle session alive.
     """
-    principal = current_principal(request)
+    principal = current_principal(request, touch=touch)
     if principal is None:
         raise LoginRequired(expired=bool(getattr(request.state, "session_ended", False)))
     if action is not None:

@@ -418,8 +418,11 @@ class UserStore:
         )  # fmt: skip
         return session
 
-    def session(self, secret: str) -> Principal:
-        """The principal of a live session; touching it resets the idle timer."""
+    def session(self, secret: str, *, touch: bool = True) -> Principal:
+        """The principal of a live session; touching it resets the idle timer.
+
+        ``touch=False`` checks without resetting it: for requests a page makes on its own (a
+        progress poll), which must not keep an unattended session alive (automatic logoff)."""
         now, digest = self._clock(), _sha256(secret)
         with self._tx() as db:
             row = db.execute(
@@ -435,7 +438,8 @@ class UserStore:
                 why = "idle" if now - last_seen > self.policy.session_idle_s else "expired"
                 self._audit("auth.session_ended", {"user": user_id, "why": why, "emergency": emergency})
                 raise AuthenticationFailed()
-            db.execute("UPDATE sessions SET last_seen=? WHERE session_hash=?", (now, digest))
+            if touch:
+                db.execute("UPDATE sessions SET last_seen=? WHERE session_hash=?", (now, digest))
         return Principal(user_id=user_id, role=UserRole(row[5]), site=row[6], emergency=emergency)
 
     def logout(self, secret: str) -> None:

@@ -129,7 +129,7 @@ async def cancel(request: Request) -> Response:
 
 def progress_json(request: Request) -> Response:
     resource, row = _job_resource(request, request.path_params["job_id"])
-    require(request, Action.JOB_READ, resource)
+    require(request, Action.JOB_READ, resource, touch=False)  # the page polls: not a sign of a person
     view = job_view(ctx(request).coordinator.store, row, detail=True)
     return JSONResponse(job_data.progress(view))
 
