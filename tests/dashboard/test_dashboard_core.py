@@ -16,6 +16,7 @@ from playwright.sync_api import expect
 from dashboard.support import AUDITOR, FED_ADMIN, PASSWORD, POLICY, RESEARCHER, SITE_ADMIN, Dashboard, job_toml, shot
 from medfed.core.params import Parameters
 from medfed.crypto.signing import ModelSignature, verify_model
+from medfed.security.authz import UserRole
 from medfed.security.provision import COORDINATOR_PUB
 from medfed.security.users import Credentials
 
@@ -245,3 +246,27 @@ def test_a_polling_job_page_does_not_keep_an_idle_session_alive(dash: Dashboard,
     # Assert
     assert polled.status == 200 and polled.json()["job_id"] == job_id
     assert "/login" in page.url and "expired=1" in page.url
+
+
+def test_a_locked_account_gets_the_same_message_as_a_wrong_password(dash: Dashboard, page: Any) -> None:
+    # Arrange: a fresh person (no TOTP: optional for researchers) and the lockout threshold of failures
+    dash.users.add_user("lockme", UserRole.RESEARCHER, PASSWORD)
+
+    def attempt(password: str) -> str:
+        page.goto(dash.url + "/login")
+        page.fill("#user", "lockme")
+        page.fill("#password", password)
+        page.click("form[action='/login'] button[type=submit]")
+        return page.inner_text("[data-testid=error]")
+
+    # Act
+    wrong = [attempt("not the password at all") for _ in range(POLICY.max_failures)]
+    locked = attempt(PASSWORD)  # the right password, now refused: the account is locked
+
+    # Assert: nothing tells an attacker which it was; the audit log knows
+    assert len(set(wrong)) == 1 and locked == wrong[0]
+    assert "/login" in page.url
+    reasons = [
+        e[2].get("reason") for e in dash.audit_actions() if e[0] == "login.failed" and e[2].get("user") == "lockme"
+    ]
+    assert "locked" in str(reasons[-1])
