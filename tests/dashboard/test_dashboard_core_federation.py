@@ -12,6 +12,7 @@ import pytest
 from dashboard.support import FED_ADMIN, Dashboard, node_thread, shot, start_dashboard
 from integration.support import wait_until
 from medfed.learn.base import TabularData
+from medfed.transport.api import Hello
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,3 +48,17 @@ def test_a_stopped_node_shows_offline_with_its_last_heartbeat(two_sites: Dashboa
     assert page.inner_text("[data-testid=online-count]") == "1"
     assert page.inner_text("tr[data-site=beta] td:nth-child(3)").endswith("UTC")  # its last heartbeat
     assert float(page.inner_text("tr[data-site=beta] td:nth-child(4)")) >= 0.9
+
+
+def test_a_site_on_another_software_version_is_flagged(two_sites: Dashboard, page: Any) -> None:
+    # a site that registered with an older medfed (recorded the way Coordinator.register records it)
+    dash = two_sites
+    dash.coordinator.nodes.register("legacy", Hello(version="0.0.9", datasets=("heart",)))
+    dash.coordinator.store.touch_node("legacy", version="0.0.9", datasets=("heart",))
+    dash.login(page, FED_ADMIN)
+
+    page.goto(dash.url + "/federation")
+
+    assert "coordinator runs" in page.inner_text("tr[data-site=legacy] td:nth-child(5)")
+    assert "coordinator runs" not in page.inner_text("tr[data-site=alpha] td:nth-child(5)")
+    assert page.inner_text("tr[data-site=legacy] td:nth-child(7)") == "—"  # no certificate seen: no expiry shown

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from medfed import __version__
 from medfed.dashboard.web import ctx, render, require
 
 NAV = ("/federation", "Federation")
@@ -45,6 +46,7 @@ def site_rows(request: Request) -> list[dict[str, Any]]:
                 "last_seen_text": _when(last_seen),
                 "age_s": max(0.0, now - last_seen),
                 "version": str(stored["version"]),
+                "version_differs": str(stored["version"]) != __version__,
                 "datasets": list(stored["datasets"]),
                 "cert_expires": expires,
                 "cert_expires_text": _when(expires),
@@ -57,7 +59,8 @@ def site_rows(request: Request) -> list[dict[str, Any]]:
 def federation(request: Request) -> Response:
     require(request)
     rows = site_rows(request)
-    return render(request, "federation.html", {"sites": rows, "online": sum(r["online"] for r in rows)})
+    context = {"sites": rows, "online": sum(r["online"] for r in rows), "coordinator_version": __version__}
+    return render(request, "federation.html", context)
 
 
 def routes() -> list[Route]:
