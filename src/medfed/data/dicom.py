@@ -106,6 +106,19 @@ def _read(path: Path, *, pixels: bool) -> Dataset:
     return ds
 
 
+def read_header(path: Path | str, keywords: Sequence[str]) -> Dataset:
+    """Only the attributes ``keywords`` of one file (quick: nothing else is parsed, no pixel data);
+    :class:`DataError` names a file that is not DICOM. Validation reads files whole (:func:`read_image`)."""
+    try:
+        with dicom_config.disable_value_validation():
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(keywords))
+            for _ in ds.iterall():
+                pass
+    except _READ_ERRORS as exc:
+        raise DataError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    return ds
+
+
 def _slice_key(ds: Dataset, path: Path) -> tuple[float, int, str]:
     position = ds.get("ImagePositionPatient")
     orientation = ds.get("ImageOrientationPatient")

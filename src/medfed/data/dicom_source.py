@@ -1,8 +1,9 @@
 """A directory of DICOM files as a dataset: an index table (one row per image) and the images.
 
-:func:`index_images` reads every file under the dataset's directory (fully: a truncated file fails
-here, named, see :func:`medfed.data.deid_dicom.read_dicom`), takes its ``PatientID`` (consent is
-applied by it) and its label, and returns ``patient_id``, ``label``, ``modality`` and ``file``. The
+:func:`index_images` reads every file under the dataset's directory (for validation fully, pixels
+decoded: a truncated file fails here, named, see :func:`medfed.data.deid_dicom.read_dicom`; for a
+job headers only), takes its ``PatientID`` (consent is applied by it) and its label, and returns
+``patient_id``, ``label``, ``modality`` and ``file``. The
 ``file`` column and every identifier stay at the node: the catalog sees only the schema's columns
 (:func:`medfed.data.media.media_schema`), profiled and small-cell suppressed.
 
@@ -27,7 +28,7 @@ from pydicom.dataset import Dataset
 
 from medfed.core.errors import DataError
 from medfed.data.deid_dicom import DeidConfig, burned_in_reason, read_dicom
-from medfed.data.dicom import ImageConfig, normalise
+from medfed.data.dicom import ImageConfig, normalise, read_header
 from medfed.data.media import ImageOptions
 
 if TYPE_CHECKING:
@@ -92,8 +93,9 @@ def _label(ds: Dataset, opts: ImageOptions, table: tuple[str, dict[str, int]] | 
 def index_images(decl: DatasetDecl, *, decode: bool) -> pd.DataFrame:
     """One row per file: ``patient_id``, ``label``, ``modality``, ``file``.
 
-    ``decode=True`` also decodes and normalises every image (what validation does, so a file whose
-    pixels cannot be read makes the dataset fail before it is offered).
+    ``decode=True`` reads every file whole and decodes and normalises its image (what validation
+    does, so a truncated file or one whose pixels cannot be read makes the dataset fail before it is
+    offered); ``decode=False`` reads headers only (what a job does before the consent filter).
 
     Raises
     ------
@@ -108,9 +110,11 @@ def index_images(decl: DatasetDecl, *, decode: bool) -> pd.DataFrame:
     files = image_files(decl.path)
     for path in files:
         try:
-            ds = read_dicom(path)
-            if decode:
+            if decode:  # validation: the whole file, truncation checked, pixels decoded
+                ds = read_dicom(path)
                 normalise(ds, ImageConfig(size=opts.size, window=opts.window), path=path)
+            else:  # a job: headers only; pixels are read after consent (load_images), and only then
+                ds = read_header(path, ("PatientID", "Modality", *_LABEL_KEYS[:2], opts.label_attribute or "Modality"))
         except DataError as exc:
             problems.append(str(exc))
             continue
