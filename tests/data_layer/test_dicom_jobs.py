@@ -186,6 +186,8 @@ def test_every_declaration_problem_of_a_dicom_dataset_is_listed_at_once(tmp_path
     for part in ("exactly one label source", "image_size", "window", "burned_in: 'maybe'", "vocabulary: only a notes",
                  "columns: a dicom dataset has a fixed table"):  # fmt: skip
         assert part in message
+    with pytest.raises(ConfigError, match="label_attribute: must be a DICOM keyword such as 'Modality', got 'Modalty'"):
+        parse_dataset("scans", {**BY_MODALITY, "label_attribute": "Modalty"}, base=tmp_path, where="site.toml")
     with pytest.raises(ConfigError, match="positive: only a dicom or notes dataset takes this key"):
         parse_dataset("t", {"format": "csv", "path": "t.csv", "columns": [{"name": "a"}], "positive": ["x"]},
                       base=tmp_path, where="site.toml")  # fmt: skip

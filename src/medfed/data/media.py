@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
+
 from medfed.data.deid_dicom import BurnedInPolicy
 from medfed.data.dicom import Window
 from medfed.data.schema import Column, ColumnType, MissingPolicy, Schema
@@ -105,8 +107,8 @@ def parse_image_options(table: Mapping[str, Any], *, base: Path, problems: list[
     problems.extend(f"{k}: only a notes dataset takes this key" for k in sorted(NOTES_KEYS - IMAGE_KEYS) if k in table)
     labels = _labels(table, base, problems)
     attribute = table.get("label_attribute", "")
-    if not isinstance(attribute, str):
-        problems.append(f"label_attribute: must be a DICOM keyword, got {attribute!r}")
+    if not isinstance(attribute, str) or (attribute and tag_for_keyword(attribute) is None):
+        problems.append(f"label_attribute: must be a DICOM keyword such as 'Modality', got {attribute!r}")
         attribute = ""
     positive = _strings(table["positive"], "positive", problems) if "positive" in table else ()
     if (labels is None) == (not attribute):
