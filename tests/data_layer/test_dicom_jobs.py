@@ -101,6 +101,8 @@ def test_labels_come_from_a_csv_keyed_by_sop_instance_uid_or_patient_id(tmp_path
     assert sorted(zip(table["modality"], table["label"], strict=True)) == [
         ("CT", 0), ("CT", 1), ("MR", 0), ("MR", 0), ("MR", 1)
     ]  # fmt: skip
+    job = _load(decl).data  # a job reads only headers before consent: the same labels
+    assert sorted(np.concatenate([job.y_train, job.y_test]).tolist()) == [0, 0, 0, 1, 1]
     (tmp_path / "labels.csv").write_text(f"PatientID,outcome\n1CT1,1\n4MR1,2\n{uids['MR2_UNCR.dcm']},0\n")
     with pytest.raises(DataError) as err:
         read_table(decl)
