@@ -29,9 +29,13 @@ if TYPE_CHECKING:
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
@@ -79,6 +83,7 @@ def load_node_config(path: Path) -> NodeConfig:
         raise ConfigError(f'{path}: [site] needs name and coordinator = "host:port"')
     ca, cert, key = _tls_paths(doc, path)
     datasets: dict[str, DatasetConfig] = {}
+    node = _node_table(doc, path)
     for ds_name, ds in (doc.get("datasets") or {}).items():
         # a declared dataset (csv, parquet, fhir, omop with columns; dicom and notes have a fixed table)
         if isinstance(ds, dict) and ("columns" in ds or ds.get("format") in ("dicom", "notes")):
@@ -93,7 +98,6 @@ def load_node_config(path: Path) -> NodeConfig:
                 "declare its columns to read parquet, fhir or omop (see docs/data.md)"
             )
         datasets[ds_name] = _dataset(ds_name, ds, path)
-    node = doc.get("node") or {}
     settings = NodeSettings(
         site=name,
         datasets=datasets,
@@ -115,6 +119,27 @@ def load_node_config(path: Path) -> NodeConfig:
     return NodeConfig(
         settings=settings, coordinator=target, tls=tls, log_file=path.parent / log_file if log_file else None
     )
+
+
+def _node_table(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``[node]`` (optional), checked with ``[datasets]``'s shape: every problem named at once."""
+    node, problems = doc.get("node") or {}, []
+    if not isinstance(doc.get("datasets") or {}, dict):
+        problems.append("[datasets] must be a table of [datasets.<name>] tables")
+    if not isinstance(node, dict):
+        problems.append("[node] must be a table")
+        node = {}
+    problems += [
+        f"node.{k} must be a number" for k in ("poll_wait_s", "backoff_max_s") if k in node and not _number(node[k])
+    ]
+    problems += [
+        f"node.{k} must be a path (a string)"
+        for k in ("state_dir", "log_file")
+        if k in node and not isinstance(node[k], str)
+    ]
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return node
 
 
 def _coordinator_key(pub: Path) -> bytes | None:

@@ -168,6 +168,12 @@ class _Reader:
             raise ValidationError(self.problems, where=self.where)
 
 
+def _decimal(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also admits e.g. "²", which ``int`` refuses), short enough
+    for ``int`` (Python refuses more than 4,300 digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= 4000
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -214,7 +220,7 @@ def decode_params(payload: bytes, *, where: str = "secagg keys stage") -> SecAgg
     graph_doc = r.obj(r.doc.get("graph"), "graph")
     adjacency: dict[int, frozenset[int]] = {}
     for key, peers in graph_doc.items():
-        if not key.isdigit() or not isinstance(peers, list) or not all(type(p) is int for p in peers):
+        if not _decimal(key) or not isinstance(peers, list) or not all(type(p) is int for p in peers):
             r.problems.append(f"graph entry {key!r} must map a node id to a list of node ids")
             continue
         adjacency[int(key)] = frozenset(peers)
@@ -353,7 +359,7 @@ def _enc_shamir(share: Share) -> dict[str, Any]:
 def _dec_shamir(r: _Reader, doc: Any) -> Share:
     obj = r.obj(doc, "share")
     ys_raw = r.list(obj, "ys")
-    if not all(isinstance(y, str) and y.isdigit() for y in ys_raw):
+    if not all(isinstance(y, str) and _decimal(y) for y in ys_raw):
         r.problems.append("share ys must be decimal strings")
         ys_raw = []
     return Share(x=r.int(obj, "x", lo=1), ys=tuple(int(y) for y in ys_raw), length=r.int(obj, "length"))
@@ -374,7 +380,7 @@ def decode_revealed(payload: bytes, *, where: str = "revealed shares") -> Reveal
     for key in ("self_mask", "mask_key"):
         table: dict[int, Share] = {}
         for owner, share in r.obj(r.doc.get(key), key).items():
-            if not owner.isdigit():
+            if not _decimal(owner):
                 r.problems.append(f"{key} owner {owner!r} is not a node id")
                 continue
             table[int(owner)] = _dec_shamir(r, share)

@@ -8,6 +8,7 @@ and no pickle anywhere. The receiver preallocates one buffer and views arrays ov
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -128,6 +129,10 @@ class TensorReceiver:
         return Parameters.from_arrays(tuple(names), tuple(arrays))
 
 
+#: No tensor's shape may describe more than this many bytes (its dimensions' product, zeros as 1).
+MAX_TENSOR_BYTES = 1 << 48
+
+
 def _check_layout(layout: pb.TensorLayout, where: str) -> list[tuple[str, str, tuple[int, ...]]]:
     problems: list[str] = []
     metas: list[tuple[str, str, tuple[int, ...]]] = []
@@ -140,11 +145,16 @@ def _check_layout(layout: pb.TensorLayout, where: str) -> list[tuple[str, str, t
         if any(d < 0 for d in meta.shape):
             problems.append(f"tensor {meta.name!r} has a negative dimension {list(meta.shape)}")
             continue
+        shape = tuple(int(d) for d in meta.shape)
+        # exact integer products: np.prod in int64 wraps around, and numpy refuses a shape whose
+        # dimensions multiply past its limit even when one of them is 0
+        if math.prod(max(d, 1) for d in shape) * np.dtype(meta.dtype).itemsize > MAX_TENSOR_BYTES:
+            problems.append(f"tensor {meta.name!r} has an impossible shape {list(shape)}")
+            continue
         if meta.name in seen:
             problems.append(f"tensor name {meta.name!r} repeats")
         seen.add(meta.name)
-        shape = tuple(int(d) for d in meta.shape)
-        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(meta.dtype).itemsize
+        total += math.prod(shape) * np.dtype(meta.dtype).itemsize
         metas.append((meta.name, meta.dtype, shape))
     if not problems and total != layout.total_bytes:
         problems.append(f"layout says {layout.total_bytes} bytes but its tensors need {total}")
