@@ -16,11 +16,14 @@ from hypothesis import strategies as st
 from medfed.core.config import parse_job_spec
 from medfed.core.errors import ConfigError, DataError, PermissionDenied, ValidationError
 from medfed.core.params import Parameters
-from medfed.core.records import ResultMessage, ResultStatus, TaskKind, TaskMessage
+from medfed.core.records import PrivacySpec, ResultMessage, ResultStatus, TaskKind, TaskMessage
 from medfed.core.selectors import DatasetSelector
 from medfed.data.sources import parse_dataset
+from medfed.learn.base import TabularData, Task
 from medfed.node.governance import job_facts, open_governance
-from medfed.node.middleware import NodeContext
+from medfed.node.ledger import PrivacyLedger
+from medfed.node.middleware import NodeContext, build_chain
+from medfed.node.privacy import privacy_budget
 from medfed.node.runtime import DatasetConfig
 from medfed.node.selection import resolve_dataset, select_dataset
 from medfed.security.audit import read_log
@@ -101,6 +104,10 @@ def _site(tmp_path: Path, **tags: list[str]) -> dict[str, DatasetConfig]:
     return datasets
 
 
+def _no_task(name: str) -> Task:
+    raise AssertionError(f"the selection tests run no task ({name})")
+
+
 def _task(spec: str, dataset: str, **changes: object) -> TaskMessage:
     task = TaskMessage(
         task_id="t1", job_id="j1", round=1, kind=TaskKind.FIT, task="logistic_regression", dataset=dataset, seed=0,
@@ -139,7 +146,7 @@ def test_a_refused_selector_is_recorded_in_the_sites_audit_log(tmp_path: Path) -
     site = _site(tmp_path, heart=["adult", "cardiology"])
     governance = open_governance("s", state_dir=tmp_path / "state", policy=None)
     assert governance is not None
-    ctx = NodeContext(site="s", datasets=site, task_loader=lambda name: None, governance=governance)  # type: ignore[arg-type,return-value]
+    ctx = NodeContext(site="s", datasets=site, task_loader=_no_task, governance=governance)
     with pytest.raises(PermissionDenied):
         select_dataset(_task(BY_TAGS, "tags:genomics"), ctx, lambda task, ctx: pytest.fail("not reached"))
     governance.close()
@@ -150,7 +157,7 @@ def test_a_refused_selector_is_recorded_in_the_sites_audit_log(tmp_path: Path) -
 
 def test_the_chain_after_selection_sees_the_resolved_name(tmp_path: Path) -> None:
     site = _site(tmp_path, heart=["adult", "cardiology"])
-    ctx = NodeContext(site="s", datasets=site, task_loader=lambda name: None)  # type: ignore[arg-type,return-value]
+    ctx = NodeContext(site="s", datasets=site, task_loader=_no_task)
     seen: list[str] = []
 
     def handler(task: TaskMessage, ctx: NodeContext) -> ResultMessage:
@@ -195,3 +202,32 @@ def test_a_label_stands_for_its_selector_and_order_case_and_extra_tags_do_not_ma
     assert selector.matches("any", extra) is (not missing)
     spec = parse_job_spec(HEAD + f"dataset = {{ tags = {[t.title() for t in tags]!r} }}\n".replace("'", '"'))
     assert spec.selector == selector
+
+
+def test_the_privacy_ledger_charges_the_sites_own_dataset_of_a_tag_selected_job(tmp_path: Path) -> None:
+    # Arrange: a real ledger with a budget on the site's name for the tagged dataset
+    site = _site(tmp_path, dm_fhir=["adult", "cardiology"])
+    ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
+    ledger.set_budget("dm_fhir", epsilon=50.0, delta=1e-4)
+    x = np.zeros((40, 2), np.float32)
+    data = TabularData(x_train=x, y_train=np.zeros(40, np.float32), x_test=x[:4], y_test=np.zeros(4, np.float32),
+                       feature_names=("a", "b"))  # fmt: skip
+    ctx = NodeContext(site="s", datasets=site, task_loader=_no_task, data_loader=lambda cfg: data, ledger=ledger)
+
+    def trained(task: TaskMessage, ctx: NodeContext) -> ResultMessage:
+        return ResultMessage(task_id=task.task_id, job_id=task.job_id, round=1, site="s", status=ResultStatus.OK)
+
+    chain = build_chain(trained, [select_dataset, privacy_budget])
+    task = _task(BY_TAGS, "tags:adult,cardiology", privacy=PrivacySpec(noise_multiplier=1.1, clip_norm=1.0),
+                 config={"local_steps": 2, "batch_size": 8})  # fmt: skip
+
+    # Act
+    result = chain(task, ctx)
+
+    # Assert: reserved and spent on dm_fhir, the name the site's admin budgeted
+    assert result.ok
+    job = ledger.job("dm_fhir", "j1")
+    assert job is not None and job.epsilon_spent > 0 and job.steps == 2
+    status = ledger.status("dm_fhir")
+    assert status is not None and status.epsilon_used > 0
+    ledger.close()
