@@ -25,6 +25,7 @@ from medfed.cli.config import load_node_config
 from medfed.cli.main import main
 from medfed.data.fhir import fhir_features
 from medfed.learn.base import TabularData
+from medfed.report.html import render_job_report
 from medfed.security.audit import read_log
 
 pytestmark = pytest.mark.timeout(300)
@@ -118,6 +119,10 @@ def test_a_tag_selected_job_runs_on_the_sites_whose_datasets_carry_the_tags(
     assert "alpha: 80 rows, 1 excluded by consent (1 patient), 0 invalid (missing-value policy), 79 used" in out
     assert "beta: 80 rows, 0 excluded by consent, 0 invalid (missing-value policy), 80 used" in out
     assert opted_out not in out
+    # and so does the HTML report the coordinator writes from the same view
+    page = render_job_report(view)
+    assert "alpha: 80 rows, 1 excluded by consent (1 patient), 0 invalid (missing-value policy), 79 used" in page
+    assert "<td>gamma</td><td>no match: took no part</td>" in page
 
 
 def test_a_tag_matching_two_datasets_at_a_site_is_refused_there_naming_both(tagged: Cluster) -> None:
