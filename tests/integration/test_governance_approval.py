@@ -18,6 +18,7 @@ from medfed.cli.config import load_node_config
 from medfed.cli.main import main
 from medfed.coordinator.app import start_coordinator
 from medfed.coordinator.service import CoordinatorSettings
+from medfed.core.errors import PermissionDenied
 from medfed.crypto.aead import Keyring, generate_key
 from medfed.node.fingerprints import dataset_fingerprint
 from medfed.node.runtime import NodeRuntime
@@ -243,3 +244,38 @@ def test_cli_rules_and_rejections_are_audited_and_the_chain_verifies(
     ]  # fmt: skip
     assert decided[0]["fingerprint"] == now
     _verify(state, capsys)
+
+
+def test_the_demo_covers_its_own_job_with_a_pinned_standing_rule_at_each_hospital(tmp_path: Path) -> None:
+    """``medfed demo`` runs with no human: each hospital's admin (played by the demo) covers the
+    demo's job spec with a standing rule; approval itself stays on."""
+    from medfed.cli import demo
+    from medfed.core.config import parse_job_spec
+    from medfed.security.approvals import open_site_approvals
+    from medfed.security.node_policy import ApprovalMode, JobFacts
+
+    # Arrange
+    root = tmp_path / "demo"
+    demo._prepare(root, 50999, dp=False)
+
+    # Act
+    rules = demo._standing_rules(root)
+
+    # Assert: the demo's job clears at every site through its rule, pinned to the site's own data
+    spec = parse_job_spec(demo.job_toml(demo.DEMO_STRATEGY, 15))
+    assert [site for site, _, _ in rules] == list(demo.SITES)
+    for site, rule, digest in rules:
+        settings = load_node_config(root / "federation" / "sites" / site / "site.toml").settings
+        assert settings.policy is not None and settings.policy.approval is ApprovalMode.REQUIRED
+        assert digest == dataset_fingerprint(settings.datasets["heart"])
+        assert settings.state_dir is not None
+        store = open_site_approvals(settings.state_dir, site=site, note=lambda e, f: None)
+        try:
+            facts = JobFacts.from_spec(spec, job_id="j1", researcher="researcher", purpose=spec.purpose)
+            clearance = store.check(facts, fingerprint=digest)
+            assert (clearance.rule_id, clearance.fingerprint) == (rule.rule_id, digest)
+            other = JobFacts.from_spec(spec, job_id="j2", researcher="mallory", purpose=spec.purpose)
+            with pytest.raises(PermissionDenied, match="awaits the site admin's approval"):
+                store.check(other, fingerprint=digest)
+        finally:
+            store.close()
