@@ -171,7 +171,7 @@ def start_dashboard(
     *,
     sites: tuple[str, ...] = ("alpha", "beta", "gamma"),
     nodes: tuple[str, ...] | None = None,
-    heartbeat_s: float = 0.3,
+    heartbeat_s: float = 1.0,  # online = contact within 3 heartbeats: tolerant of a loaded machine
 ) -> Dashboard:
     """Provision a federation under ``root``, start its coordinator (user store with one person per
     role of :data:`USERS`, each with TOTP) and the dashboard on HTTPS, and node threads for

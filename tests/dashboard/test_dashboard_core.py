@@ -270,3 +270,16 @@ def test_a_locked_account_gets_the_same_message_as_a_wrong_password(dash: Dashbo
         e[2].get("reason") for e in dash.audit_actions() if e[0] == "login.failed" and e[2].get("user") == "lockme"
     ]
     assert "locked" in str(reasons[-1])
+
+
+def test_login_returns_to_the_page_asked_for_with_its_query(dash: Dashboard, page: Any) -> None:
+    page.goto(dash.url + "/jobs?x=1&y=2")  # not logged in: to the login form, remembering where
+    assert "/login?next=" in page.url
+
+    page.fill("#user", FED_ADMIN)
+    page.fill("#password", PASSWORD)
+    page.fill("#code", dash.code(FED_ADMIN))
+    with page.expect_navigation():
+        page.click("form[action='/login'] button[type=submit]")
+
+    assert page.url == dash.url + "/jobs?x=1&y=2"

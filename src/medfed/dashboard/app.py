@@ -120,7 +120,9 @@ def utc_text(ts: float) -> str:
 
 def _login_required(request: Request, exc: Exception) -> Response:
     expired = isinstance(exc, LoginRequired) and exc.expired
-    target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="/?=&")
+    target = quote(
+        request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="/"
+    )  # the whole target is one parameter value
     response = RedirectResponse(f"/login?next={target}" + ("&expired=1" if expired else ""), status_code=303)
     if expired:
         response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
