@@ -169,8 +169,8 @@ def test_the_store_finds_privacy_reports_refusals_and_successes_across_jobs(tmp_
         record = RoundRecord(job_id="j1", round=rnd, kind=TaskKind.FIT, sites=sites, aggregated={}, duration_s=1.0)
         store.complete_round(record, checkpoint=None)
 
-    reports = store.site_reports("privacy_epsilon_spent")
-    assert [(r["job_id"], r["round"], r["site"]) for r in reports] == [("j1", 1, "beta"), ("j1", 2, "beta")]
+    reports = store.latest_site_reports("privacy_epsilon_spent")
+    assert [(r["job_id"], r["round"], r["site"]) for r in reports] == [("j1", 2, "beta")]
     assert reports[0]["metrics"]["privacy_epsilon_spent"] == 0.5
     assert [e[:3] for e in store.site_errors("has not cleared job")] == [("j1", 1, "alpha"), ("j1", 2, "alpha")]
     assert store.sites_succeeded() == {"j1": {"beta", "gamma"}}

@@ -293,11 +293,17 @@ class Store:
 
     # --- across jobs (the dashboard's Privacy and Approvals pages): filtered in SQL, not per job ---
 
-    def site_reports(self, metric: str) -> list[dict[str, Any]]:
-        """Successful site results of every job that report ``metric``, by job, round and site."""
+    def latest_site_reports(self, metric: str) -> list[dict[str, Any]]:
+        """Each site's latest successful result per job that reports ``metric`` (the highest round;
+        both kinds when both report it), by job, round and site."""
         rows = self._conn().execute(
-            "SELECT job_id, round, kind, site, metrics FROM site_metrics WHERE error='' AND instr(metrics, ?) > 0"
-            " ORDER BY job_id, round, kind, site", (json.dumps(metric),),
+            "WITH r AS MATERIALIZED (SELECT job_id, round, kind, site, metrics FROM site_metrics"
+            " WHERE error='' AND instr(metrics, ?) > 0)"
+            " SELECT r.job_id, r.round, r.kind, r.site, r.metrics FROM r JOIN"
+            " (SELECT job_id, site, MAX(round) AS last FROM r GROUP BY job_id, site) m"
+            " ON r.job_id = m.job_id AND r.site = m.site AND r.round = m.last"
+            " ORDER BY r.job_id, r.round, r.kind, r.site",
+            (json.dumps(metric),),
         ).fetchall()  # fmt: skip
         out = []
         for job_id, rnd, kind, site, text in rows:

@@ -102,7 +102,7 @@ def _number(metrics: dict[str, Any], key: str) -> float | None:
 def site_spends(coordinator: Coordinator) -> list[SiteSpend]:
     """Every (job, site) whose results report a privacy spend, in job order."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for s in coordinator.store.site_reports("privacy_epsilon_spent"):
+    for s in coordinator.store.latest_site_reports("privacy_epsilon_spent"):
         if _number(s["metrics"], "privacy_epsilon_spent") is not None:
             latest[(s["job_id"], s["site"])] = s  # rows come ordered by round: the last one wins
     jobs = {row.job_id: row for row in coordinator.store.jobs()}
