@@ -304,7 +304,10 @@ def test_node_check_validates_declared_datasets(declared: Cluster, capsys: pytes
         local.write_text(re.sub(r'coordinator = "[^"]+"', f'coordinator = "{declared.target}"', toml.read_text()))
         checks[site] = main(["node", "check", "--config", str(local)]), capsys.readouterr().out
     assert checks["alpha"][0] == 0, checks["alpha"][1]
-    assert "dataset diabetes: ok (fhir, 80 rows, 0 excluded by policy)" in checks["alpha"][1]
+    assert (
+        "dataset diabetes: ok (fhir, 80 rows, 0 excluded by policy), tags: endocrinology, diabetes"
+        in checks["alpha"][1]
+    )
     assert checks["beta"][0] == 1
     assert "dataset diabetes: not offered to jobs: dataset diabetes: 1 row(s) without a patient id" in checks["beta"][1]
 

@@ -281,7 +281,8 @@ def _declared_check(name: str, decl: Any, state_dir: Path | None) -> bool:
     except (DataError, ValidationError) as exc:
         print(f"dataset {name}: not offered to jobs: {exc}")
         return False
-    print(f"dataset {name}: ok ({decl.format.value}, {profile.rows} rows, {profile.excluded} excluded by policy)")
+    tags = f", tags: {', '.join(decl.tags)} (jobs may select it by them)" if decl.tags else ""
+    print(f"dataset {name}: ok ({decl.format.value}, {profile.rows} rows, {profile.excluded} excluded by policy){tags}")
     return True
 
 
