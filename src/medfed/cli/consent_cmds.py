@@ -28,6 +28,7 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
     lst = csub.add_parser("list", help="decisions per status (or what holds for one patient)")
     lst.add_argument("--patient", default="", help="show what holds for this patient id, per purpose")
     lst.add_argument("--on", default="", help="the day to evaluate (YYYY-MM-DD; default: today, UTC)")
+    lst.add_argument("--ids", action="store_true", help="also list the stored patient pseudonyms (HMAC-SHA256)")
     lst.set_defaults(consent_handler=_list)
     wd = csub.add_parser("withdraw", help="a patient withdraws consent (from today, or --on)")
     wd.add_argument("patient", help="the patient id as the site's datasets carry it")
@@ -135,9 +136,12 @@ def _list(args: argparse.Namespace) -> int:
         store.close()
     if not args.patient:
         print(f"consent registry {state / 'consent.sqlite'}: {_counts(summary)}")
+        if args.ids:  # the stored ids are keyed pseudonyms (HMAC-SHA256), never the raw ids
+            for pseudonym in sorted({r.patient_id for r in registry.records}):
+                print(pseudonym)
         return 0
     day = _day(args.on)
-    purposes = sorted({r.purpose for r in registry.records if r.patient_id == args.patient})
+    purposes = registry.purposes_of(args.patient)  # the store holds pseudonyms: the id asked about is hashed
     if not purposes:
         print(f"no decision recorded for this patient: the default ({registry.default.value}) holds")
         return 0

@@ -14,19 +14,23 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import enum
+import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from medfed.core.errors import DataError, PermissionDenied, ValidationError
+from medfed.crypto.pseudonym import Pseudonymizer, new_pseudonym_key
 from medfed.data.fhir import iter_resources
 from medfed.data.fhir_views import ViewDefinition, evaluate
 from medfed.data.sources import DatasetDecl, read_table
 
 ANY_PURPOSE = "*"
+#: The node-local key of the consent store's pseudonyms, next to (not inside) the node's state_dir.
+CONSENT_KEY_FILE = "consent-id.key"
 
 
 class ConsentStatus(enum.Enum):
@@ -60,6 +64,8 @@ class ConsentRegistry:
 
     records: tuple[ConsentRecord, ...] = ()
     default: ConsentStatus = ConsentStatus.PERMIT
+    #: When the records carry pseudonyms (a :class:`ConsentStore`'s), what turns a patient id into one.
+    pseudonym: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
     _index: dict[str, list[ConsentRecord]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -70,11 +76,20 @@ class ConsentRegistry:
 
     def with_record(self, record: ConsentRecord) -> ConsentRegistry:
         """This registry plus ``record`` (a withdrawal is a ``deny`` record dated today)."""
-        return ConsentRegistry(records=(*self.records, record), default=self.default)
+        return ConsentRegistry(records=(*self.records, record), default=self.default, pseudonym=self.pseudonym)
+
+    def key_of(self, patient_id: str) -> str:
+        """How ``patient_id`` appears in :attr:`records` (its pseudonym in a store's registry)."""
+        return patient_id if self.pseudonym is None else self.pseudonym(patient_id)
+
+    def purposes_of(self, patient_id: str) -> list[str]:
+        """The purposes with a recorded decision for ``patient_id``."""
+        return sorted({r.purpose for r in self._index.get(self.key_of(patient_id), ())})
 
     def decision(self, patient_id: str, purpose: str, on: dt.date) -> ConsentStatus:
         """What holds for ``patient_id`` and ``purpose`` on day ``on``."""
-        relevant = [r for r in self._index.get(patient_id, ()) if r.purpose in (purpose, ANY_PURPOSE) and r.date <= on]
+        mine = self._index.get(self.key_of(patient_id), ())
+        relevant = [r for r in mine if r.purpose in (purpose, ANY_PURPOSE) and r.date <= on]
         if not relevant:
             return self.default
         # latest date wins; on a tie, deny sorts last and wins
@@ -228,23 +243,52 @@ def table_for_task(
 
 class ConsentStore:
     """Consent decisions kept in the node's SQLite, append-only: a withdrawal is a new, later row,
-    so the history stays auditable and :meth:`registry` always reflects the newest decisions."""
+    so the history stays auditable and :meth:`registry` always reflects the newest decisions.
 
-    def __init__(self, path: Path) -> None:
+    Patient ids are stored as keyed pseudonyms (HMAC-SHA256, :mod:`medfed.crypto.pseudonym`) under a
+    node-local key kept outside the data directory (``key_path``, default ``consent-id.key`` next to
+    the store's directory, created 0600), so the file at rest holds no identifier; lookups hash the
+    id asked about. A registry written before (plaintext ids) is converted when opened, and its
+    freed pages are wiped (``secure_delete``, ``VACUUM``).
+    """
+
+    def __init__(self, path: Path, *, key_path: Path | None = None) -> None:
         self._path = path
+        self._pseudonym = Pseudonymizer(_consent_key(key_path or path.parent.parent / CONSENT_KEY_FILE, path))
         try:
             self._db = sqlite3.connect(path)
+            self._db.execute("PRAGMA secure_delete=ON")
             with self._db:
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS consent (patient_id TEXT NOT NULL, purpose TEXT NOT NULL, "
                     "status TEXT NOT NULL, date TEXT NOT NULL, source TEXT NOT NULL, recorded_at TEXT NOT NULL)"
                 )
+                self._db.execute("CREATE TABLE IF NOT EXISTS consent_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._migrate()
         except sqlite3.Error as exc:
             raise DataError(f"consent store {path}: {exc}") from None
 
+    def _migrate(self) -> None:
+        """Check the key against the one the store was written with; pseudonymise plaintext ids."""
+        found = self._db.execute("SELECT value FROM consent_meta WHERE name='key'").fetchone()
+        if found is not None and found[0] != self._pseudonym.fingerprint:
+            raise DataError(f"consent store {self._path}: its ids were pseudonymised under another key than "
+                            f"{CONSENT_KEY_FILE} (fingerprint {found[0]}); restore that key file")  # fmt: skip
+        plain = [(r, p) for r, p in self._db.execute("SELECT rowid, patient_id FROM consent")
+                 if not Pseudonymizer.is_pseudonym(p)]  # fmt: skip
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO consent_meta VALUES ('key', ?)", (self._pseudonym.fingerprint,))
+            self._db.executemany("UPDATE consent SET patient_id=? WHERE rowid=?",
+                                 [(self._pseudonym(p), r) for r, p in plain])  # fmt: skip
+        if plain:
+            self._db.execute("VACUUM")  # no copy of a plaintext id left in a free page
+
     def add(self, records: Iterable[ConsentRecord], *, source: str, at: dt.datetime) -> int:
         """Append ``records`` (all or none) from ``source`` (a file name, ``withdraw``...); how many."""
-        rows = [(r.patient_id, r.purpose, r.status.value, r.date.isoformat(), source, at.isoformat()) for r in records]
+        rows = [
+            (self._pseudonym(r.patient_id), r.purpose, r.status.value, r.date.isoformat(), source, at.isoformat())
+            for r in records
+        ]
         try:
             with self._db:
                 self._db.executemany("INSERT INTO consent VALUES (?, ?, ?, ?, ?, ?)", rows)
@@ -253,6 +297,7 @@ class ConsentStore:
         return len(rows)
 
     def registry(self, *, default: ConsentStatus = ConsentStatus.PERMIT) -> ConsentRegistry:
+        """The decisions, keyed by pseudonym; the registry hashes the ids it is asked about."""
         try:
             rows = self._db.execute("SELECT patient_id, purpose, status, date FROM consent ORDER BY rowid").fetchall()
             records = tuple(
@@ -261,7 +306,7 @@ class ConsentStore:
             )
         except (sqlite3.Error, ValueError) as exc:
             raise DataError(f"consent store {self._path}: unreadable ({exc})") from None
-        return ConsentRegistry(records=records, default=default)
+        return ConsentRegistry(records=records, default=default, pseudonym=self._pseudonym)
 
     def summary(self) -> dict[str, int]:
         """Decisions per status: what ``medfed consent list`` may show beyond the site."""
@@ -269,3 +314,37 @@ class ConsentStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _consent_key(key_path: Path, store: Path) -> bytes:
+    """The store's pseudonym key: read, or created (0600) when neither it nor a store exists yet."""
+    if key_path.resolve().is_relative_to(store.parent.resolve()):
+        raise DataError(f"consent store {store}: the key {key_path} must be kept outside its directory")
+    try:
+        if key_path.is_file():
+            if key_path.stat().st_mode & 0o077:
+                raise DataError(f"{key_path}: group or others may read this key; chmod 600 it")
+            return bytes.fromhex(key_path.read_text(encoding="ascii").strip())
+        if store.is_file() and store.stat().st_size > 0 and _pseudonymised(store):
+            raise DataError(f"consent store {store}: its key {key_path} is missing; restore it (ids cannot be matched)")
+        key = new_pseudonym_key()
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(key.hex() + "\n")
+        return key
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"consent store key {key_path}: {exc}") from None
+
+
+def _pseudonymised(store: Path) -> bool:
+    """Whether an existing store holds pseudonymised decisions (plaintext ones can still be converted)."""
+    try:
+        db = sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM consent_meta WHERE name='key'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+    return row is not None
