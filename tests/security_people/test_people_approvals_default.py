@@ -95,3 +95,14 @@ def test_a_missing_dataset_has_no_fingerprint_and_says_where(tmp_path: Path) -> 
     ds = DatasetConfig(name="heart", path=tmp_path / "gone")
     with pytest.raises(DataError, match=r"dataset heart: .*gone does not exist"):
         FingerprintCache().current(ds)
+
+
+def test_medfed_approvals_names_a_missing_site_before_asking_for_a_login(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medfed.cli.main import main
+
+    monkeypatch.delenv("MEDFED_TOKEN", raising=False)
+    monkeypatch.setenv("MEDFED_TOKEN_FILE", str(tmp_path / "no-token"))
+    assert main(["approvals", "list", "--users-db", str(tmp_path / "users.db")]) == 1
+    assert "needs --config site.toml, or --approvals-db FILE and --site NAME" in capsys.readouterr().err

@@ -92,8 +92,8 @@ def _site(args: argparse.Namespace) -> _Site:
 def _approvals(args: argparse.Namespace) -> int:
     from medfed.security.approvals import ApprovalState, open_site_approvals
 
+    site = _site(args)  # a missing --config or --site is named before anyone is asked to log in
     me = _principal(_store(args))
-    site = _site(args)
     decision = authorize(me, Action.APPROVAL_READ, Resource.site(site.name))
     if decision.emergency:
         _audit("authz.emergency", {"user": me.user_id, "action": Action.APPROVAL_READ.value, "site": site.name})
@@ -140,7 +140,8 @@ def _list(approvals: Any, site: _Site, state: Any, *, rules: bool) -> None:
         print(f"{a.spec_hash[:16]}  {a.state.value:<8} job {a.job_id} {a.name!r} by {a.researcher}, "
               f"task {a.task} on {a.dataset} for {a.purpose!r}, submitted {_when(a.submitted_at)}, "
               f"expires {_when(a.expires_at)}{note}")  # fmt: skip
-        print(f"{'':18}data: {_data_state(approvals.pins(a.spec_hash), a.dataset, site)}")
+        if a.state.value != "rejected":  # a rejection pins nothing
+            print(f"{'':18}data: {_data_state(approvals.pins(a.spec_hash), a.dataset, site)}")
     for r in approvals.rules() if rules else []:
         print(f"rule {r.rule_id}: {r.task} on {r.dataset} for {r.purpose!r} by {r.researcher}"
               f"{' (revoked)' if r.revoked else ''}, until {_when(r.expires_at)}; "
