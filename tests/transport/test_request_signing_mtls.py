@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from integration.support import RESEARCHER, Cluster, Federation
+from medfed.coordinator.people import REFUSALS_PER_MINUTE
 from medfed.core.errors import AuthenticationError
 from medfed.core.params import Parameters
 from medfed.core.records import ResultMessage, ResultStatus
@@ -183,3 +185,29 @@ def test_a_call_signed_before_the_coordinator_started_is_retryable(cluster: Clus
     finally:
         link.close()
     assert [e["kind"] for e in _refused(cluster)] == ["before_start"]
+
+
+def test_a_flood_of_refused_calls_cannot_fill_the_audit_log(cluster: Cluster, stub: pb_grpc.FederationStub) -> None:
+    for _ in range(REFUSALS_PER_MINUTE + 5):  # unsigned calls, as fast as they go
+        _code(lambda: stub.Heartbeat(pb.Beat(status="ok"), timeout=10))
+    assert len(_refused(cluster)) == REFUSALS_PER_MINUTE
+
+
+def test_left_out_refusals_are_counted_in_the_callers_next_event(tmp_path: Path) -> None:
+    from medfed.coordinator.audit_hooks import CoordinatorAudit
+    from medfed.coordinator.people import refused_call_audit
+    from medfed.crypto.request_signing import Refusal
+    from medfed.transport.signed_calls import RefusedCall
+
+    audit, t = CoordinatorAudit(tmp_path), [0.0]
+    record = refused_call_audit(audit, per_minute=3, clock=lambda: t[0])
+    mallory = RefusedCall(name="mallory", role="node", method="heartbeat", refusal=Refusal.REPLAYED, source="10.0.0.9")
+    alice = RefusedCall(name="alice", role="node", method="register", refusal=Refusal.STALE, source="10.0.0.7")
+    for _ in range(10):
+        record(mallory)
+    record(alice)  # another caller is not held back by mallory's flood
+    t[0] = 61.0
+    record(mallory)
+    events = [(e.actor, dict(e.fields).get("count")) for e in audit.log.entries() if e.action == "request.refused"]
+    audit.close()
+    assert events == [("mallory", None)] * 3 + [("alice", None), ("mallory", 8)]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -101,12 +102,39 @@ def open_user_store(
     return UserStore(path, audit=_store_audit(audit), keyring=keyring, policy=policy, clock=clock)
 
 
-def refused_call_audit(audit: CoordinatorAudit) -> Callable[[RefusedCall], None]:
-    """Record each call the transport refused (unsigned, altered, stale, replayed) as ``request.refused``."""
+#: Refused calls written to the audit log per caller and minute; beyond it they are counted, and the
+#: caller's next written event carries the count (a flood cannot fill the log, and stays visible).
+REFUSALS_PER_MINUTE = 20
+
+
+def refused_call_audit(
+    audit: CoordinatorAudit, *, per_minute: int = REFUSALS_PER_MINUTE, clock: Callable[[], float] = time.monotonic
+) -> Callable[[RefusedCall], None]:
+    """Record calls the transport refused (unsigned, altered, stale, replayed) as ``request.refused``.
+
+    At most ``per_minute`` events per caller certificate and minute; an event's ``count`` (when > 1)
+    says how many refusals it stands for: itself and those left out before it.
+    """
+    lock = threading.Lock()
+    windows: dict[str, list[float]] = {}  # caller -> [window start, written, left out]
 
     def record(call: RefusedCall) -> None:
-        fields = {"user": call.name, "role": call.role, "method": call.method, "kind": call.refusal.value}
-        audit.record(AuditAction.REQUEST_REFUSED, call.name, _audit_fields(fields | {"source": call.source}))
+        now = clock()
+        with lock:
+            window = windows.get(call.name)
+            if window is None or now - window[0] >= 60.0:
+                if len(windows) > 4096:  # callers are the federation's certificates; drop quiet ones
+                    for name in [n for n, w in windows.items() if now - w[0] >= 60.0 and not w[2]]:
+                        del windows[name]
+                window = windows[call.name] = [now, 0, window[2] if window else 0]
+            if window[1] >= per_minute:
+                window[2] += 1
+                return
+            window[1] += 1
+            count, window[2] = int(window[2]) + 1, 0
+        fields: dict[str, str | int | float | bool] = {"user": call.name, "role": call.role, "method": call.method}
+        fields |= {"kind": call.refusal.value, "source": call.source} | ({"count": count} if count > 1 else {})
+        audit.record(AuditAction.REQUEST_REFUSED, call.name, _audit_fields(fields))
 
     return record
 
