@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from dashboard.support import FED_ADMIN, Dashboard, node_thread, shot, start_dashboard
 from integration.support import wait_until
@@ -33,16 +34,20 @@ def test_a_stopped_node_shows_offline_with_its_last_heartbeat(two_sites: Dashboa
     page.goto(dash.url + "/federation")
     before = page.inner_text("tr[data-site=beta] td:nth-child(2)")
 
-    # Act: beta's node stops; the coordinator marks it stale after three missed heartbeats
+    page.evaluate("window.__notReloaded = true")
+
+    # Act: beta's node stops; the coordinator marks it stale after three missed heartbeats, and the
+    # open page shows it at its next refresh, without a reload
     beta = node_thread(dash, "beta")
     beta.runtime.stop()
     beta.join(15.0)
     wait_until(lambda: "beta" not in {n.site for n in dash.coordinator.nodes.online()}, timeout_s=20, what="beta stale")
-    page.goto(dash.url + "/federation")
+    expect(page.locator("tr[data-site=beta] [data-field=status]")).to_have_text("offline", timeout=20_000)
     shot(page, "federation-offline")
 
     # Assert
     assert before == "online"
+    assert page.evaluate("window.__notReloaded === true")
     assert page.inner_text("tr[data-site=beta] td:nth-child(2)") == "offline"
     assert page.inner_text("tr[data-site=alpha] td:nth-child(2)") == "online"
     assert page.inner_text("[data-testid=online-count]") == "1"

@@ -37,7 +37,7 @@ from starlette.templating import Jinja2Templates
 from medfed.coordinator.service import Coordinator
 from medfed.core.errors import AuthenticationError, PermissionDenied
 from medfed.security.audit_events import AuditAction
-from medfed.security.authz import Action, Principal, Resource, authorize, role_actions
+from medfed.security.authz import Action, Principal, Resource, ResourceKind, authorize, role_actions
 from medfed.security.users import AuthenticationFailed, UserStore
 
 __all__ = [
@@ -156,7 +156,7 @@ def _deny(request: Request, principal: Principal, action: Action, resource: Reso
     source = _source(request)
     if source:
         fields["source"] = source
-    if resource.kind.value == "job" and resource.name:
+    if resource.kind is ResourceKind.JOB and resource.name:
         fields["job_id"] = resource.name
     ctx(request).coordinator.audit.record(AuditAction.PERMISSION_DENIED, principal.user_id, fields)
 

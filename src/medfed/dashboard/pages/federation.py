@@ -1,6 +1,7 @@
 """Federation: every site, online or offline, its last heartbeat, software version, datasets and
 the expiry of the certificate it last connected with. Any logged-in person may look (the gRPC
-API shows the same site list with the job list)."""
+API shows the same site list with the job list). The page refreshes the status column from
+``/federation.json`` every few seconds (``static/federation.js``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import datetime as dt
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from medfed import __version__
@@ -63,5 +64,15 @@ def federation(request: Request) -> Response:
     return render(request, "federation.html", context)
 
 
+def federation_json(request: Request) -> Response:
+    """The same rows as JSON, polled by the page (it does not reset the session's idle timer)."""
+    require(request, touch=False)
+    rows = site_rows(request)
+    return JSONResponse({"online": sum(r["online"] for r in rows), "sites": rows})
+
+
 def routes() -> list[Route]:
-    return [Route("/federation", federation, methods=["GET"])]
+    return [
+        Route("/federation", federation, methods=["GET"]),
+        Route("/federation.json", federation_json, methods=["GET"]),
+    ]
