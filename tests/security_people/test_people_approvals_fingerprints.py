@@ -179,3 +179,11 @@ def test_a_rule_id_of_digits_only_is_audited_as_an_id_not_mistaken_for_a_record_
     monkeypatch.setattr("medfed.security.approvals.secrets.token_hex", lambda n: "12345678")
     assert store.add_rule(_rule(), by=SAM, fingerprint=OLD).rule_id == "12345678"
     store.revoke_rule("12345678", by=SAM)
+
+
+def test_a_standing_rule_names_one_task_dataset_and_purpose(store: ApprovalStore) -> None:
+    with pytest.raises(ValidationError) as err:
+        store.add_rule(_rule(dataset="*", purpose="*"), by=SAM)
+    assert "dataset '*': a standing rule names one dataset" in str(err.value)
+    assert "purpose '*'" in str(err.value) and store.rules() == []
+    assert store.add_rule(_rule(researcher="*"), by=SAM).researcher == "*"

@@ -48,7 +48,7 @@ from medfed.security.approval_records import (
 from medfed.security.audit import AuditLog
 from medfed.security.audit_events import AuditAction, AuditEvent, validate_event
 from medfed.security.authz import Action, Principal, Resource, authorize
-from medfed.security.node_policy import JobFacts
+from medfed.security.node_policy import ANY, JobFacts
 from medfed.security.sqlite import open_wal, transaction
 
 __all__ = [
@@ -288,6 +288,11 @@ class ApprovalStore:
         self._authorize(by)
         problems = [
             f"{k} must not be empty" for k in ("task", "dataset", "purpose", "researcher") if not getattr(rule, k)
+        ]
+        problems += [
+            f"{k} {ANY!r}: a standing rule names one {k} (only researcher may be {ANY!r}), so it can pin the data"
+            for k in ("task", "dataset", "purpose")
+            if getattr(rule, k) == ANY
         ]
         if not rule.reason.strip():
             problems.append("a standing rule needs a reason")
