@@ -6,7 +6,8 @@ that ask for it), ``checkpoints`` (file, SHA-256, round), ``nodes`` (last contac
 ``query_results`` (a query job's combined result, JSON), ``catalog`` (each site's catalog entries,
 replaced at each registration) with ``catalog_reports`` (when each site last reported), and
 ``job_datasets`` (which dataset(s) of each site a job's selector matched).
-Every write is one transaction; a killed coordinator leaves the last committed state.
+Every write is one transaction; a killed coordinator leaves the last committed state. The catalog
+and dataset-selection tables' methods live in :mod:`medfed.coordinator.store_catalog`.
 
 The schema carries a version (``PRAGMA user_version``): :data:`SCHEMA` is version 1 (what every
 store had before versions were kept; its statements are idempotent), and each entry of
@@ -19,16 +20,16 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medfed.aggregation.anomaly import AnomalyRecord
-from medfed.core.errors import StoreError, ValidationError
+from medfed.coordinator.store_catalog import CatalogTables
+from medfed.core.errors import StoreError
 from medfed.core.records import JobState, RoundRecord
-from medfed.data.catalog import CatalogEntry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -83,14 +84,6 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StoredEntry:
-    """A catalog entry as the store keeps it: the site's last report and when it came."""
-
-    entry: CatalogEntry
-    reported_at: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class JobRow:
     job_id: str
     name: str
@@ -105,7 +98,7 @@ class JobRow:
     updated: float
 
 
-class Store:
+class Store(CatalogTables):
     """Thread-safe access to the coordinator database at ``path``."""
 
     def __init__(self, path: Path) -> None:
@@ -375,53 +368,6 @@ class Store:
     def nodes(self) -> list[dict[str, Any]]:
         rows = self._conn().execute("SELECT site, version, datasets, last_seen FROM nodes ORDER BY site").fetchall()
         return [{"site": r[0], "version": r[1], "datasets": json.loads(r[2]), "last_seen": r[3]} for r in rows]
-
-    # --- catalog ---------------------------------------------------------------------------
-
-    def replace_catalog(self, site: str, entries: Sequence[CatalogEntry], *, at: float | None = None) -> None:
-        """``site``'s report at registration: its entries replace the ones it sent before."""
-        foreign = [e.dataset for e in entries if e.site != site]
-        if foreign:
-            raise ValidationError(f"entries {foreign} name another site", where=f"catalog of site {site!r}")
-        now = time.time() if at is None else at
-        with self._tx() as db:
-            db.execute("DELETE FROM catalog WHERE site=?", (site,))
-            db.executemany(
-                "INSERT INTO catalog VALUES (?,?,?,?)",
-                [(site, e.dataset, json.dumps(e.to_dict(), sort_keys=True), now) for e in entries],
-            )
-            db.execute("INSERT OR REPLACE INTO catalog_reports VALUES (?,?)", (site, now))
-
-    def catalog(self) -> list[StoredEntry]:
-        """Every site's last reported entries, by site and dataset."""
-        rows = self._conn().execute("SELECT entry, reported_at FROM catalog ORDER BY site, dataset").fetchall()
-        return [StoredEntry(entry=CatalogEntry.from_dict(json.loads(r[0])), reported_at=float(r[1])) for r in rows]
-
-    def catalog_reports(self) -> dict[str, float]:
-        """When each site last reported its catalog (also a site whose report was empty)."""
-        rows = self._conn().execute("SELECT site, reported_at FROM catalog_reports ORDER BY site").fetchall()
-        return {str(r[0]): float(r[1]) for r in rows}
-
-    # --- dataset selection -----------------------------------------------------------------
-
-    def set_dataset_matches(self, job_id: str, matches: Mapping[str, Sequence[str]]) -> None:
-        """Which datasets of each site a job's selector matched (an empty list: none; such a
-        site takes no part). Sites not named keep what was recorded before."""
-        now = time.time()
-        with self._tx() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO job_datasets VALUES (?,?,?,?)",
-                [(job_id, site, json.dumps(sorted(names)), now) for site, names in matches.items()],
-            )
-
-    def dataset_matches(self, job_id: str) -> dict[str, list[str]]:
-        """Per site, the datasets a job's selector matched there (empty: the site took no part)."""
-        rows = (
-            self._conn()
-            .execute("SELECT site, datasets FROM job_datasets WHERE job_id=? ORDER BY site", (job_id,))
-            .fetchall()
-        )
-        return {str(r[0]): list(json.loads(r[1])) for r in rows}
 
 
 def _job_row(row: tuple[Any, ...]) -> JobRow:
