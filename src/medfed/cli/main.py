@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also serve the web dashboard over HTTPS (TLS 1.2+, the kit's certificate) on HOST:PORT, e.g. "
         "127.0.0.1:8443; needs a user store (--users): people log in with password + TOTP",
     )
-    cstart.add_argument("--alert-scan", type=float, default=300.0, help="scan for security alerts every N s (0: off)")
+    cstart.add_argument("--alert-scan", type=float, default=60.0, help="scan for security alerts every N s (0: off)")
     cstart.add_argument(
         "--key-file", type=Path, help="keyring (medfed keys generate) to encrypt checkpoints and models at rest"
     )
