@@ -11,7 +11,6 @@ table for a task, and :func:`to_tabular` turns it into the :class:`TabularData` 
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from medfed.core.errors import ConfigError, DataError, ValidationError
+from medfed.data.digest import fingerprint as fingerprint  # re-exported; it lives where pandas is not imported
 from medfed.data.fhir import fhir_features
 from medfed.data.media import (
     IMAGE_KEYS,
@@ -292,18 +292,6 @@ def iter_conformed(decl: DatasetDecl) -> Iterator[Conformed]:
         where = str(decl.path)
         frame = harmonise(batch.frame, decl.schema, decl.mappings, where=where)
         yield conform(frame, decl.schema, where=where, first_row=batch.first_row, row_word=batch.row_word)
-
-
-def fingerprint(path: Path, *, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's (or a directory's sorted files') bytes, read in chunks: the content id."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as fh:
-            while block := fh.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

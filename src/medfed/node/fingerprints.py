@@ -1,6 +1,6 @@
 """Content fingerprints of a site's datasets, as site approvals pin them.
 
-A fingerprint is the SHA-256 of a dataset's files (:func:`medfed.data.sources.fingerprint`, the
+A fingerprint is the SHA-256 of a dataset's files (:func:`medfed.data.digest.fingerprint`, the
 same digest as the catalog entry's): a legacy CSV directory, or a declared dataset's file or
 directory. A dataset read from a database (``dsn``) has none (''): approvals cannot pin it, and
 ``medfed approvals list`` says so.
@@ -41,7 +41,7 @@ def dataset_fingerprint(ds: DatasetConfig) -> str:
     DataError
         The dataset's files are missing or unreadable.
     """
-    from medfed.data.sources import fingerprint  # the data layer's digest; imported when first needed
+    from medfed.data.digest import fingerprint  # hashlib only: the data stack (pandas) is not imported
 
     path = dataset_path(ds)
     if path is None:
