@@ -37,7 +37,7 @@ from starlette.templating import Jinja2Templates
 from medfed.core.errors import ConfigError, MedfedError, PermissionDenied, StoreError, ValidationError
 from medfed.crypto.aead import Keyring
 from medfed.dashboard import node_page_data as data
-from medfed.dashboard.app import STATIC_DIR, SecurityHeaders
+from medfed.dashboard.app import STATIC_DIR, BodyLimit, SecurityHeaders
 from medfed.dashboard.auth import safe_next, set_cookie
 from medfed.dashboard.pages.scope import when
 from medfed.dashboard.web import (
@@ -384,5 +384,6 @@ def create_node_app(context: NodePageContext) -> Starlette:
                                                         MedfedError: _error})  # fmt: skip
     app.state.node_page = context
     app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR)
+    app.add_middleware(BodyLimit)  # forms are small: refuse large bodies before parsing (413)
     app.add_middleware(SecurityHeaders)
     return app
