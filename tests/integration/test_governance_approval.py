@@ -219,30 +219,41 @@ def test_approval_off_runs_jobs_unapproved_and_is_audited_and_warned(
     assert not (_state(signed) / "approvals.db").exists()
 
 
-def test_cli_rules_and_rejections_are_audited_and_the_chain_verifies(
+def test_cli_rejections_and_rules_are_audited_and_the_chain_verifies(
     fed: Federation, admin_cli: Cli, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Arrange
+    # Arrange: a spec the node recorded as pending
+    from medfed.core.config import parse_job_spec
+    from medfed.security.approvals import open_site_approvals
+    from medfed.security.node_policy import JobFacts
+
     toml = fed.site_toml(SITE)
+    state = load_node_config(toml).settings.state_dir
+    assert state is not None
+    spec = parse_job_spec(_spec("rejected-one"))
+    node = open_site_approvals(state, site=SITE, note=lambda e, f: None)
+    node.submit(JobFacts.from_spec(spec, job_id="j1", researcher=RESEARCHER, purpose=spec.purpose))
+    node.close()
     rule = ["--task", "logistic_regression", "--dataset", "heart", "--purpose", "research", "--researcher", RESEARCHER]
 
     # Act
+    rejected = admin_cli("reject", spec.spec_hash[:12], "--reason", "too many rounds for this cohort", site_toml=toml)
     out = admin_cli("rule", "add", *rule, "--reason", "programme grant", "--expires-days", "90", site_toml=toml)
     rule_id = out.split()[2].rstrip(":")
     listing = admin_cli("list", "--state", "all", site_toml=toml)
     admin_cli("rule", "revoke", rule_id, "--reason", "grant ended", site_toml=toml)
 
-    # Assert: the rule pinned the data; both decisions are in the node's log; the chain verifies
+    # Assert: the rule pinned the data; every decision is in the node's log; the chain verifies
     now = dataset_fingerprint(load_node_config(toml).settings.datasets["heart"])
+    assert f"rejected {spec.spec_hash[:16]}" in rejected
     assert f"fingerprint {now[:12]}… pinned" in out and f"rule {rule_id}" in listing
     assert "heart unchanged since the decision" in listing
-    state = load_node_config(toml).settings.state_dir
-    assert state is not None
     decided = [f for a, f in _actions(state) if a == "approval.decided"]
-    assert [(f["outcome"], f["approval_id"], f.get("reason")) for f in decided] == [
+    assert [(f["outcome"], f.get("approval_id", f.get("spec_hash")), f.get("reason")) for f in decided] == [
+        ("rejected", spec.spec_hash, "too many rounds for this cohort"),
         ("rule-added", rule_id, "programme grant"), ("rule-revoked", rule_id, "grant ended"),
     ]  # fmt: skip
-    assert decided[0]["fingerprint"] == now
+    assert decided[0]["user"] == ADMIN.user_id and decided[1]["fingerprint"] == now
     _verify(state, capsys)
 
 
