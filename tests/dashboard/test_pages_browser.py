@@ -116,7 +116,7 @@ def gov(tmp_path_factory: pytest.TempPathFactory, heart: dict[str, TabularData])
 
 def _dp_spec(name: str) -> str:
     options = {"input_dim": 13, "local_steps": 5, "batch_size": 8, "lr": 0.05}
-    spec = job_toml(name=name, rounds=2, task_options=options, min_nodes=3, retries=0, deadline_s=60.0)
+    spec = job_toml(name=name, rounds=2, task_options=options, min_nodes=3, retries=1, deadline_s=120.0)
     return spec + "\n[privacy]\nnoise_multiplier = 1.0\nclip_norm = 1.0\ndelta = 1e-6\n"
 
 
