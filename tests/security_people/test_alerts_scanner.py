@@ -146,3 +146,21 @@ def test_the_periodic_thread_raises_alerts_by_itself(tmp_path: Path) -> None:
         scanner.stop()
         audit.close()
         store.close()
+
+
+def test_one_address_spraying_passwords_over_users_is_flagged(coordinator: Coordinator) -> None:
+    # Arrange: 2 failures for each of 3 users from one address: no user reaches the per-user burst
+    coordinator.clock.t = T0 + 10 * HOUR
+    for user in ("ann", "ben", "cat"):
+        for _ in range(2):
+            coordinator.clock.t += 5
+            coordinator.audit.record(AuditAction.LOGIN_FAILED, user, {"user": user, "source": "203.0.113.9"})
+
+    # Act
+    new = coordinator.scanner.scan_now()
+
+    # Assert: one alert about the address, audited with it as the source
+    assert [(a.subject, a.kind) for a in new] == [("203.0.113.9", "failed_logins")]
+    assert new[0].reason.startswith("6 failed logins for 3 users from one address")
+    raised = [e for e in coordinator.audit.log.entries() if e.action == AuditAction.ALERT_RAISED.value]
+    assert [e.fields.get("source") for e in raised] == ["203.0.113.9"] and "user" not in raised[0].fields

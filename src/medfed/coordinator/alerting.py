@@ -17,6 +17,7 @@ the audit log as ``alert.raised``. :meth:`AlertScanner.scan_now` scans on demand
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import threading
@@ -121,6 +122,14 @@ def access_event(entry: AuditEntry, dataset_of: Callable[[str], str]) -> AccessE
                            outcome=Outcome.SUCCESS, bytes=size if isinstance(size, int) and size >= 0 else 0,
                            department=dataset)  # fmt: skip
     return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class AlertScanner:
@@ -247,17 +256,31 @@ class AlertScanner:
         for e in recent:
             if e.action is AccessAction.LOGIN and e.outcome is Outcome.FAILURE:
                 failures[(e.user, math.floor(e.at / window) * window)].append(e)
-        out = []
+        out, kind = [], AlertKind.FAILED_LOGINS.value
         for (user, start), evs in sorted(failures.items()):
             if len(evs) < burst:
                 continue
             sources = len({e.source for e in evs})
-            kind = AlertKind.FAILED_LOGINS.value
             out.append(StoredAlert(
                 alert_id=alert_id(AlertSource.ACCESS, user, start, kind), at=start, kind=kind, subject=user,
                 score=0.0, source=AlertSource.ACCESS,
                 reason=f"{len(evs)} failed logins in one window from {sources} address(es); threshold {burst}",
             ))  # fmt: skip
+        # password spraying: one address failing for several users, each below the per-user burst
+        by_source: dict[tuple[str, float], list[AccessEvent]] = defaultdict(list)
+        for (_, start), evs in failures.items():
+            for e in evs:
+                if e.source:
+                    by_source[(e.source, start)].append(e)
+        for (source, start), evs in sorted(by_source.items()):
+            users = len({e.user for e in evs})
+            if len(evs) >= burst and users >= 2:
+                out.append(StoredAlert(
+                    alert_id=alert_id(AlertSource.ACCESS, source, start, kind), at=start, kind=kind,
+                    subject=source.replace(":", "-"), score=0.0, source=AlertSource.ACCESS,
+                    reason=f"{len(evs)} failed logins for {users} users from one address in one window; "
+                           f"threshold {burst}",
+                ))  # fmt: skip
         return out
 
     def _break_glass(self, e: AccessEvent) -> StoredAlert:
@@ -292,6 +315,8 @@ class AlertScanner:
         }  # fmt: skip
         if alert.source is AlertSource.UPDATES:
             fields |= {"site": alert.subject, "job_id": alert.job_id, "round": alert.round}
+        elif _is_ip(alert.subject):  # an address spraying passwords
+            fields["source"] = alert.subject
         else:
             fields["user"] = alert.subject
         self._audit.record(AuditAction.ALERT_RAISED, COORDINATOR_ACTOR, fields)
