@@ -4,12 +4,25 @@ RPC and a node sending poisoned updates each become an alert in ``state_dir/aler
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from integration.support import RESEARCHER, Cluster, Federation, job_toml, make_federation, start_cluster, wait_job
+from integration.support import (
+    RESEARCHER,
+    Cluster,
+    Federation,
+    Processes,
+    job_toml,
+    make_federation,
+    start_cluster,
+    wait_job,
+    wait_until,
+)
+from medfed.cli.main import main
 from medfed.coordinator.app import start_coordinator
 from medfed.coordinator.audit_hooks import CoordinatorAudit
 from medfed.coordinator.people import open_user_store
@@ -134,3 +147,41 @@ def test_a_poisoning_node_becomes_an_updates_alert(tmp_path: Path, heart: dict[s
         assert audit.log.verify(audit.key.public_pem).ok
     finally:
         cluster.close()
+
+
+def test_a_coordinator_process_scans_by_itself_and_the_cli_lists_its_alerts(
+    fed: Federation, processes: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    # Arrange: a coordinator process with a user store and alert scans every 0.3 s
+    key = generate_key("k1")
+    monkeypatch.setenv("MEDFED_DATA_KEY", f"k1:{base64.b64encode(key.secret).decode()}")
+    state = tmp_path / "state"
+    users = UserStore(state / "users.db", audit=lambda e, f: None, keyring=Keyring.single(key), policy=POLICY)
+    users.add_user(RESEARCHER, UserRole.RESEARCHER, PASSWORD)
+    users.close()
+    args = ["coordinator", "start", "--kit", str(fed.kit("coordinator")), "--state", str(state),
+            "--listen", f"127.0.0.1:{fed.port}", "--alert-scan", "0.3"]  # fmt: skip
+    coordinator = processes.run(args, "coordinator")
+    wait_until(lambda: "coordinator ready on port" in coordinator.text() or coordinator.popen.poll() is not None,
+               timeout_s=60.0, what="the coordinator process to listen")  # fmt: skip
+    assert coordinator.popen.poll() is None, coordinator.text()
+    client = processes.client()
+
+    # Act: guesses over mTLS; the process's own scanner raises the alert
+    for k in range(6):
+        with pytest.raises(PermissionDenied):
+            client.login(RESEARCHER, f"guess number {k} of many")
+    client.close()
+    store = AlertStore(state / "alerts.sqlite")
+    try:
+        alerts = wait_until(lambda: store.list(kind="failed_logins"), timeout_s=30.0, what="the alert scan")
+    finally:
+        store.close()
+    capsys.readouterr()
+    code = main(["alerts", "list", "--state", str(state), "--json"])
+
+    # Assert
+    assert alerts[0].subject == RESEARCHER
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and [(r["subject"], r["kind"]) for r in rows] == [(RESEARCHER, "failed_logins")]
