@@ -344,8 +344,11 @@ def test_an_alert_appears_after_repeated_failed_logins(gov: Governed, page: Any)
 
 def test_the_audit_chain_verifies_then_the_page_names_a_tampered_entry(gov: Governed, page: Any) -> None:
     gov.dash.login(page, AUDITOR)
-    page.goto(gov.dash.url + "/audit?action=job.submitted")
-    assert page.locator("[data-testid=entries] tr[data-seq]").count() >= 3
+    page.goto(gov.dash.url + "/audit?action=user.changed")  # the fixture added four people, each audited
+    assert page.locator("[data-testid=entries] tr[data-seq]").count() >= 4
+    assert {page.inner_text(f"[data-testid=entries] tr[data-seq]:nth-child({i}) td:nth-child(3)") for i in (1, 2)} == {
+        "user.changed"
+    }
     with page.expect_navigation():
         page.click("[data-testid=verify]")
     assert page.inner_text("[data-testid=verify-result]").startswith("✓ Chain OK")
