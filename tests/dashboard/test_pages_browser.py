@@ -299,6 +299,7 @@ def test_node_page_shows_datasets_and_verifies_its_own_audit_chain(gov: Governed
 
 
 def test_the_node_page_lets_its_auditor_read_but_not_decide_and_ends_idle_sessions(gov: Governed, page: Any) -> None:
+    _run(gov, _dp_spec("watched"))  # refused at alpha: a pending spec there to look at
     _node_login(gov, page, WATCHER)
     page.goto(gov.node_url + "/approvals")
     assert page.locator("[data-testid=approval]").count() >= 1
