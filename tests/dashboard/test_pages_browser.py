@@ -268,6 +268,19 @@ def test_the_budget_gauge_moves_after_a_dp_job(gov: Governed, page: Any) -> None
     assert node_used == pytest.approx(after, rel=1e-9)
 
 
+def test_a_site_admin_sees_only_their_own_sites_budget(gov: Governed, page: Any) -> None:
+    gov.dash.login(page, SITE_ADMIN)  # alpha's admin at the coordinator
+
+    page.goto(gov.dash.url + "/privacy")
+    shown = {page.locator("[data-testid=gauge]").nth(i).get_attribute("data-site")
+             for i in range(page.locator("[data-testid=gauge]").count())}  # fmt: skip
+    response = page.goto(gov.dash.url + "/privacy?site=beta")
+
+    assert shown <= {"alpha"}
+    assert response is not None and response.status == 403
+    assert "their own site" in page.inner_text("[data-testid=error]")
+
+
 def test_catalog_search_shows_metadata_and_coarse_counts_only(gov: Governed, page: Any) -> None:
     gov.dash.login(page, RESEARCHER)
 
