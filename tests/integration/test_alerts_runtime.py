@@ -23,6 +23,7 @@ from integration.support import (
     wait_until,
 )
 from medfed.cli.main import main
+from medfed.coordinator.alerting import access_event
 from medfed.coordinator.app import start_coordinator
 from medfed.coordinator.audit_hooks import CoordinatorAudit
 from medfed.coordinator.people import open_user_store
@@ -33,6 +34,7 @@ from medfed.core.records import Scalar
 from medfed.crypto.aead import Keyring, generate_key
 from medfed.learn.base import FitOutput, TabularData
 from medfed.learn.tasks import LogisticRegressionTask
+from medfed.security.access_anomaly import AccessAction
 from medfed.security.alerts import AlertSource, AlertStore
 from medfed.security.authz import UserRole
 from medfed.security.users import AuthPolicy, UserStore
@@ -143,6 +145,14 @@ def test_a_poisoning_node_becomes_an_updates_alert(tmp_path: Path, heart: dict[s
             ("mallory", 1, job_id), ("mallory", 2, job_id)
         ]  # fmt: skip
         assert cluster.coordinator.alerting.scan_now() == []
+        # a model download is an export in the audit log: who, which job, how many bytes
+        model = client.fetch_model(job_id)
+        exported = [e for e in cluster.coordinator.audit.log.entries() if e.action == "data.exported"]
+        assert [(e.actor, e.fields["job_id"], e.fields["bytes"]) for e in exported] == [
+            (RESEARCHER, job_id, model.nbytes)
+        ]
+        event = access_event(exported[0], lambda job: "heart")
+        assert event is not None and event.action is AccessAction.EXPORT and event.bytes == model.nbytes
         audit = cluster.coordinator.audit
         assert audit.log.verify(audit.key.public_pem).ok
     finally:

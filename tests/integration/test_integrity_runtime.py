@@ -80,6 +80,9 @@ def test_both_sides_audit_a_job_and_agree_on_every_update(cluster: Cluster, tmp_
     theirs, checkpoints = read_log(cluster.state_dir / "audit.sqlite")
     assert verify_chain(theirs, checkpoints, coordinator_pub).ok
     actions = [e.action for e in theirs if e.fields.get("job_id") == job_id]
+    downloads = [i for i, a in enumerate(actions) if a == "data.exported"]  # the researcher fetched the model
+    assert downloads and downloads[0] > actions.index("job.finished")
+    actions = [a for a in actions if a != "data.exported"]
     assert actions[0] == "job.submitted" and "model.signed" in actions and actions[-1] == "job.finished"
     submitted = next(e for e in theirs if e.action == "job.submitted")
     assert submitted.fields["spec_hash"] == parse_job_spec(spec).spec_hash and submitted.actor == "researcher"

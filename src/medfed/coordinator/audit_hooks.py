@@ -93,6 +93,13 @@ class CoordinatorAudit:
             fields["update_sha256"] = digest
         self.record(AuditAction.RESULT_RECEIVED, result.site, fields)
 
+    def model_exported(self, *, job_id: str, user: str, source: str, size: int) -> None:
+        """A person downloaded ``job_id``'s final model (``size`` bytes) from ``source`` (an IP, or '')."""
+        fields: dict[str, str | int | float | bool] = {"user": user, "job_id": job_id, "bytes": size}
+        if source:
+            fields["source"] = source
+        self.record(AuditAction.DATA_EXPORTED, user, fields)
+
     def job_finished(self, *, job_id: str, state: str) -> None:
         self.record(AuditAction.JOB_FINISHED, COORDINATOR_ACTOR, {"job_id": job_id, "outcome": state})
 

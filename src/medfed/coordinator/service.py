@@ -294,6 +294,8 @@ class Coordinator:
         if ck is None:
             raise StoreError(f"job {job_id} completed but has no checkpoint")
         params, _ = load_checkpoint(Path(ck[1]), ck[2], at_rest=self.at_rest)
+        # a model leaving the federation: who, which job, how much (the alert scanner learns each user's usual)
+        self.audit.model_exported(job_id=job_id, user=peer.name, source=peer.source, size=params.nbytes)
         return params
 
     def model_signature(self, peer: Peer, job_id: str) -> bytes:
