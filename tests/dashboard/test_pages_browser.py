@@ -295,6 +295,20 @@ def test_catalog_search_shows_metadata_and_coarse_counts_only(gov: Governed, pag
 
 
 def test_node_page_shows_datasets_and_verifies_its_own_audit_chain(gov: Governed, page: Any) -> None:
+    import datetime as dt
+
+    from medfed.data.consent import ConsentRecord, ConsentStatus, ConsentStore
+    from medfed.node.datasets import consent_path
+
+    path = consent_path(gov.states / "alpha")
+    assert path is not None
+    store, day = ConsentStore(path), dt.date(2026, 1, 5)
+    store.add([ConsentRecord(patient_id=f"w{p}", purpose="*", status=status, date=day)
+               for p, status in ((1, ConsentStatus.PERMIT), (2, ConsentStatus.DENY), (3, ConsentStatus.PERMIT))],
+              source="test.csv", at=dt.datetime(2026, 1, 5, tzinfo=dt.UTC))  # fmt: skip
+    store.add([ConsentRecord(patient_id="w3", purpose="*", status=ConsentStatus.DENY, date=day + dt.timedelta(days=1))],
+              source="withdraw", at=dt.datetime(2026, 1, 6, tzinfo=dt.UTC))  # fmt: skip
+    store.close()
     _node_login(gov, page)
     page.goto(gov.node_url + "/datasets")
     shot(page, "node-datasets")
@@ -303,6 +317,8 @@ def test_node_page_shows_datasets_and_verifies_its_own_audit_chain(gov: Governed
     rows = sum(len((folder / f).read_text().splitlines()) - 1 for f in ("train.csv", "test.csv"))
     assert row.locator("td.num").inner_text() == str(rows)
     assert "valid" in row.inner_text()
+    counts = {k: page.inner_text(f"[data-testid=consent-{k}]") for k in ("patients", "in", "out")}
+    assert counts == {"patients": "3", "in": "1", "out": "2"}  # w3 withdrew after opting in
     page.goto(gov.node_url + "/audit")
     with page.expect_navigation():
         page.click("[data-testid=verify]")
