@@ -74,6 +74,14 @@ class NodeConfig:
     log_file: Path | None
 
 
+def is_declared_dataset(table: Mapping[str, Any]) -> bool:
+    """Whether a ``[datasets.<name>]`` table declares a dataset (read by
+    :func:`medfed.data.sources.parse_dataset`): one with ``columns`` (csv, parquet, fhir, omop), or a
+    dicom or notes one, which has a fixed table (``format``, or its older spelling ``kind``).
+    Anything else is a legacy directory of train.csv and test.csv."""
+    return "columns" in table or table.get("format", table.get("kind")) in ("dicom", "notes")
+
+
 def load_node_config(path: Path) -> NodeConfig:
     """Parse a ``site.toml``: ``[site]``, ``[tls]``, ``[datasets.<name>]``, optional ``[node]``."""
     doc = read_toml(path)
@@ -86,7 +94,7 @@ def load_node_config(path: Path) -> NodeConfig:
     node = _node_table(doc, path)
     for ds_name, ds in (doc.get("datasets") or {}).items():
         # a declared dataset (csv, parquet, fhir, omop with columns; dicom and notes have a fixed table)
-        if isinstance(ds, dict) and ("columns" in ds or ds.get("format") in ("dicom", "notes")):
+        if isinstance(ds, dict) and is_declared_dataset(ds):
             datasets[ds_name] = _declared(ds_name, ds, path)
             continue
         if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):

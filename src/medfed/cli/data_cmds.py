@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from medfed.cli.config import read_toml
+from medfed.cli.config import is_declared_dataset, read_toml
 from medfed.core.errors import ConfigError, DataError, ValidationError
 from medfed.data.catalog import CatalogEntry, entry_for, search
 from medfed.data.profile import profile_dataset
@@ -75,7 +75,7 @@ def load_declarations(path: Path, only: list[str] | None = None) -> SiteDatasets
     for name, table in tables.items():
         if (only and name not in only) or not isinstance(table, dict):
             continue
-        if "columns" not in table and table.get("format") not in ("dicom", "notes"):  # those have a fixed table
+        if not is_declared_dataset(table):
             continue
         try:
             decls[name] = parse_dataset(name, table, base=path.parent, where=str(path))
