@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.support import Processes, sites_online, wait_until
+from integration.support import Processes, sites_online, standing_rule, wait_until
 from medfed.cli.main import main
 
 SITES = ("alpha", "beta", "gamma")
@@ -35,7 +35,8 @@ def test_query_submit_against_real_processes_honours_each_sites_policy(
     strict = fed.site_toml("gamma")  # gamma answers only cohorts of 1000 patients or more
     strict.write_text(strict.read_text() + "\n[disclosure]\nmin_cohort = 1000\n")
     processes.coordinator(tmp_path / "state")
-    for site in SITES:
+    for site in SITES:  # approval is on by default: each site admin covers this feasibility query
+        standing_rule(fed, site, task="query")
         processes.node(site)
     client = processes.client()
     try:
