@@ -357,29 +357,11 @@ def _node_check(cfg: Any) -> int:
 # --- jobs ----------------------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace) -> Any:
-    from medfed.cli.config import load_client_config, read_api_token, read_session
-    from medfed.transport.grpc_client import ResearcherClient
-
-    path = _client_path(args)
-    cfg = load_client_config(path)
-    # who the person is at a coordinator with a user store: an API token given with --token-file, else the
-    # session of `medfed login --config`, else an API token in $MEDFED_TOKEN
-    token_file = getattr(args, "token_file", None)
-    session = "" if token_file is not None else read_session(path)
-    token = "" if session else read_api_token(token_file)
-    return ResearcherClient(cfg.coordinator, cfg.tls, session=session, token=token)
-
-
-def _client_path(args: argparse.Namespace) -> Path:
-    return Path(args.config or os.environ.get("MEDFED_CLIENT_CONFIG", "client.toml"))
-
-
 def _job(args: argparse.Namespace) -> int:
+    from medfed.cli.client import client_config_path, coordinator_client
     from medfed.cli.views import print_job, print_job_list, watch_job
 
-    client = _client(args)
-    try:
+    with coordinator_client(args) as client:  # the person's token or login session (cli/client.py)
         if args.action == "submit":
             try:
                 text = args.spec.read_text()
@@ -406,29 +388,15 @@ def _job(args: argparse.Namespace) -> int:
 
                 print_query(view)
             elif "synthesis_result" in view:  # a synthesis job: the combined table, not a model
-                _synthesis_result(view, args.out)
+                from medfed.cli.synth_job_cmds import print_synthesis
+
+                print_synthesis(view, args.out)
                 return 0
             else:
                 print_job(view, detail=True)
             if args.out:
-                _save_model(client, args.job_id, args.out, kit=_client_path(args).parent)
-    finally:
-        client.close()
+                _save_model(client, args.job_id, args.out, kit=client_config_path(args).parent)
     return 0
-
-
-def _synthesis_result(view: dict[str, Any], out: Path | None) -> None:
-    """Print a synthesis job's sites and reasons; with ``out``, write its combined table (CSV)."""
-    from medfed.coordinator.synthesis import describe, result_from_json
-    from medfed.security.fsio import atomic_write
-
-    outcome = result_from_json(view["synthesis_result"])
-    print(f"job {view['job_id']} ({view['name']}): {view['state']}")
-    print("\n".join(describe(outcome)))
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, outcome.combined.to_csv(index=False).encode("utf-8"))
-        print(f"combined synthetic table written to {out}")
 
 
 def _save_model(client: Any, job_id: str, out: Path, *, kit: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from medfed.cli.client import add_client_args, coordinator_client
 from medfed.cli.config import is_declared_dataset, read_toml
 from medfed.core.errors import ConfigError, DataError, ValidationError
 from medfed.data.catalog import CatalogEntry, entry_for, search
@@ -46,6 +47,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="search every site's published catalog at the coordinator (--config is then your client.toml)",
     )
+    add_client_args(s, config=False)  # --token-file; --config is _common's (client.toml with --federation)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -216,15 +218,8 @@ def _deid_dicom(args: argparse.Namespace) -> int:
 
 def _search_federation(args: argparse.Namespace) -> int:
     """The query against every site's catalog at the coordinator (as a researcher or admin)."""
-    from medfed.cli.config import load_client_config
-    from medfed.transport.grpc_client import ResearcherClient
-
-    cfg = load_client_config(args.config)
-    client = ResearcherClient(cfg.coordinator, cfg.tls)
-    try:
+    with coordinator_client(args) as client:  # the person's token or login session
         found = client.search_catalog(args.query)
-    finally:
-        client.close()
     if args.json:
         print(json.dumps(found))
         return 0

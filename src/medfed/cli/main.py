@@ -103,9 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     result.add_argument("--out", type=Path, help="write the final model here (.npz, no pickle)")
     result.add_argument("--json", action="store_true", help="print the full job view as JSON")
     jsub.add_parser("list")
+    from medfed.cli.client import add_client_args  # --config client.toml, --token-file
+
     for j in (submit, result, *(jsub.choices[n] for n in ("status", "watch", "cancel", "list"))):
-        j.add_argument("--config", type=Path, help="client.toml (default: $MEDFED_CLIENT_CONFIG or ./client.toml)")
-        j.add_argument("--token-file", type=Path, help="API token to send instead of a login session ($MEDFED_TOKEN)")
+        add_client_args(j)
 
     # each area registers its own commands: data/catalog, users/login/approvals/alerts, audit/backup/keys, synth
     from medfed.cli import consent_cmds, data_cmds, people_cmds, security_cmds, synth_cmds

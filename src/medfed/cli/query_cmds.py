@@ -28,6 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from medfed.cli.client import add_client_args, coordinator_client
 from medfed.cli.query_views import print_result
 from medfed.coordinator.queries import result_from_json, write_report
 from medfed.core.errors import ConfigError, JobError
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--html", type=Path, help="also write the HTML report here")
     r.set_defaults(query_handler=_result)
     for p in (s, r):
-        p.add_argument("--config", type=Path, help="client.toml (default: $MEDFED_CLIENT_CONFIG or ./client.toml)")
+        add_client_args(p)  # --config client.toml, --token-file (else the login session, else $MEDFED_TOKEN)
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -61,19 +62,12 @@ def dispatch(args: argparse.Namespace) -> int:
     return int(handler(args))
 
 
-def _client(args: argparse.Namespace) -> Any:
-    from medfed.cli.commands import _client as client  # one place reads client.toml
-
-    return client(args)
-
-
 def _submit(args: argparse.Namespace) -> int:
     try:
         text = args.spec.read_text()
     except OSError as exc:
         raise ConfigError(f"{args.spec}: {exc.strerror or exc}") from None
-    client = _client(args)
-    try:
+    with coordinator_client(args) as client:
         view = client.submit_job(text, str(args.spec))
         print(f"query job {view['job_id']} submitted ({view['name']}, spec sha256 {view['spec_hash'][:12]})")
         if not args.wait:
@@ -85,17 +79,12 @@ def _submit(args: argparse.Namespace) -> int:
             time.sleep(0.2)
             view = client.get_job(view["job_id"])
         print_query(view, html=args.html)
-    finally:
-        client.close()
     return 0
 
 
 def _result(args: argparse.Namespace) -> int:
-    client = _client(args)
-    try:
+    with coordinator_client(args) as client:
         print_query(client.get_job(args.job_id), html=args.html)
-    finally:
-        client.close()
     return 0
 
 

@@ -117,6 +117,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--site-column", default="site")
     c.set_defaults(synth_handler=_combine)
+    from medfed.cli import synth_job_cmds  # submit, result: synthesis jobs at the coordinator
+
+    synth_job_cmds.register(ssub)
 
 
 def _site_args(p: argparse.ArgumentParser, *, required: bool) -> None:
