@@ -10,6 +10,10 @@ Composition: within a job, ε is computed for the job's total number of DP-SGD s
 usage is ``max(reserved, committed)`` while it is open and ``committed`` once it closed, so an
 open reservation blocks what it may still need. Every change is also appended to ``events``,
 the ledger's own audit trail (no patient data, only dataset, job, ε, δ and time).
+
+Closing a job gives back what it reserved and did not commit, and records that amount in its
+``close`` event; the ledger computes it, so no caller (nor a coordinator telling the node that a
+job ended) can return more than ``reserved - committed`` or return it twice. Real spend stays.
 """
 
 from __future__ import annotations
@@ -68,6 +72,16 @@ class JobSpend:
     delta_spent: float
     steps: int
     open: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Release:
+    """What closing one job's account gave back: its reservation beyond its committed spend."""
+
+    dataset: str
+    job_id: str
+    epsilon: float
+    delta: float
 
 
 class PrivacyLedger:
@@ -185,14 +199,45 @@ class PrivacyLedger:
             self._event(dataset, job_id, "commit", epsilon, delta, f"steps={steps}")
             self._db.execute("COMMIT")
 
-    def close_job(self, dataset: str, job_id: str) -> None:
-        """Release what the job reserved beyond what it spent."""
+    def close_job(self, dataset: str, job_id: str, *, reason: str = "final evaluation") -> Release | None:
+        """Close the job's account: what it reserved beyond what it committed is given back.
+
+        Returns what was released, or ``None`` when the job holds no open account on ``dataset``
+        (never opened, or closed already: closing is idempotent). The ``close`` event records the
+        released (ε, δ) and ``reason``.
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            cur = self._db.execute("UPDATE jobs SET open=0 WHERE dataset=? AND job_id=? AND open=1", (dataset, job_id))
-            if cur.rowcount:
-                self._event(dataset, job_id, "close", 0.0, 0.0)
+            row = self._db.execute(
+                "SELECT reserved_epsilon, reserved_delta, spent_epsilon, spent_delta FROM jobs"
+                " WHERE dataset=? AND job_id=? AND open=1",
+                (dataset, job_id),
+            ).fetchone()
+            if row is None:
+                self._db.execute("COMMIT")
+                return None
+            self._db.execute("UPDATE jobs SET open=0 WHERE dataset=? AND job_id=? AND open=1", (dataset, job_id))
+            eps, delta = max(0.0, row[0] - row[2]), max(0.0, row[1] - row[3])
+            self._event(dataset, job_id, "close", eps, delta, f"released; {reason}")
             self._db.execute("COMMIT")
+        return Release(dataset=dataset, job_id=job_id, epsilon=eps, delta=delta)
+
+    def release_job(self, job_id: str, *, reason: str) -> list[Release]:
+        """Close ``job_id``'s open accounts on every dataset (a job that ended without its final
+        evaluation); what each gave back, empty when none was open."""
+        with self._lock:
+            rows = self._db.execute("SELECT dataset FROM jobs WHERE job_id=? AND open=1", (job_id,)).fetchall()
+        out = [self.close_job(ds, job_id, reason=reason) for (ds,) in rows]
+        return [r for r in out if r is not None]
+
+    def open_jobs(self, *, limit: int = 256) -> list[str]:
+        """Ids of the jobs holding an open account on any dataset, oldest first (at most ``limit``)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id FROM jobs WHERE open=1 GROUP BY job_id ORDER BY MIN(created), job_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def events(self, dataset: str) -> list[dict[str, object]]:
         """The ledger's audit trail for ``dataset``, oldest first."""
