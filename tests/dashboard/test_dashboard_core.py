@@ -283,3 +283,40 @@ def test_login_returns_to_the_page_asked_for_with_its_query(dash: Dashboard, pag
         page.click("form[action='/login'] button[type=submit]")
 
     assert page.url == dash.url + "/jobs?x=1&y=2"
+
+
+def test_a_model_download_is_one_export_with_its_source_and_the_signature_none(dash: Dashboard, page: Any) -> None:
+    # Arrange: a completed job of the researcher's
+    job_id = dash.submit(RESEARCHER, name="export-count", rounds=1)
+    dash.wait_job(job_id)
+    dash.login(page, RESEARCHER)
+
+    def exports() -> list[dict[str, object]]:
+        return [e[2] for e in dash.audit_actions() if e[0] == "data.exported" and e[2].get("job_id") == job_id]
+
+    # Act
+    model = page.request.get(f"{dash.url}/jobs/{job_id}/model.npz")
+    after_model = exports()
+    signature = page.request.get(f"{dash.url}/jobs/{job_id}/signature.json")
+
+    # Assert: the model left once, from the browser's address; the signature is no second export
+    assert model.status == 200 and signature.status == 200
+    assert len(after_model) == 1
+    assert after_model[0]["user"] == RESEARCHER and after_model[0]["source"] == "127.0.0.1"
+    assert (
+        after_model[0]["bytes"]
+        == Parameters.from_numpy(dict(np.load(io.BytesIO(model.body()), allow_pickle=False))).nbytes
+    )
+    assert exports() == after_model
+
+
+def test_a_stranger_cannot_tell_which_job_ids_exist(dash: Dashboard, page: Any) -> None:
+    job_id = dash.submit(RESEARCHER, name="exists", rounds=1)
+
+    answers = {
+        path: page.request.get(f"{dash.url}{path}", max_redirects=0)
+        for path in (f"/jobs/{job_id}", "/jobs/no-such-job", f"/jobs/{job_id}/progress.json", "/jobs/nope/report")
+    }
+
+    assert {p: r.status for p, r in answers.items()} == dict.fromkeys(answers, 303)
+    assert all(r.headers["location"].startswith("/login?next=") for r in answers.values())

@@ -39,9 +39,10 @@ LOSS_KEYS = ("eval_loss", "train_loss")
 SITE_METRICS = ("eval_accuracy", "eval_auc", "eval_loss", "train_loss")
 
 
-def trusted_peer(user_id: str) -> Peer:
-    """The peer the Coordinator sees once the role matrix allowed the request (as PeopleGuard does)."""
-    return Peer(name=user_id, role=Role.ADMIN)
+def trusted_peer(user_id: str, source: str = "") -> Peer:
+    """The peer the Coordinator sees once the role matrix allowed the request (as PeopleGuard does);
+    ``source`` is the browser's address (audited with a model export)."""
+    return Peer(name=user_id, role=Role.ADMIN, source=source)
 
 
 def _number(value: Any) -> float | None:
@@ -131,16 +132,16 @@ def comparison_rows(view: dict[str, Any]) -> tuple[list[str], list[dict[str, Any
     return metrics, out
 
 
-def model_npz(coordinator: Coordinator, user_id: str, job_id: str) -> tuple[bytes, bytes]:
-    """The final model as a plain ``.npz`` (no pickle) and its signature JSON (empty if unsigned).
+def model_npz(coordinator: Coordinator, peer: Peer, job_id: str) -> bytes:
+    """The final model as a plain ``.npz`` (no pickle); audited as a model export (``data.exported``).
 
-    The signature covers the parameters (:func:`medfed.crypto.signing.model_digest`), not the file,
-    so ``medfed`` verifies the download as it verifies ``medfed job result --out``."""
-    peer = trusted_peer(user_id)
+    Its signature (``coordinator.model_signature``) covers the parameters
+    (:func:`medfed.crypto.signing.model_digest`), not the file, so ``medfed`` verifies the download
+    as it verifies ``medfed job result --out``."""
     params: Parameters = coordinator.fetch_model(peer, job_id)
     buf = io.BytesIO()
     np.savez(buf, allow_pickle=False, **params.to_dict())
-    return buf.getvalue(), coordinator.model_signature(peer, job_id)
+    return buf.getvalue()
 
 
 def report_path(state_dir: Path, job_id: str) -> Path:

@@ -54,7 +54,8 @@ deadline_s = 60.0
 MAX_SPEC_BYTES = 64 * 1024
 
 
-def _job_resource(request: Request, job_id: str) -> tuple[Resource, Any]:
+def _job_resource(request: Request, job_id: str, *, touch: bool = True) -> tuple[Resource, Any]:
+    require(request, touch=touch)  # a login first: no answer (404 or not) tells a stranger which jobs exist
     if not _JOB_ID.fullmatch(job_id):
         raise HTTPException(404, f"no job with id {job_id!r}")
     row = ctx(request).coordinator.store.job(job_id)
@@ -128,7 +129,7 @@ async def cancel(request: Request) -> Response:
 
 
 def progress_json(request: Request) -> Response:
-    resource, row = _job_resource(request, request.path_params["job_id"])
+    resource, row = _job_resource(request, request.path_params["job_id"], touch=False)
     require(request, Action.JOB_READ, resource, touch=False)  # the page polls: not a sign of a person
     view = job_view(ctx(request).coordinator.store, row, detail=True)
     return JSONResponse(job_data.progress(view))
@@ -142,14 +143,16 @@ def _attachment(body: bytes, filename: str, media_type: str) -> Response:
 def model(request: Request) -> Response:
     resource, row = _job_resource(request, request.path_params["job_id"])
     principal = require(request, Action.RESULT_READ, resource)
-    npz, _ = job_data.model_npz(ctx(request).coordinator, principal.user_id, row.job_id)
+    peer = job_data.trusted_peer(principal.user_id, request.client.host if request.client else "")
+    npz = job_data.model_npz(ctx(request).coordinator, peer, row.job_id)
     return _attachment(npz, f"model-{row.job_id}.npz", "application/octet-stream")
 
 
 def signature(request: Request) -> Response:
+    """The signature alone: no model is loaded, so no model export is audited for it."""
     resource, row = _job_resource(request, request.path_params["job_id"])
     principal = require(request, Action.RESULT_READ, resource)
-    _, signed = job_data.model_npz(ctx(request).coordinator, principal.user_id, row.job_id)
+    signed = ctx(request).coordinator.model_signature(job_data.trusted_peer(principal.user_id), row.job_id)
     if not signed:
         raise HTTPException(404, f"job {row.job_id}'s model carries no signature")
     return _attachment(signed, f"model-{row.job_id}.sig.json", "application/json")
