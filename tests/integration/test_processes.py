@@ -11,6 +11,7 @@ import pytest
 
 from integration.support import SITE_DATA, Processes, job_toml, sites_online, wait_job, wait_until
 from medfed.core.errors import TransportError
+from medfed.crypto.aead import is_envelope
 from medfed.transport.grpc_client import ResearcherClient
 
 SITES = tuple(SITE_DATA)
@@ -115,6 +116,9 @@ def test_coordinator_killed_mid_job_resumes_from_its_last_completed_round(proces
     for rnd in range(done + 1, 7):
         assert after_rounds[rnd] > restarted_at
     assert sorted(after_ckpts) == list(range(0, 7))
+    # sealed at rest by default: the kit's data.keys, no --key-file needed
+    stored = [p for p in (state / "checkpoints").rglob("*") if p.is_file()] + list((state / "models").glob("*.npz"))
+    assert stored and all(is_envelope(p.read_bytes()) for p in stored), stored
 
 
 def _view_when_done(client: ResearcherClient, job_id: str) -> dict | None:

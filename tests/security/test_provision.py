@@ -85,7 +85,7 @@ def test_layout(fed: ProvisionResult) -> None:
         "ca/ca.key",
         "ca/crl.pem",
         "ca/serials.json",
-        *(f"coordinator/{f}" for f in (*KIT_FILES, "crl.pem", "signing.key", "signing.key.pub")),
+        *(f"coordinator/{f}" for f in (*KIT_FILES, "crl.pem", "signing.key", "signing.key.pub", "data.keys")),
         *(f"sites/{s}/{f}" for s in ("cleveland", "hungary") for f in (*KIT_FILES, "site.toml", COORDINATOR_PUB)),
         *(f"users/{u}/{f}" for u in ("alice", "bob") for f in (*KIT_FILES, "client.toml", COORDINATOR_PUB)),
     ]
@@ -102,9 +102,9 @@ def test_layout(fed: ProvisionResult) -> None:
 
 
 def test_private_keys_are_0600_and_ca_dir_0700(fed: ProvisionResult) -> None:
-    keys = [fed.root / "ca" / "ca.key", *fed.root.rglob("key.pem")]
+    keys = [fed.root / "ca" / "ca.key", *fed.root.rglob("key.pem"), fed.root / "coordinator" / "data.keys"]
 
-    assert len(keys) == 6
+    assert len(keys) == 7
     assert all(_mode(k) == 0o600 for k in keys)
     assert _mode(fed.root / "ca") == 0o700
     assert _mode(fed.root / "sites" / "cleveland" / "cert.pem") & 0o044  # certificates readable

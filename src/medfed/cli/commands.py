@@ -51,7 +51,8 @@ def dispatch(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from medfed.cli.demo import DemoOptions, run_demo
 
-    opts = DemoOptions(workdir=args.workdir, rounds=args.rounds, strategy=args.strategy, report=args.report, dp=args.dp)
+    opts = DemoOptions(workdir=args.workdir, rounds=args.rounds, strategy=args.strategy, report=args.report, dp=args.dp,
+                       dashboard=args.dashboard, keep_open=args.keep_open, totp_code=args.totp_code)  # fmt: skip
     return run_demo(opts)
 
 
@@ -139,10 +140,20 @@ def _coordinator(args: argparse.Namespace) -> int:
         log.info("job %s finished (%s); report %s", job_id, view["state"], path)
 
     keyring = None
-    if args.key_file is not None:  # opt-in: without it checkpoints and models stay plaintext .npz
+    # sealed at rest by default: --key-file, else the data key provisioning put in the kit (outside
+    # the state directory); only a kit from an older release without one leaves them plaintext
+    from medfed.security.provision import DATA_KEYS
+
+    key_file: Path | None = args.key_file
+    if key_file is None and (args.kit / DATA_KEYS).is_file():
+        key_file = args.kit / DATA_KEYS
+    if key_file is not None:
         from medfed.security.keys import read_keyring_file
 
-        keyring = read_keyring_file(args.key_file, data_dirs=(state,))
+        keyring = read_keyring_file(key_file, data_dirs=(state,))
+        print(f"checkpoints and models are sealed at rest with {key_file}", flush=True)
+    else:
+        log.warning("no --key-file and no %s in the kit: checkpoints and models stay plaintext", DATA_KEYS)
     settings = CoordinatorSettings(
         state_dir=state,
         heartbeat_interval_s=args.heartbeat,

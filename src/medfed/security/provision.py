@@ -4,7 +4,7 @@ Layout written by :func:`provision` (keys are ``0600``, the ``ca/`` directory ``
 
     <out_dir>/
       ca/ca.pem  ca/ca.key  ca/crl.pem  ca/serials.json
-      coordinator/ca.pem  cert.pem  key.pem  crl.pem  signing.key  signing.key.pub
+      coordinator/ca.pem  cert.pem  key.pem  crl.pem  signing.key  signing.key.pub  data.keys
       sites/<name>/ca.pem  cert.pem  key.pem  site.toml  coordinator-signing.pub
       users/<name>/ca.pem  cert.pem  key.pem  client.toml  coordinator-signing.pub
 
@@ -37,6 +37,7 @@ from medfed.crypto import (
 )
 from medfed.crypto.signing import SigningKey, generate_signing_key, sign_bytes, verify_bytes
 from medfed.security.fsio import PRIVATE, PUBLIC, atomic_write, exclusive_lock
+from medfed.security.keys import generate_keyring_file
 from medfed.security.plan import (
     COORDINATOR_NAME,
     USER_ROLES,
@@ -47,6 +48,7 @@ from medfed.security.registry import IssuedIdentity, Registry
 
 __all__ = [
     "COORDINATOR_PUB",
+    "DATA_KEYS",
     "SIGNING_KEY",
     "ProvisionResult",
     "add_site",
@@ -59,6 +61,9 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 #: The coordinator's Ed25519 key in its kit (``.pub`` beside it), and its public half in every other kit.
 SIGNING_KEY = "signing.key"
+#: The coordinator's AES-256 keyring (checkpoints and models sealed at rest), kept in its kit: outside
+#: the state directory, owner-only.
+DATA_KEYS = "data.keys"
 COORDINATOR_PUB = "coordinator-signing.pub"
 
 
@@ -222,6 +227,7 @@ def _build(plan: FederationPlan, root: Path, now: dt.datetime) -> ProvisionResul
     )
     registry = _issue(root, ca, registry, _coordinator_spec(plan), now)
     open_signing_key(root / COORDINATOR_NAME / SIGNING_KEY)  # signs models and audit checkpoints
+    generate_keyring_file(root / COORDINATOR_NAME / DATA_KEYS, f"{now:%Y-%m}")  # seals checkpoints and models
     specs = [IdentitySpec(name=s, role=Role.NODE, validity_days=plan.validity_days) for s in plan.sites]
     specs += [IdentitySpec(name=u.name, role=u.role, validity_days=plan.validity_days) for u in plan.users]
     for spec in specs:
