@@ -251,6 +251,9 @@ class PeopleGuard:
     def submit(self, peer: Peer, result: ResultMessage) -> None:
         self._inner.submit(peer, result)
 
+    def jobs_ended(self, peer: Peer, job_ids: tuple[str, ...]) -> dict[str, str]:
+        return self._inner.jobs_ended(peer, job_ids)
+
     # --- people-facing -----------------------------------------------------------------------
 
     def submit_job(self, peer: Peer, spec_toml: str, source_name: str) -> JobViewDict:

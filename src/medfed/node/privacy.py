@@ -7,23 +7,40 @@ to run DP-SGD, and commits the real spend after each task. A dataset with a budg
 without differential privacy; a DP job on a dataset without a budget is refused too (the data
 owner has not said what may be spent). The spend travels back as metrics, so the job result
 shows it per site.
+
+A job that ends without its final evaluation here (it failed, was cancelled, or went on without
+this site) leaves its reservation open. :func:`release_ended_jobs` gives the unspent rest back:
+the node asks the coordinator which of its open reservations belong to jobs that are over (at
+every registration and every few seconds while it holds any) and closes those in its ledger.
+The node pulls rather than waits for a pushed "job ended" task because both facts already live
+in durable stores (the ledger's open accounts, the coordinator's job states): nothing has to be
+queued, and a node that was offline or restarted, or a coordinator that restarted, needs no
+replay: the next question finds every ended job. The coordinator is not trusted with amounts:
+the ledger releases only what the job reserved and did not commit, once; a job the coordinator
+does not know keeps its hold; and a job said to be over cannot reserve again, so a false "ended"
+can only stop that job, never overspend.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 
 import numpy as np
 
 from medfed.core.errors import BudgetExhausted, ConfigError
-from medfed.core.records import PrivacySpec, ResultMessage, TaskKind, TaskMessage
+from medfed.core.records import JobState, PrivacySpec, ResultMessage, TaskKind, TaskMessage
 from medfed.learn.options import TrainOptions
-from medfed.node.ledger import PrivacyLedger
+from medfed.node.ledger import PrivacyLedger, Release
 from medfed.node.middleware import Handler, NodeContext
 from medfed.privacy.accounting import epsilon
 from medfed.privacy.mechanisms import secure_rng
 from medfed.secagg.wire import CLIENT_DP_PREFIX
+from medfed.security.audit_events import AuditAction
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -184,6 +201,35 @@ def _client_level(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultMe
         ledger.commit(task.dataset, task.job_id, epsilon=after, delta=delta, steps=rounds_before + 1)
         result = release_metrics(result, eval_epsilon=eval_eps, site_level=True)
     return _with_spend(result, task, ledger)
+
+
+def release_ended_jobs(ctx: NodeContext, ended: Mapping[str, str], *, asked: Collection[str]) -> list[Release]:
+    """Close the ledger accounts of the jobs the coordinator says are over (``ended``: job id ->
+    final state) and audit each release as ``budget.released``.
+
+    Only answers about jobs the node ``asked`` about and in a finished :class:`JobState` count; the
+    ledger computes each amount (reserved - committed), so nothing here can release more.
+    """
+    ledger = ctx.ledger
+    if ledger is None:
+        return []
+    done: list[Release] = []
+    for job_id, state in sorted(ended.items()):
+        if job_id not in asked or state not in _FINISHED:
+            log.warning("site %s: ignoring the coordinator's answer %r for job %r", ctx.site, state, job_id)
+            continue
+        for release in ledger.release_job(job_id, reason=f"job {state}"):
+            done.append(release)
+            if ctx.governance is not None:
+                fields: dict[str, str | int | float | bool] = {"job_id": job_id, "dataset": release.dataset}
+                fields |= {"outcome": state, "epsilon": release.epsilon, "delta": release.delta}
+                ctx.governance.record(AuditAction.BUDGET_RELEASED, fields)
+            log.info("site %s: job %s %s; released ε=%.4g of its hold on %s", ctx.site, job_id, state,
+                     release.epsilon, release.dataset)  # fmt: skip
+    return done
+
+
+_FINISHED = frozenset(s.value for s in JobState if s.finished)
 
 
 def _with_spend(result: ResultMessage, task: TaskMessage, ledger: PrivacyLedger) -> ResultMessage:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,9 @@ from medfed.learn.registry import load_task
 from medfed.node.governance import open_governance
 from medfed.node.ledger import PrivacyLedger
 from medfed.node.middleware import Handler, Middleware, NodeContext, build_chain, default_middleware, run_task
+from medfed.node.privacy import release_ended_jobs
 from medfed.security.node_policy import NodePolicy
-from medfed.transport.api import CoordinatorLink, Hello
+from medfed.transport.api import MAX_OPEN_JOBS, CoordinatorLink, Hello
 
 if TYPE_CHECKING:
     from medfed.data.sources import DatasetDecl
@@ -71,6 +73,7 @@ class NodeSettings:
     synthetic: ReleasePolicy | None = None  # [synthetic]: what synthesis jobs may release; None: the defaults
     policy: NodePolicy | None = None  # [policy]: which jobs may touch data here (+ approvals); None: no checks
     coordinator_key: bytes | None = None  # the kit's coordinator-signing.pub: models must verify; None: unchecked
+    release_check_s: float = 5.0  # while DP reservations are open: how often to ask which of their jobs ended
 
 
 def open_ledger(settings: NodeSettings) -> PrivacyLedger | None:
@@ -126,6 +129,7 @@ class NodeRuntime:
         self._registered = threading.Event()
         self._heartbeat_s = 1.0  # until the coordinator's Welcome says otherwise
         self.tasks_done = 0
+        self._release_checked = 0.0  # time.monotonic() of the last question about ended jobs
         self.publisher: Publisher | None = None  # the catalog of declared datasets, sent when registering
 
     def stop(self) -> None:
@@ -171,6 +175,22 @@ class NodeRuntime:
         self._heartbeat_s = welcome.heartbeat_interval_s
         self._registered.set()
         log.info("site %s registered with coordinator %s", welcome.site, welcome.coordinator_version)
+        self._release_ended()  # a job may have ended while we were away (or before a restart)
+
+    def _release_ended(self) -> None:
+        """Ask which jobs holding open reservations in the ledger are over; give their unspent
+        rest back (:func:`medfed.node.privacy.release_ended_jobs`)."""
+        self._release_checked = time.monotonic()
+        ledger = self.context.ledger
+        asked = ledger.open_jobs(limit=MAX_OPEN_JOBS) if ledger is not None else []
+        if not asked:
+            return
+        try:
+            ended = self.link.jobs_ended(tuple(asked))
+        except (TransportError, ValidationError) as exc:  # asked again later; polling reports a lost link
+            log.warning("site %s: could not ask which jobs ended: %s", self.settings.site, exc)
+            return
+        release_ended_jobs(self.context, ended, asked=set(asked))
 
     def _serve(self) -> None:
         while not self.stop_event.is_set() and self._registered.is_set():
@@ -181,8 +201,10 @@ class NodeRuntime:
                 return
             if isinstance(got, float):
                 self.stop_event.wait(min(got, 1.0))
-                continue
-            self._handle(got)
+            else:
+                self._handle(got)
+            if time.monotonic() - self._release_checked >= self.settings.release_check_s:
+                self._release_ended()
 
     def _handle(self, task: TaskMessage) -> None:
         self.context.begin(task)

@@ -40,6 +40,7 @@ class AuditAction(enum.StrEnum):
     DATA_ACCESSED = "data.accessed"
     DATA_EXPORTED = "data.exported"
     BUDGET_SPENT = "budget.spent"
+    BUDGET_RELEASED = "budget.released"  # node: an ended job's unspent reservation went back to the budget
     LOGIN_SUCCEEDED = "login.succeeded"
     LOGIN_FAILED = "login.failed"
     LOGOUT = "logout"

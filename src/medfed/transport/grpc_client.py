@@ -150,6 +150,13 @@ class GrpcCoordinatorLink(_Client):
 
         return self._rpc(call)
 
+    def jobs_ended(self, job_ids: tuple[str, ...]) -> dict[str, str]:
+        req = pb.OpenJobs(job_ids=list(job_ids))
+        reply = self._rpc(
+            lambda: self._stub.JobsEnded(req, timeout=self._timeout, metadata=self._signed("JobsEnded", req))
+        )
+        return dict(reply.states)
+
     def submit(self, result: ResultMessage) -> None:
         # the signed digest of an upload covers every frame: one pass to hash, one to send
         digest = StreamDigest.of(codec.result_frames(result))

@@ -263,6 +263,11 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
             return
         yield from codec.task_frames(outcome.task)
 
+    def JobsEnded(self, request: pb.OpenJobs, context: grpc.ServicerContext) -> pb.EndedJobs:  # noqa: N802
+        peer = self._peer(context, NODE_ROLES, "JobsEnded", request)
+        states = self._call(context, lambda: self._api.jobs_ended(peer, tuple(request.job_ids)))
+        return pb.EndedJobs(states=states)
+
     def SubmitResult(self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext) -> pb.Ack:  # noqa: N802
         peer, signed = self._signed_peer(context, NODE_ROLES, "SubmitResult", None)
         digest = StreamDigest()

@@ -190,6 +190,25 @@ class Ack(_message.Message):
     message: str
     def __init__(self, accepted: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
 
+class OpenJobs(_message.Message):
+    __slots__ = ("job_ids",)
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EndedJobs(_message.Message):
+    __slots__ = ("states",)
+    class StatesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    states: _containers.ScalarMap[str, str]
+    def __init__(self, states: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class JobRequest(_message.Message):
     __slots__ = ("spec_toml", "source_name")
     SPEC_TOML_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class FederationStub:
                 request_serializer=medfed_dot_transport_dot_medfed__pb2.Frame.SerializeToString,
                 response_deserializer=medfed_dot_transport_dot_medfed__pb2.Ack.FromString,
                 _registered_method=True)
+        self.JobsEnded = channel.unary_unary(
+                '/medfed.v1.Federation/JobsEnded',
+                request_serializer=medfed_dot_transport_dot_medfed__pb2.OpenJobs.SerializeToString,
+                response_deserializer=medfed_dot_transport_dot_medfed__pb2.EndedJobs.FromString,
+                _registered_method=True)
         self.SubmitJob = channel.unary_unary(
                 '/medfed.v1.Federation/SubmitJob',
                 request_serializer=medfed_dot_transport_dot_medfed__pb2.JobRequest.SerializeToString,
@@ -115,6 +120,13 @@ class FederationServicer:
 
     def SubmitResult(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JobsEnded(self, request, context):
+        """which of a node's open DP reservations belong to ended jobs
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -186,6 +198,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SubmitResult,
                     request_deserializer=medfed_dot_transport_dot_medfed__pb2.Frame.FromString,
                     response_serializer=medfed_dot_transport_dot_medfed__pb2.Ack.SerializeToString,
+            ),
+            'JobsEnded': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobsEnded,
+                    request_deserializer=medfed_dot_transport_dot_medfed__pb2.OpenJobs.FromString,
+                    response_serializer=medfed_dot_transport_dot_medfed__pb2.EndedJobs.SerializeToString,
             ),
             'SubmitJob': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitJob,
@@ -331,6 +348,33 @@ class Federation:
             '/medfed.v1.Federation/SubmitResult',
             medfed_dot_transport_dot_medfed__pb2.Frame.SerializeToString,
             medfed_dot_transport_dot_medfed__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobsEnded(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medfed.v1.Federation/JobsEnded',
+            medfed_dot_transport_dot_medfed__pb2.OpenJobs.SerializeToString,
+            medfed_dot_transport_dot_medfed__pb2.EndedJobs.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,5 +39,8 @@ class MemoryLink:
         except MedfedError as exc:  # travels as a value on the wire; rebuild it the same way
             raise error_from_kind(error_kind(exc), str(exc)) from None
 
+    def jobs_ended(self, job_ids: tuple[str, ...]) -> dict[str, str]:
+        return dict(self._api.jobs_ended(self._peer, tuple(job_ids)))
+
     def close(self) -> None:
         self.closed = True
