@@ -12,6 +12,7 @@ process from the same public data set, as references: in a real federation they 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -25,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from medfed.cli.views import console, watch_job
-from medfed.core.errors import JobError, TransportError
+from medfed.core.errors import ConfigError, JobError, TransportError
 from medfed.core.params import Parameters
 
 if TYPE_CHECKING:
+    from medfed.cli.demo_dashboard import DemoPeople
     from medfed.security.approvals import StandingRule
 
 SITES = ("cleveland", "hungary", "switzerland", "va_long_beach")
@@ -47,6 +49,9 @@ class DemoOptions:
     strategy: str = ""
     report: Path = Path("medfed-demo-report.html")
     dp: bool = False
+    dashboard: str = ""  # HOST:PORT (loopback): serve the dashboard there; "" for none
+    keep_open: bool = False  # after the job, keep the federation (and dashboard) up until Ctrl-C
+    totp_code: str = ""  # a demo person: print their TOTP code (from --workdir) and do nothing else
 
 
 #: With ``--dp``: DP-SGD noise of the demo job, and each hospital's total budget for its data.
@@ -151,7 +156,11 @@ def _prepare(root: Path, port: int, *, dp: bool) -> None:
 
 
 @contextlib.contextmanager
-def _processes(root: Path, port: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+def _processes(
+    root: Path, port: int, people: DemoPeople | None = None, dashboard: str = ""
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The coordinator and the four nodes; with ``people`` the coordinator gets their user store
+    and serves the dashboard on ``dashboard`` (its stdout, with the URL, goes to logs/coordinator.out)."""
     fed, logs = root / "federation", root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     py = [sys.executable, "-m", "medfed"]
@@ -159,7 +168,13 @@ def _processes(root: Path, port: int) -> Iterator[list[subprocess.Popen[bytes]]]
     try:
         cmd = [*py, "coordinator", "start", "--kit", str(fed / "coordinator"), "--state", str(root / "state"),
                "--listen", f"127.0.0.1:{port}", "--heartbeat", "1"]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(logs / "coordinator.log", "wb")))  # noqa: SIM115
+        out: Any = subprocess.DEVNULL
+        env = None
+        if people is not None:
+            cmd += ["--users", str(people.users_db), "--https", dashboard]
+            out = open(logs / "coordinator.out", "wb")  # noqa: SIM115 - the child owns it; closed on exit
+            env = {**os.environ, **people.coordinator_env()}
+        procs.append(subprocess.Popen(cmd, stdout=out, stderr=open(logs / "coordinator.log", "wb"), env=env))  # noqa: SIM115
         for site in SITES:
             cmd = [*py, "node", "start", "--config", str(fed / "sites" / site / "site.toml")]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(logs / f"{site}.log", "wb")))  # noqa: SIM115
@@ -174,13 +189,19 @@ def _processes(root: Path, port: int) -> Iterator[list[subprocess.Popen[bytes]]]
                 p.kill()
 
 
-def _connect(root: Path, procs: list[subprocess.Popen[bytes]], timeout_s: float = 180.0) -> Any:
+def _connect(
+    root: Path, procs: list[subprocess.Popen[bytes]], people: DemoPeople | None = None, timeout_s: float = 180.0
+) -> Any:
     from medfed.cli.config import load_client_config
     from medfed.transport.grpc_client import ResearcherClient
 
     cfg = load_client_config(root / "federation" / "users" / "researcher" / "client.toml")
     client = ResearcherClient(cfg.coordinator, cfg.tls, timeout_s=10.0)
     deadline = time.monotonic() + timeout_s
+    if people is not None:  # a coordinator with a user store: every call needs a session (Login RPC)
+        from medfed.cli.demo_dashboard import login_demo_client
+
+        login_demo_client(client, people, deadline=deadline)
     while True:
         try:
             listing = client.list_jobs()
@@ -197,6 +218,16 @@ def _connect(root: Path, procs: list[subprocess.Popen[bytes]], timeout_s: float 
 
 
 def run_demo(opts: DemoOptions) -> int:
+    if opts.totp_code:  # medfed demo --workdir DIR --totp-code USER: no federation, just the code
+        from medfed.cli.demo_dashboard import print_totp_code
+
+        if opts.workdir is None:
+            raise ConfigError("--totp-code needs --workdir (the demo's work directory it printed)")
+        return print_totp_code(opts.workdir, opts.totp_code)
+    if opts.dashboard:
+        from medfed.cli.demo_dashboard import dashboard_address
+
+        dashboard_address(opts.dashboard)  # a bad address fails before anything starts
     strategy = opts.strategy or DEMO_STRATEGY
     with contextlib.ExitStack() as stack:
         root = opts.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medfed-demo-")))
@@ -205,8 +236,11 @@ def run_demo(opts: DemoOptions) -> int:
         console.print(f"[bold]medfed demo[/]: four hospitals of Fed-Heart-Disease, federation in {root}")
         _prepare(root, port, dp=opts.dp)
         _print_rules(_standing_rules(root))
-        procs = stack.enter_context(_processes(root, port))
-        client = _connect(root, procs)
+        people = _demo_people(root, opts)
+        procs = stack.enter_context(_processes(root, port, people, opts.dashboard))
+        if people is not None:
+            _show_dashboard(root, people, procs[0])
+        client = _connect(root, procs, people)
         console.print("coordinator and 4 nodes are up (gRPC over mutual TLS on 127.0.0.1)")
         view = client.submit_job(job_toml(strategy, opts.rounds, dp=opts.dp), f"demo-{strategy}.toml")
         final = watch_job(client, view["job_id"], timeout_s=600)
@@ -222,7 +256,31 @@ def run_demo(opts: DemoOptions) -> int:
 
         path = write_job_report(final, opts.report, comparison=comparison)
         console.print(f"report written to [bold]{path.resolve()}[/]")
+        if opts.keep_open:
+            from medfed.cli.demo_dashboard import wait_for_interrupt
+
+            console.print("the federation stays up until Ctrl-C", soft_wrap=True)
+            wait_for_interrupt()
+            console.print("stopping the demo federation")
     return 0
+
+
+def _demo_people(root: Path, opts: DemoOptions) -> DemoPeople | None:
+    """With ``--dashboard``: the demo's user store and people (``demo_dashboard``); else ``None``."""
+    if not opts.dashboard:
+        return None
+    from medfed.cli.demo_dashboard import create_demo_people
+
+    return create_demo_people(root)
+
+
+def _show_dashboard(root: Path, people: DemoPeople, coordinator: subprocess.Popen[bytes]) -> None:
+    from medfed.cli.demo_dashboard import dashboard_url, print_access
+
+    url = dashboard_url(
+        root / "logs" / "coordinator.out", deadline=time.monotonic() + 180.0, alive=lambda: coordinator.poll() is None
+    )
+    print_access(url, people, root)
 
 
 def comparison_table(

@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--strategy", default="", help="override the demo's strategy (default: tuned best)")
     demo.add_argument("--report", type=Path, default=Path("medfed-demo-report.html"))
     demo.add_argument("--dp", action="store_true", help="DP-SGD at every hospital, charged to its budget ledger")
+    demo.add_argument("--dashboard", nargs="?", const="127.0.0.1:0", default="", metavar="127.0.0.1:PORT",
+                      help="serve the dashboard (HTTPS, loopback; default any free port) with demo logins")  # fmt: skip
+    demo.add_argument("--keep-open", action="store_true", help="after the job, keep the federation up until Ctrl-C")
+    demo.add_argument("--totp-code", default="", metavar="USER", help="print a demo person's TOTP code (--workdir)")
 
     prov = sub.add_parser("provision", help="create a federation's PKI and startup kits, or change it")
     prov.add_argument("plan", type=Path, nargs="?", help="federation plan (TOML) for a new federation")
