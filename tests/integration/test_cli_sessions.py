@@ -7,14 +7,16 @@ token outside its scopes is refused naming the missing right; nothing is stored 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from integration.support import RESEARCHER, Cluster, Federation
+from integration.support import RESEARCHER, Cluster, Federation, NodeThread
 from integration.test_people_access import PASSWORD, POLICY, Clock, _enrol_totp
 from medfed.cli.client import open_client
 from medfed.cli.config import session_path
@@ -24,8 +26,10 @@ from medfed.coordinator.audit_hooks import CoordinatorAudit
 from medfed.coordinator.people import open_user_store
 from medfed.coordinator.service import CoordinatorSettings
 from medfed.crypto.aead import Keyring, generate_key
+from medfed.node.runtime import NodeRuntime, NodeSettings
 from medfed.security.authz import Action, Principal, UserRole
 from medfed.security.users import UserStore, totp_code
+from medfed.synth.release import ReleasePolicy
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,11 +49,12 @@ kind = "describe"
 columns = ["chol"]
 """
 
-#: A synthesis job (checked at submission; no site needs to run it for these tests).
+#: A synthesis job at alpha (its ledger pays ε = 1).
 SYNTHESIS = """
 [job]
 name = "synthetic-heart"
 dataset = "heart"
+sites = ["alpha"]
 
 [rounds]
 min_nodes = 1
@@ -106,7 +111,8 @@ def desk(fed: Federation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     def users(audit: CoordinatorAudit) -> UserStore:
         return open_user_store(tmp_path / "users.db", keyring=keyring, audit=audit, policy=POLICY, clock=clock)
 
-    settings = CoordinatorSettings(state_dir=tmp_path / "state", heartbeat_interval_s=0.3)
+    # a 2 s heartbeat: an in-process node fitting a synthesizer holds the GIL for a while
+    settings = CoordinatorSettings(state_dir=tmp_path / "state", heartbeat_interval_s=2.0)
     proc = start_coordinator(
         settings, address=f"127.0.0.1:{fed.port}", tls=fed.server_tls(), crl_path=None, users=users
     )  # the port the kits' client.toml names
@@ -168,6 +174,39 @@ def test_a_login_session_carries_query_catalog_and_synth(
     # the coordinator stored both jobs as the researcher's
     jobs = {j.job_id: j.owner for j in desk.cluster.coordinator.store.jobs()}
     assert jobs == {query_id: RESEARCHER, synth_id: RESEARCHER}
+
+
+def test_a_login_session_runs_a_synthesis_job_to_its_combined_table(
+    desk: Desk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Arrange: alpha with an ε budget and a release policy that lets its (noisy, 80-row) scores pass
+    heart = dataclasses.replace(desk.cluster.fed.dataset("alpha"), epsilon_budget=5.0, delta_budget=1e-5)
+    policy = ReleasePolicy(max_mia_auc=1.0)
+    node = NodeSettings(
+        site="alpha", datasets={"heart": heart}, poll_wait_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.5,
+        state_dir=tmp_path / "nodes" / "alpha", synthetic=policy,
+    )  # fmt: skip
+    thread = NodeThread(NodeRuntime(node, desk.cluster.link("alpha")))
+    desk.cluster.nodes.append(thread)  # stopped with the cluster
+    thread.start()
+    desk.cluster.wait_online(["alpha"])
+    desk.login(monkeypatch)
+    capsys.readouterr()
+    out, again = tmp_path / "combined.csv", tmp_path / "again.csv"
+
+    # Act
+    submit = [*desk.commands()["synth submit"], "--wait", "--timeout", "180", "--out", str(out)]
+    code = main(submit)
+    printed = capsys.readouterr()
+    job_id = printed.out.split("synthesis job ", 1)[1].split()[0]
+    result = main(["synth", "result", job_id, "--config", str(desk.config), "--out", str(again)])
+
+    # Assert: alpha's released rows, with the site column, the same table both times
+    assert code == 0, printed
+    assert result == 0, capsys.readouterr()
+    combined = pd.read_csv(out)
+    assert len(combined) > 0 and set(combined["site"]) == {"alpha"}
+    pd.testing.assert_frame_equal(pd.read_csv(again), combined)
 
 
 def test_a_token_works_within_its_scopes_and_is_refused_outside_them(

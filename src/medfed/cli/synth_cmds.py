@@ -18,6 +18,8 @@ they work on local CSV files (development, benchmarks), with no ledger and no au
   Every decision goes to the logger ``medfed.synth.release`` and to the site's audit log.
 * ``combine``: join released CSVs of several sites into one table with a site column, refusing any
   file without a valid manifest (not released by the gate, or changed since).
+* ``submit`` / ``result`` (:mod:`medfed.cli.synth_job_cmds`): the same steps as one federated job
+  with a ``[synthesis]`` table, at the coordinator, as the person logged in (session or API token).
 
 A blocked release or a refused fit exits with status 1 and its reasons.
 """
