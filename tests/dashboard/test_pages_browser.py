@@ -348,6 +348,31 @@ def test_the_node_page_lets_its_auditor_read_but_not_decide_and_ends_idle_sessio
     assert "session ended" in page.inner_text("main")
 
 
+def test_the_node_page_login_returns_to_the_page_asked_for_and_drops_an_ended_sessions_cookie(
+    gov: Governed, page: Any
+) -> None:
+    # Arrange: a browser holding a node-page session cookie the node does not know (ended)
+    page.context.add_cookies([{"name": "medfed_node_session", "value": "ended-long-ago", "url": gov.node_url}])
+
+    # Act: ask for a filtered page, then log in from where it sent us
+    page.goto(gov.node_url + "/audit?x=1&y=2")
+    sent_to = page.url
+    left = {c["name"] for c in page.context.cookies(gov.node_url)}
+    page.fill("#user", KEEPER)
+    page.fill("#password", PASSWORD)
+    with gov.dash._login_lock:
+        code = totp_code(gov.totp[KEEPER], at=gov.dash.clock())
+        gov.dash.clock.advance(30)
+    page.fill("#code", code)
+    with page.expect_navigation():
+        page.click("form[action='/login'] button[type=submit]")
+
+    # Assert: the whole target was one next= value; the ended session's cookie was dropped
+    assert sent_to == gov.node_url + "/login?next=/audit%3Fx%3D1%26y%3D2&expired=1"
+    assert "medfed_node_session" not in left
+    assert page.url == gov.node_url + "/audit?x=1&y=2"
+
+
 def test_an_alert_appears_after_repeated_failed_logins(gov: Governed, page: Any) -> None:
     # Arrange: a burst of failed logins at the dashboard, then the coordinator's alert scan
     for _ in range(9):  # >= 2 x 5 - 1: a burst of 5 lands in one hour window even across a boundary

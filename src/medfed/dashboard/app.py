@@ -36,7 +36,7 @@ from medfed.dashboard.web import (
     render,
 )
 
-__all__ = ["SECURITY_HEADERS", "create_app"]
+__all__ = ["SECURITY_HEADERS", "BodyLimit", "SecurityHeaders", "create_app", "login_redirect"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 CSP = (
@@ -118,14 +118,16 @@ def utc_text(ts: float) -> str:
     return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _login_required(request: Request, exc: Exception) -> Response:
+def login_redirect(request: Request, exc: Exception, *, session_cookie: str = SESSION_COOKIE) -> Response:
+    """The answer to :class:`LoginRequired`: to ``/login``, remembering the page asked for (path and
+    query, one encoded ``next=`` value); the cookie ``session_cookie`` of an ended session is dropped."""
     expired = isinstance(exc, LoginRequired) and exc.expired
     target = quote(
         request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="/"
     )  # the whole target is one parameter value
     response = RedirectResponse(f"/login?next={target}" + ("&expired=1" if expired else ""), status_code=303)
     if expired:
-        response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+        response.delete_cookie(session_cookie, path="/", secure=True, httponly=True, samesite="strict")
     return response
 
 
@@ -160,7 +162,7 @@ def create_app(context: DashboardContext, *, pages: tuple[str, ...] = PAGE_MODUL
     app = Starlette(
         routes=routes,
         exception_handlers={
-            LoginRequired: _login_required,
+            LoginRequired: login_redirect,
             Forbidden: _forbidden,
             MedfedError: _bad_request,
             HTTPException: _http_error,

@@ -10,16 +10,19 @@ reason is in the coordinator's audit log.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from medfed.dashboard.web import PRE_COOKIE, SESSION_COOKIE, check_csrf, ctx, current_principal, render
 from medfed.security.users import AuthenticationFailed, Credentials
 
-__all__ = ["routes", "safe_next", "set_cookie"]
+__all__ = ["Renderer", "login_page", "routes", "safe_next", "set_cookie"]
+#: How a page renders a template: ``(request, template, context, *, status_code)``.
+Renderer = Callable[..., HTMLResponse]
 REFUSED = "Login failed: wrong user, password or code, or the account is locked. Try again later."
 
 
@@ -36,18 +39,26 @@ def safe_next(target: str) -> str:
     return "/"
 
 
-def _login_page(request: Request, *, error: str = "", status_code: int = 200) -> Response:
-    pre = request.cookies.get(PRE_COOKIE, "")
+def login_page(
+    request: Request, page: Renderer, *, pre_cookie: str, error: str = "", status_code: int = 200
+) -> Response:
+    """The login form rendered by ``page``, with a pre-login cookie ``pre_cookie`` (set when absent)
+    that the form's CSRF token is bound to. Shared by the dashboard and the node page."""
+    pre = request.cookies.get(pre_cookie, "")
     if not pre:
         pre = secrets.token_urlsafe(16)
         request.state.pre_token = pre
     expired = request.query_params.get("expired") == "1"
     notice = "Your session ended (idle or expired). Please log in again." if expired and not error else ""
     context = {"error": error, "notice": notice, "next": safe_next(request.query_params.get("next", "/"))}
-    response = render(request, "login.html", context, status_code=status_code)
-    if not request.cookies.get(PRE_COOKIE):
-        set_cookie(response, PRE_COOKIE, pre)
+    response = page(request, "login.html", context, status_code=status_code)
+    if not request.cookies.get(pre_cookie):
+        set_cookie(response, pre_cookie, pre)
     return response
+
+
+def _login_page(request: Request, *, error: str = "", status_code: int = 200) -> Response:
+    return login_page(request, render, pre_cookie=PRE_COOKIE, error=error, status_code=status_code)
 
 
 def login_form(request: Request) -> Response:

@@ -14,8 +14,6 @@ a decision goes through :func:`~medfed.security.approvals.open_site_approvals`, 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import ipaddress
 import logging
 import secrets
@@ -37,8 +35,8 @@ from starlette.templating import Jinja2Templates
 from medfed.core.errors import ConfigError, MedfedError, PermissionDenied, StoreError, ValidationError
 from medfed.crypto.aead import Keyring
 from medfed.dashboard import node_page_data as data
-from medfed.dashboard.app import STATIC_DIR, BodyLimit, SecurityHeaders
-from medfed.dashboard.auth import safe_next, set_cookie
+from medfed.dashboard.app import STATIC_DIR, BodyLimit, SecurityHeaders, login_redirect
+from medfed.dashboard.auth import login_page, safe_next, set_cookie
 from medfed.dashboard.pages.scope import when
 from medfed.dashboard.web import (
     CSRF_FIELD,
@@ -46,6 +44,9 @@ from medfed.dashboard.web import (
     Forbidden,
     LoginRequired,
     NavEntry,
+    allowed,
+    csrf_for,
+    verify_csrf,
 )
 from medfed.node.runtime import NodeSettings
 from medfed.security.approvals import ApprovalState, ApprovalStore, open_site_approvals
@@ -187,16 +188,12 @@ def _require(request: Request, action: Action) -> Principal:
 
 
 def _csrf(request: Request) -> str:
-    binding = request.cookies.get(SESSION_COOKIE, "") if _principal(request) else ""
-    if not binding:
-        binding = "pre:" + str(getattr(request.state, "pre_token", "") or request.cookies.get(PRE_COOKIE, ""))
-    return hmac.new(_ctx(request).csrf_key, binding.encode(), hashlib.sha256).hexdigest()
+    logged_in = _principal(request) is not None
+    return csrf_for(request, _ctx(request).csrf_key, cookies=(SESSION_COOKIE, PRE_COOKIE), logged_in=logged_in)
 
 
 def _check_csrf(request: Request, form: FormData) -> None:
-    sent = form.get(CSRF_FIELD, "")
-    if not isinstance(sent, str) or not sent or not hmac.compare_digest(sent, _csrf(request)):
-        raise Forbidden("the form's CSRF token is missing or stale: reload the page and try again")
+    verify_csrf(form, _csrf(request))
 
 
 def _render(request: Request, template: str, context: dict[str, Any], *, status_code: int = 200) -> HTMLResponse:
@@ -211,14 +208,7 @@ def _render(request: Request, template: str, context: dict[str, Any], *, status_
 
 
 def _login_page(request: Request, *, error: str = "", status_code: int = 200) -> Response:
-    pre = request.cookies.get(PRE_COOKIE, "") or secrets.token_urlsafe(16)
-    request.state.pre_token = pre
-    notice = "Your session ended (idle or expired). Please log in again." if request.query_params.get("expired") else ""
-    context = {"error": error, "notice": notice, "next": safe_next(request.query_params.get("next", "/"))}
-    response = _render(request, "login.html", context, status_code=status_code)
-    if not request.cookies.get(PRE_COOKIE):
-        set_cookie(response, PRE_COOKIE, pre)
-    return response
+    return login_page(request, _render, pre_cookie=PRE_COOKIE, error=error, status_code=status_code)
 
 
 def login_form(request: Request) -> Response:
@@ -279,18 +269,10 @@ def approvals(request: Request, *, message: str = "", error: str = "", status_co
     order = {ApprovalState.PENDING: 0, ApprovalState.APPROVED: 1, ApprovalState.REJECTED: 2}
     items.sort(key=lambda a: (order[a.state], -a.submitted_at))
     shown = [(a, store.spec_text(a.spec_hash), store.diff(a.spec_hash)) for a in items] if store is not None else []
-    may_decide = _allowed(principal, Action.APPROVAL_DECIDE, _ctx(request).site)
+    may_decide = allowed(principal, Action.APPROVAL_DECIDE, Resource.site(_ctx(request).site))
     context = {"items": shown, "rules": [] if store is None else store.rules(), "enabled": store is not None,
                "may_decide": may_decide, "message": message, "error": error}  # fmt: skip
     return _render(request, "node/approvals.html", context, status_code=status_code)
-
-
-def _allowed(principal: Principal, action: Action, site: str) -> bool:
-    try:
-        authorize(principal, action, Resource.site(site))
-    except PermissionDenied:
-        return False
-    return True
 
 
 async def decide(request: Request) -> Response:
@@ -361,8 +343,7 @@ def _home(request: Request) -> Response:
 
 
 def _login_required(request: Request, exc: Exception) -> Response:
-    expired = isinstance(exc, LoginRequired) and exc.expired
-    return RedirectResponse(f"/login?next={request.url.path}" + ("&expired=1" if expired else ""), status_code=303)
+    return login_redirect(request, exc, session_cookie=SESSION_COOKIE)
 
 
 def _error(request: Request, exc: Exception) -> Response:

@@ -50,11 +50,13 @@ __all__ = [
     "NavEntry",
     "allowed",
     "check_csrf",
+    "csrf_for",
     "csrf_token",
     "ctx",
     "current_principal",
     "render",
     "require",
+    "verify_csrf",
 ]
 
 SESSION_COOKIE = "medfed_session"
@@ -198,19 +200,33 @@ def allowed(principal: Principal, action: Action, resource: Resource) -> bool:
     return True
 
 
+def csrf_for(request: Request, key: bytes, *, cookies: tuple[str, str], logged_in: bool) -> str:
+    """The CSRF token of a page served under ``key``: an HMAC of the session cookie when
+    ``logged_in``, else of the pre-login value (``cookies``: the session's and the pre-login
+    cookie's names; the node page has its own)."""
+    session_cookie, pre_cookie = cookies
+    binding = request.cookies.get(session_cookie, "") if logged_in else ""
+    if not binding:
+        binding = "pre:" + str(getattr(request.state, "pre_token", "") or request.cookies.get(pre_cookie, ""))
+    return hmac.new(key, binding.encode(), hashlib.sha256).hexdigest()
+
+
+def verify_csrf(form: FormData | Mapping[str, Any], expected: str) -> None:
+    """Refuse a form whose CSRF field is not ``expected`` (raises :class:`Forbidden`)."""
+    sent = form.get(CSRF_FIELD, "")
+    if not isinstance(sent, str) or not sent or not hmac.compare_digest(sent, expected):
+        raise Forbidden("the form's CSRF token is missing or stale: reload the page and try again")
+
+
 def csrf_token(request: Request) -> str:
     """The CSRF token for forms on this page: bound to the session (or the pre-login cookie)."""
-    binding = request.cookies.get(SESSION_COOKIE, "") if current_principal(request) else ""
-    if not binding:
-        binding = "pre:" + str(getattr(request.state, "pre_token", "") or request.cookies.get(PRE_COOKIE, ""))
-    return hmac.new(ctx(request).csrf_key, binding.encode(), hashlib.sha256).hexdigest()
+    logged_in = current_principal(request) is not None
+    return csrf_for(request, ctx(request).csrf_key, cookies=(SESSION_COOKIE, PRE_COOKIE), logged_in=logged_in)
 
 
 def check_csrf(request: Request, form: FormData | Mapping[str, Any]) -> None:
     """Refuse a POST whose form lacks this session's CSRF token (raises :class:`Forbidden`)."""
-    sent = form.get(CSRF_FIELD, "")
-    if not isinstance(sent, str) or not sent or not hmac.compare_digest(sent, csrf_token(request)):
-        raise Forbidden("the form's CSRF token is missing or stale: reload the page and try again")
+    verify_csrf(form, csrf_token(request))
 
 
 def _nav(request: Request, principal: Principal | None) -> list[NavEntry]:
