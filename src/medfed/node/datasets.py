@@ -30,6 +30,7 @@ import pandas as pd
 from medfed.core.errors import ConfigError, DataError, PermissionDenied, ValidationError
 from medfed.data.catalog import CatalogEntry, entry_for
 from medfed.data.consent import ANY_PURPOSE, ConsentRegistry, ConsentReport, ConsentStore, apply_consent, table_for_task
+from medfed.data.digest import files_version
 from medfed.data.media import ImageOptions, NotesOptions
 from medfed.data.profile import DatasetProfile, profile_frames
 from medfed.data.schema import ColumnType
@@ -206,14 +207,6 @@ def _media_options(decl: DatasetDecl | None) -> ImageOptions | NotesOptions | No
     return None if decl is None else decl.images or decl.notes
 
 
-def _version(path: Path | None) -> tuple[int, int]:
-    """(latest mtime in ns, total size) of a file or of a directory's files; (0, 0) if absent."""
-    if path is None or not path.exists():
-        return (0, 0)
-    stats = [f.stat() for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path.stat()]
-    return (max((st.st_mtime_ns for st in stats), default=0), sum(st.st_size for st in stats))
-
-
 class Publisher:
     """:func:`publish`, computed again only when the day, the consent decisions or a declared
     dataset's files changed: a node that re-registers after a dropped connection does not re-read
@@ -228,7 +221,7 @@ class Publisher:
     def current(self, *, on: dt.date) -> Publication:
         paths = [d.decl.path for d in self._datasets.values() if d.decl is not None and not d.decl.dsn]
         paths += [o.labels for d in self._datasets.values() if (o := _media_options(d.decl)) and o.labels]
-        key = (on, _version(consent_path(self._state_dir)), *(_version(p) for p in paths))
+        key = (on, files_version(consent_path(self._state_dir)), *(files_version(p) for p in paths))
         if self._last is None or key != self._key:
             self._last = publish(self._site, self._datasets, read_registry(self._state_dir), on=on)
             self._key = key

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medfed.core.errors import DataError
+from medfed.data.digest import files_version
 
 if TYPE_CHECKING:
     from medfed.node.runtime import DatasetConfig
@@ -60,12 +61,6 @@ def dataset_fingerprints(datasets: Mapping[str, DatasetConfig], names: Iterable[
     return {name: digest for name, digest in found.items() if digest}
 
 
-def _version(path: Path) -> tuple[int, int, int]:
-    """(latest mtime in ns, total size, file count) of a file or of a directory's files."""
-    stats = [f.stat() for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path.stat()]
-    return (max((s.st_mtime_ns for s in stats), default=0), sum(s.st_size for s in stats), len(stats))
-
-
 class FingerprintCache:
     """:func:`dataset_fingerprint`, hashed again only when the dataset's files changed on disk."""
 
@@ -78,7 +73,7 @@ class FingerprintCache:
         path = dataset_path(ds)
         if path is None or not path.exists():
             return dataset_fingerprint(ds)  # '' for a database; DataError for missing files
-        version = _version(path)
+        version = files_version(path)
         with self._lock:
             known = self._known.get(path)
             if known is not None and known[0] == version:
