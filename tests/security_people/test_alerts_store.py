@@ -86,3 +86,22 @@ def test_alert_ids_are_stable_and_distinct() -> None:
     assert alert_id(AlertSource.ACCESS, "u", 3600.0, "a") == alert_id(AlertSource.ACCESS, "u", 3600.0, "a")
     assert alert_id(AlertSource.ACCESS, "u", 3600.0, "a") != alert_id(AlertSource.UPDATES, "u", 3600.0, "a")
     assert len(alert_id(AlertSource.ACCESS, "u")) == 24
+
+
+def test_subjects_are_filtered_before_the_limit_and_kinds_follow_them(tmp_path: Path) -> None:
+    # Arrange: the newest alerts are all about another site than site-a's single older one
+    store = AlertStore(tmp_path / "alerts.sqlite")
+    mine = alert(user="site-a", at=1.0, kind="norm_outlier")
+    store.add(mine)
+    for i in range(5):
+        store.add(alert(user="site-b", at=100.0 + i, kind="off_hours,new_source"))
+
+    # Act
+    shown = store.list(limit=3, subjects={"site-a"})
+
+    # Assert: site-a's alert is not crowded out; the kinds offered are only those about it
+    assert shown == [mine]
+    assert store.list(limit=3, subjects=set()) == []
+    assert store.kinds(subjects={"site-a"}) == ("norm_outlier",)
+    assert store.kinds() == ("new_source", "norm_outlier", "off_hours")
+    store.close()

@@ -17,6 +17,7 @@ import enum
 import hashlib
 import math
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,8 +155,17 @@ class AlertStore:
             )  # fmt: skip
             return cur.rowcount == 1
 
-    def list(self, *, since: float = 0.0, kind: str | None = None, limit: int = 500) -> list[StoredAlert]:
-        """Alerts with ``at >= since``, newest first; ``kind`` keeps those that include that kind."""
+    def list(
+        self,
+        *,
+        since: float = 0.0,
+        kind: str | None = None,
+        limit: int = 500,
+        subjects: Collection[str] | None = None,
+    ) -> list[StoredAlert]:
+        """Alerts with ``at >= since``, newest first; ``kind`` keeps those that include that kind,
+        ``subjects`` those about one of them (filtered before ``limit``, so others' alerts cannot
+        crowd them out)."""
         if limit < 1:
             raise ValidationError(f"limit must be >= 1, got {limit}", where="alert store")
         sql = "SELECT alert_id, at, kind, subject, score, reason, source, job_id, round FROM alerts WHERE at >= ?"
@@ -163,6 +173,9 @@ class AlertStore:
         if kind:
             sql += " AND (',' || kind || ',') LIKE ? ESCAPE '\\'"
             args.append("%," + kind.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ",%")
+        if subjects is not None:
+            sql += f" AND subject IN ({','.join('?' * len(subjects))})"
+            args.extend(subjects)
         sql += " ORDER BY at DESC, alert_id LIMIT ?"
         args.append(limit)
         with self._lock:
@@ -175,6 +188,15 @@ class AlertStore:
             ]  # fmt: skip
         except (ValueError, ValidationError) as exc:
             raise StoreError(f"alert store {self.path} holds a malformed alert: {exc}") from None
+
+    def kinds(self, *, subjects: Collection[str] | None = None) -> tuple[str, ...]:
+        """Every kind the stored alerts carry (about ``subjects`` when given), sorted."""
+        sql, args = "SELECT DISTINCT kind FROM alerts", list(subjects or ())
+        if subjects is not None:
+            sql += f" WHERE subject IN ({','.join('?' * len(args))})"
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return tuple(sorted({k for (joined,) in rows for k in str(joined).split(",") if k}))
 
     def close(self) -> None:
         with self._lock:

@@ -7,7 +7,7 @@ A site admin sees only the alerts about their own site (update alerts name the s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection
 from pathlib import Path
 
 from starlette.requests import Request
@@ -19,7 +19,7 @@ from medfed.dashboard.web import ctx, render
 from medfed.security.alerts import AlertStore, StoredAlert
 from medfed.security.authz import Action
 
-__all__ = ["ALERTS_FILE", "NAV", "NAV_ACTIONS", "alert_kinds", "list_alerts", "routes"]
+__all__ = ["ALERTS_FILE", "NAV", "NAV_ACTIONS", "list_alerts", "routes"]
 
 NAV: tuple[str, str] | None = ("/alerts", "Alerts")
 NAV_ACTIONS = frozenset({Action.ALERT_READ})
@@ -28,29 +28,24 @@ ALERTS_FILE = "alerts.sqlite"
 PAGE_LIMIT = 500
 
 
-def list_alerts(path: Path, *, kind: str = "", sites: Iterable[str] | None = None) -> list[StoredAlert]:
-    """Alerts newest first, of ``kind`` (one of an alert's comma-joined kinds) and about ``sites``."""
+def list_alerts(
+    path: Path, *, kind: str = "", sites: Collection[str] | None = None
+) -> tuple[list[StoredAlert], tuple[str, ...]]:
+    """Alerts newest first, of ``kind`` (one of an alert's comma-joined kinds) and about ``sites``,
+    and every kind the alerts about ``sites`` carry (for the filter); one opening of the store."""
     if not path.is_file():
-        return []
+        return [], ()
     store = AlertStore(path)
     try:
-        found = store.list(kind=kind or None, limit=PAGE_LIMIT)
+        return store.list(kind=kind or None, limit=PAGE_LIMIT, subjects=sites), store.kinds(subjects=sites)
     finally:
         store.close()
-    keep = None if sites is None else set(sites)
-    return [a for a in found if keep is None or a.subject in keep]
-
-
-def alert_kinds(alerts: Iterable[StoredAlert]) -> list[str]:
-    return sorted({k for a in alerts for k in a.kind.split(",") if k})
 
 
 def alerts(request: Request) -> Response:
     scope = site_scope(request, Action.ALERT_READ)
     kind = request.query_params.get("kind", "").strip()[:64]
-    path = ctx(request).state_dir / ALERTS_FILE
-    shown = list_alerts(path, kind=kind, sites=scope.sites)
-    kinds = alert_kinds(list_alerts(path, sites=scope.sites))
+    shown, kinds = list_alerts(ctx(request).state_dir / ALERTS_FILE, kind=kind, sites=scope.sites)
     return render(request, "alerts.html", {"alerts": shown, "kinds": kinds, "kind": kind, "scope": scope, "when": when})
 
 
