@@ -233,6 +233,38 @@ def test_a_token_works_within_its_scopes_and_is_refused_outside_them(
     assert len(desk.cluster.coordinator.store.jobs()) == 2  # nothing more was stored
 
 
+def test_a_refused_session_or_token_says_what_was_sent_and_what_to_do(
+    desk: Desk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    search = desk.commands()["catalog search"]
+    # Arrange: a session that the coordinator logs off when idle
+    desk.login(monkeypatch)
+    assert main(search) == 0
+    desk.clock.t += POLICY.session_idle_s + 1
+    capsys.readouterr()
+
+    # Act / Assert: the opaque refusal, then which session it was and the login to run
+    assert main(search) == 1
+    err = capsys.readouterr().err
+    assert "authentication failed" in err and f"the login session in {session_path(desk.config)} was refused" in err
+    assert f"medfed login --config {desk.config}" in err
+
+    # Arrange: a revoked token in a file
+    session_path(desk.config).unlink()
+    secret = desk.token(Action.CATALOG_READ)
+    token_file = tmp_path / "token"
+    token_file.write_text(secret)
+    assert main([*search, "--token-file", str(token_file)]) == 0
+    for tok in desk.users.tokens(RESEARCHER):
+        desk.users.revoke_token(tok.token_id, by=Principal(user_id=RESEARCHER, role=UserRole.RESEARCHER))
+    capsys.readouterr()
+
+    # Act / Assert
+    assert main([*search, "--token-file", str(token_file)]) == 1
+    err = capsys.readouterr().err
+    assert "authentication failed" in err and f"the API token from --token-file {token_file} was refused" in err
+
+
 def test_the_client_takes_the_token_file_then_the_session_then_the_environment(
     fed: Federation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medfed.core.errors import AuthenticationError
+from medfed.core.errors import AuthenticationError, PermissionDenied
 
 if TYPE_CHECKING:
     from medfed.transport.grpc_client import ResearcherClient
@@ -64,20 +64,41 @@ def open_client(args: argparse.Namespace) -> ResearcherClient:
 @contextmanager
 def coordinator_client(args: argparse.Namespace) -> Iterator[ResearcherClient]:
     """:func:`open_client`, closed on exit. When the coordinator asks for a login and this command
-    sent none, the error says which ``client.toml`` to log in with and where a token may come from."""
-    from medfed.cli.config import session_path
-
+    sent none, or refuses what it sent, the error says what was sent and how to log in again."""
     client = open_client(args)
     try:
         yield client
     except AuthenticationError as exc:
         if client.session or client.token or _NO_LOGIN not in str(exc):
             raise
-        path = client_config_path(args)
-        raise AuthenticationError(
-            f"the coordinator at {client.target} requires a login and this command has none "
-            f"(no session in {session_path(path)}, no --token-file, no $MEDFED_TOKEN): "
-            f"run `medfed login --config {path}`, or give an API token with --token-file or $MEDFED_TOKEN"
-        ) from None
+        raise AuthenticationError(_login_hint(args, client.target)) from None
+    except PermissionDenied as exc:
+        from medfed.security.users import AuthenticationFailed  # its one opaque message for every refusal
+
+        if str(exc) != str(AuthenticationFailed()):
+            raise
+        raise PermissionDenied(f"{exc}: {_sent(args, client)}") from None
     finally:
         client.close()
+
+
+def _login_hint(args: argparse.Namespace, target: str) -> str:
+    from medfed.cli.config import session_path
+
+    path = client_config_path(args)
+    return (
+        f"the coordinator at {target} requires a login and this command has none "
+        f"(no session in {session_path(path)}, no --token-file, no $MEDFED_TOKEN): "
+        f"run `medfed login --config {path}`, or give an API token with --token-file or $MEDFED_TOKEN"
+    )
+
+
+def _sent(args: argparse.Namespace, client: ResearcherClient) -> str:
+    """What the refused call carried, and what to do about it (the coordinator's reason stays in its audit log)."""
+    from medfed.cli.config import TOKEN_ENV, session_path
+
+    path = client_config_path(args)
+    if client.session:
+        return f"the login session in {session_path(path)} was refused; log in again: medfed login --config {path}"
+    source = f"--token-file {args.token_file}" if getattr(args, "token_file", None) else f"${TOKEN_ENV}"
+    return f"the API token from {source} was refused (unknown, expired or revoked); issue a new one"
