@@ -131,7 +131,8 @@ def open_node_page(
             f"site {settings.site!r}: the node page needs the site's own user store {users_db}; create its admins with "
             f"`medfed users add <id> --role site_admin --site {settings.site} --users-db {users_db}`"
         )
-    audit = AuditLog(state / "audit.sqlite", signer=open_signing_key(state / "audit-signing.key"), clock=clock)
+    signing_key = open_signing_key(state / "audit-signing.key")
+    audit = AuditLog(state / "audit.sqlite", signer=signing_key, clock=clock)
     holder: list[NodePageContext] = []
 
     def note(event: str, fields: Mapping[str, str | int | float | bool]) -> None:
@@ -145,7 +146,7 @@ def open_node_page(
         approvals = open_site_approvals(state, site=settings.site, note=lambda e, f: log.info("%s %s", e, dict(f)),
                                         clock=clock)  # fmt: skip
     context = NodePageContext(settings=settings, state_dir=state, users=users, audit=audit,
-                              audit_public_pem=open_signing_key(state / "audit-signing.key").public_pem,
+                              audit_public_pem=signing_key.public_pem,
                               approvals=approvals, clock=clock)  # fmt: skip
     holder.append(context)
     return context
