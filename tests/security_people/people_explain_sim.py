@@ -31,6 +31,7 @@ from medfed.security.access_anomaly import AccessAction, AccessEvent, Outcome
 
 KINDS = ("own_department", "family", "coworker", "vip")
 N_PATIENTS = 4000
+Encounter = tuple[str, str, str, float, float]  # encounter, patient, department, start, end
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ def build(seed: int, *, days: int) -> Hospital:
         if rng.random() < 0.4:
             family[s.user] = [_pid(int(n)) for n in rng.integers(100, N_PATIENTS, int(rng.integers(1, 3)))]
     vip = [_pid(int(n)) for n in rng.choice(np.arange(100, N_PATIENTS), 25, replace=False)]
-    encounters, team, appointments = [], [], []
+    encounters: list[Encounter] = []
+    team: list[tuple[str, str]] = []
+    appointments: list[tuple[str, str, float]] = []
     for day in range(-7, days):
         for dept in DEPARTMENTS:
             dr = [s.user for s in staff if s.dept == dept and s.role == "physician"]
@@ -157,9 +160,6 @@ def inject(h: Hospital, seed: int, *, first_day: int, days: int, per_kind: int) 
             incidents.append(Incident(kind, s.user, patient, at, at + 300 * (n - 1)))
             made += 1
     return events, incidents
-
-
-Encounter = tuple[str, str, str, float, float]
 
 
 def _target(

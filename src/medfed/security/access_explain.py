@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,7 +142,9 @@ class Relations:
         return pd.DataFrame({c: pd.Series(dtype=float if c in _TIMES else object) for c in TABLES[name]})
 
     @classmethod
-    def from_records(cls, records: dict[str, Sequence[dict[str, object]]], *, where: str = "<relations>") -> Relations:
+    def from_records(
+        cls, records: Mapping[str, Sequence[Mapping[str, object]]], *, where: str = "<relations>"
+    ) -> Relations:
         """Tables from lists of row objects; every problem is named, then one error."""
         import pandas as pd
 
@@ -254,11 +256,11 @@ def _hits(frame: pd.DataFrame, table: pd.DataFrame, on: list[str], lo: str, hi: 
     return joined.loc[inside]
 
 
-def _explain_rows(frame: pd.DataFrame, rel: Relations, cfg: ExplainConfig) -> tuple[np.ndarray, list[str]]:
+def _explain_rows(frame: pd.DataFrame, rel: Relations, cfg: ExplainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Per event: the strongest explanation (as an index into :class:`Explanation`) and its detail."""
     n = len(frame)
     level = np.full(n, 3)  # 0 team, 1 appointment, 2 department, 3 none
-    detail = ["" for _ in range(n)]
+    detail = np.full(n, "", dtype=object)
     enc = rel["encounters"]
     team = rel["care_team"].merge(enc, on="encounter", how="inner")
     staff = rel["staff"][["user", "department"]].drop_duplicates("user")
@@ -280,8 +282,7 @@ def _explain_rows(frame: pd.DataFrame, rel: Relations, cfg: ExplainConfig) -> tu
         better = level[idx] > rank
         level[idx[better]] = rank
         labels = first[column].astype(str).to_numpy() if column else np.full(len(first), "")
-        for i, label in zip(idx[better], labels[better], strict=True):
-            detail[i] = label
+        detail[idx[better]] = labels[better]
     return level, detail
 
 
@@ -317,39 +318,53 @@ def explain(
     """Every (user, patient, day) case of the patient-record accesses in ``events``, explained and scored.
 
     Only events whose resource is ``patient:<pseudonym>`` are patient accesses; the rest are skipped.
+    Joins and group-bys are vectorised (pandas); Python runs once per case, not once per access.
     """
     cfg = config or ExplainConfig()
     frame = _frame(events)
     if not len(frame):
         return []
+    agg, details, breadth = _per_case(_per_access(frame, relations, cfg))
+    rows = zip(agg.itertuples(index=False), details, breadth, strict=True)
+    return [_case(row, d, int(b), cfg) for row, d, b in rows]
+
+
+def _per_access(frame: pd.DataFrame, relations: Relations, cfg: ExplainConfig) -> pd.DataFrame:
+    """Each access with its explanation level, encounter id, rule hits, score and day."""
     level, detail = _explain_rows(frame, relations, cfg)
     rules = _rule_rows(frame, relations)
     weights = dict(cfg.rule_weights)
     strong = level <= 1
-    enc = relations["encounters"]
     cared = np.zeros(len(frame), dtype=bool)
-    cared[_hits(frame, enc, ["patient"], "start", "end", cfg.department_margin_days * DAY)["index"].to_numpy()] = True
+    margin = cfg.department_margin_days * DAY
+    cared[_hits(frame, relations["encounters"], ["patient"], "start", "end", margin)["index"].to_numpy()] = True
     score = (level == 3) * (1.0 + cfg.no_encounter_weight * ~cared)
     for kind, hit in rules.items():
         score += hit * weights.get(kind, 0.0) * np.where(strong, cfg.explained_rule_factor, 1.0)
-    frame = frame.assign(
-        level=level, detail=detail, score=score, cared=cared, day=np.floor(frame["at"].to_numpy() / DAY)
-    )
+    day = np.floor(frame["at"].to_numpy() / DAY)
+    out = frame.assign(level=level, detail=detail, score=score, cared=cared, day=day)
     for kind, hit in rules.items():
-        frame[f"rule_{kind.value}"] = hit
-    unexplained = frame.loc[frame["level"] == 3].groupby(["user", "day"])["patient"].nunique()
-    grouped = frame.groupby(["user", "patient", "day"], sort=True)
-    agg = grouped.agg(
+        out[f"rule_{kind.value}"] = hit
+    return out
+
+
+def _per_case(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One row per (user, patient, day), an encounter id per case, and the user's unexplained patients that day."""
+    import pandas as pd
+
+    keys = ["user", "patient", "day"]
+    agg = frame.groupby(keys, sort=True).agg(
         accesses=("at", "size"), level=("level", "max"), best=("level", "min"), score=("score", "max"),
-        cared=("cared", "all"),
-        **{f"rule_{k.value}": (f"rule_{k.value}", "any") for k in RuleKind},
+        cared=("cared", "all"), **{f"rule_{k.value}": (f"rule_{k.value}", "any") for k in RuleKind},
     ).reset_index()  # fmt: skip
-    details = grouped["detail"].agg(lambda s: sorted({d for d in s if d})).to_numpy()
-    breadth = unexplained.reindex(list(zip(agg["user"], agg["day"], strict=True)), fill_value=0).to_numpy()
-    return [_case(row, d, int(b), cfg) for row, d, b in zip(agg.itertuples(index=False), details, breadth, strict=True)]
+    named = frame.loc[frame["detail"] != ""].groupby(keys)["detail"].first()  # an encounter id for the reason
+    details = named.reindex(pd.MultiIndex.from_frame(agg[keys])).fillna("").to_numpy()
+    unexplained = frame.loc[frame["level"] == 3].groupby(["user", "day"])["patient"].nunique()
+    breadth = unexplained.reindex(pd.MultiIndex.from_frame(agg[["user", "day"]])).fillna(0).to_numpy()
+    return agg, details, breadth
 
 
-def _case(row: object, details: list[str], breadth: int, cfg: ExplainConfig) -> AuditCase:
+def _case(row: object, detail: str, breadth: int, cfg: ExplainConfig) -> AuditCase:
     level = _LEVELS[int(row.level)]  # type: ignore[attr-defined]  # a pandas itertuples row
     best = _LEVELS[int(row.best)]  # type: ignore[attr-defined]
     rules = tuple(k for k in RuleKind if bool(getattr(row, f"rule_{k.value}")))
@@ -361,7 +376,7 @@ def _case(row: object, details: list[str], breadth: int, cfg: ExplainConfig) -> 
         if not bool(row.cared):  # type: ignore[attr-defined]
             reasons.append("the patient had no current encounter in any department")
     else:
-        enc = f" of encounter {', '.join(details[:3])}" if details and level is not Explanation.APPOINTMENT else ""
+        enc = f" of encounter {detail}" if detail and level is not Explanation.APPOINTMENT else ""
         reasons.append(f"explained: {level.value}{enc}")
     reasons += [_REASON[k] for k in rules]
     score = float(row.score) + (0.1 * math.log1p(int(row.accesses)) if level is Explanation.NONE or rules else 0.0)  # type: ignore[attr-defined]
