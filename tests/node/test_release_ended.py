@@ -4,11 +4,15 @@ from pathlib import Path
 
 import pytest
 
+from integration.support import Federation
+from medfed.cli.config import load_node_config
+from medfed.cli.main import main
 from medfed.learn.registry import load_task
 from medfed.node.governance import open_governance
 from medfed.node.ledger import PrivacyLedger
 from medfed.node.middleware import NodeContext
 from medfed.node.privacy import release_ended_jobs
+from medfed.node.runtime import open_ledger
 from medfed.security.audit import read_log
 
 
@@ -65,3 +69,25 @@ def test_a_second_answer_releases_nothing_more(ctx: NodeContext) -> None:
 
     assert again == []
     assert [e["action"] for e in ledger.events("heart")].count("close") == 1
+
+
+def test_node_budget_shows_what_a_release_gave_back(fed: Federation, capsys: pytest.CaptureFixture[str]) -> None:
+    # Arrange: a site whose dataset has a budget; a job reserved, spent part, then ended
+    toml = fed.site_toml("alpha")
+    text = toml.read_text()
+    toml.write_text(text.replace('label = "label"\n', 'label = "label"\nepsilon_budget = 4.0\n', 1))
+    ledger = open_ledger(load_node_config(toml).settings)
+    assert ledger is not None
+    ledger.reserve("heart", "job77", epsilon=3.0, delta=1e-6)
+    ledger.commit("heart", "job77", epsilon=1.25, delta=1e-6, steps=5)
+    ledger.release_job("job77", reason="job failed")
+    ledger.close()
+
+    # Act
+    code = main(["node", "budget", "--config", str(toml)])
+
+    # Assert
+    out = capsys.readouterr().out
+    assert code == 0
+    (line,) = [x for x in out.splitlines() if "close" in x and "job=job77" in x]
+    assert "ε=1.75" in line and "released; job failed" in line
