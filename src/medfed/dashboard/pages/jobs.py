@@ -64,6 +64,11 @@ def _job_resource(request: Request, job_id: str, *, touch: bool = True) -> tuple
     return Resource.job(job_id, owner=row.owner), row
 
 
+def _source(request: Request) -> str:
+    """The browser's address, as the coordinator audits a caller's ``source``."""
+    return request.client.host if request.client is not None else ""
+
+
 def readable_jobs(request: Request, principal: Principal) -> list[dict[str, Any]]:
     """Summaries of the jobs ``principal`` may read, newest first."""
     store = ctx(request).coordinator.store
@@ -91,7 +96,7 @@ async def submit(request: Request) -> Response:
     spec = str(form.get("spec", ""))
     if len(spec.encode()) > MAX_SPEC_BYTES:
         return _list_page(request, principal, spec="", error=f"the spec exceeds {MAX_SPEC_BYTES} bytes", status=400)
-    peer = Peer(name=principal.user_id, role=Role.RESEARCHER, source=request.client.host if request.client else "")
+    peer = Peer(name=principal.user_id, role=Role.RESEARCHER, source=_source(request))
     try:  # parse, check, store, audit (job.submitted) and launch: the coordinator's own path
         view = await run_in_threadpool(ctx(request).coordinator.submit_job, peer, spec, "dashboard form")
     except MedfedError as exc:
@@ -123,7 +128,7 @@ async def cancel(request: Request) -> Response:
     form = await request.form()
     check_csrf(request, form)
     if not row.state.finished:  # the coordinator waits (up to 10 s) for the job's runner to stop
-        peer = job_data.trusted_peer(principal.user_id)
+        peer = job_data.trusted_peer(principal.user_id, _source(request))
         await run_in_threadpool(ctx(request).coordinator.cancel_job, peer, row.job_id)
     return RedirectResponse(f"/jobs/{row.job_id}", status_code=303)
 
@@ -143,7 +148,7 @@ def _attachment(body: bytes, filename: str, media_type: str) -> Response:
 def model(request: Request) -> Response:
     resource, row = _job_resource(request, request.path_params["job_id"])
     principal = require(request, Action.RESULT_READ, resource)
-    peer = job_data.trusted_peer(principal.user_id, request.client.host if request.client else "")
+    peer = job_data.trusted_peer(principal.user_id, _source(request))
     npz = job_data.model_npz(ctx(request).coordinator, peer, row.job_id)
     return _attachment(npz, f"model-{row.job_id}.npz", "application/octet-stream")
 
