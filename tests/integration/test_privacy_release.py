@@ -24,12 +24,14 @@ from integration.support import (
     wait_job,
     wait_until,
 )
+from medfed.core.errors import PermissionDenied, ValidationError
 from medfed.core.records import PrivacySpec
 from medfed.node.ledger import JobSpend, PrivacyLedger
 from medfed.node.privacy import dp_sgd_epsilon
 from medfed.node.runtime import NodeRuntime, NodeSettings
 from medfed.security.audit import read_log
 from medfed.security.node_policy import parse_node_policy
+from medfed.transport.api import Hello
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 LOCAL_STEPS, BATCH = 5, 8
@@ -179,3 +181,14 @@ def test_a_site_offline_when_the_job_ended_releases_when_it_comes_back(cluster: 
     # Assert 2: it asked at registration and gave the unspent rest back
     job = _assert_released(cluster, state, "beta", job_id, outcome="cancelled")
     assert job.steps == held.steps  # it ran nothing more
+
+
+def test_only_nodes_may_ask_and_a_malformed_question_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    node = cluster.link("alpha")
+    node.register(Hello(version="t", datasets=("heart",)))
+
+    with pytest.raises(PermissionDenied):
+        cluster.link(RESEARCHER).jobs_ended(("abc",))
+    with pytest.raises(ValidationError, match="not an id"):
+        node.jobs_ended(("../etc",))
+    assert node.jobs_ended(("nosuchjob1",)) == {}  # unknown: no answer, the node keeps its hold
