@@ -3,6 +3,9 @@ middleware chain, and sends back parameters and metrics — never rows.
 
 The node reconnects with exponential backoff and jitter when the coordinator is unreachable,
 re-registers when a restarted coordinator no longer knows it, and heartbeats while it trains.
+While its privacy ledger holds open reservations it asks the coordinator, at each registration and
+every ``release_check_s``, which of their jobs ended, and gives back what those did not spend
+(:func:`medfed.node.privacy.release_ended_jobs`).
 A refused identity (wrong CA, expired, revoked) stops the node with a clear message: retrying
 cannot fix a certificate.
 """
