@@ -249,3 +249,22 @@ def test_alerts_list_with_relations_explains_a_log_end_to_end(
     assert main(["alerts", "list", "--events", str(events), "--relations", str(tmp_path / "nope"), "--site", "x",
                  "--users-db", str(db)]) == 1  # fmt: skip
     assert "not a directory of relationship tables" in capsys.readouterr().err
+
+
+def test_json_tables_load_like_csv_and_extra_columns_are_dropped(tmp_path: Path) -> None:
+    (tmp_path / "vip.json").write_text(json.dumps([{"patient": "p2", "name": "Jane Roe"}]))
+    (tmp_path / "staff.csv").write_text("user,department\nann,cardiology\n")  # no own-record column: allowed
+    rel = load_relations(tmp_path)
+    assert list(rel["vip"].columns) == ["patient"] and rel["encounters"].empty
+    vip = case([view("ann", "p2", T)], rel)
+    assert vip.rules == (RuleKind.VIP,) and "Jane" not in json.dumps(case_fields(vip))
+
+
+def test_all_is_every_public_definition() -> None:
+    import inspect
+
+    import medfed.security.access_explain as module
+
+    defined = {a for a, o in vars(module).items() if not a.startswith("_") and (inspect.isclass(o) or
+               inspect.isfunction(o)) and o.__module__ == module.__name__}  # fmt: skip
+    assert defined <= set(module.__all__) and all(hasattr(module, a) for a in module.__all__)

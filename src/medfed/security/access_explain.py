@@ -292,7 +292,7 @@ def _rule_rows(frame: pd.DataFrame, rel: Relations) -> dict[RuleKind, np.ndarray
     fam = rel["family"]
     family = set((fam["user"].astype(str) + "\x00" + fam["patient"].astype(str)).tolist())
     staff = rel["staff"]
-    own = staff.dropna(subset=["patient"]) if "patient" in staff.columns else staff.iloc[0:0]
+    own = staff.dropna(subset=["patient"]) if "patient" in staff.columns else staff.assign(patient="").iloc[0:0]
     selves = set((own["user"].astype(str) + "\x00" + own["patient"].astype(str)).tolist())
     is_self = pairs.isin(selves).to_numpy()
     return {
