@@ -16,10 +16,13 @@ from pathlib import Path
 import numpy as np
 import people_explain_sim as sim
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medfed.core.errors import ConfigError, ValidationError
 from medfed.security.access_anomaly import AccessAction, AccessEvent, Outcome
 from medfed.security.access_explain import (
+    TABLES,
     AuditCase,
     ExplainConfig,
     Explanation,
@@ -268,3 +271,19 @@ def test_all_is_every_public_definition() -> None:
     defined = {a for a, o in vars(module).items() if not a.startswith("_") and (inspect.isclass(o) or
                inspect.isfunction(o)) and o.__module__ == module.__name__}  # fmt: skip
     assert defined <= set(module.__all__) and all(hasattr(module, a) for a in module.__all__)
+
+
+json_values = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from([*TABLES, "x"]), st.lists(st.dictionaries(st.sampled_from(
+    ["user", "patient", "department", "encounter", "start", "end", "at", "note"]), json_values, max_size=8)
+    | json_values, max_size=4), max_size=4))  # fmt: skip
+def test_fuzzed_relation_tables_load_or_fail_clearly(records: dict[str, list[object]]) -> None:
+    try:
+        rel = Relations.from_records(records)  # type: ignore[arg-type]  # fuzz: rows of any JSON type
+    except ValidationError as err:
+        assert err.problems
+        return
+    explain([view("ann", "p1", T), view("bob", "p2", T + 60)], rel)  # whatever loaded can be used

@@ -154,7 +154,12 @@ class Relations:
             problems.append(f"unknown tables {unknown}; known: {sorted(TABLES)}")
         tables = {}
         for name in sorted(set(records) & set(TABLES)):
-            frame = pd.DataFrame(list(records[name]))
+            rows = list(records[name])
+            odd = [i + 1 for i, r in enumerate(rows) if not isinstance(r, Mapping)]
+            if odd:
+                problems.append(f"{name}: rows {odd[:5]} are not objects")
+                continue
+            frame = pd.DataFrame([dict(r) for r in rows])
             tables[name] = _checked(frame, name, problems)
         if problems:
             raise ValidationError(problems[:20], where=where)
