@@ -175,3 +175,35 @@ def test_the_store_finds_privacy_reports_refusals_and_successes_across_jobs(tmp_
     assert [e[:3] for e in store.site_errors("has not cleared job")] == [("j1", 1, "alpha"), ("j1", 2, "alpha")]
     assert store.sites_succeeded() == {"j1": {"beta", "gamma"}}
     store.close()
+
+
+def test_a_tag_selected_jobs_spend_counts_against_each_sites_own_matched_dataset(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from medfed.coordinator.store import Store
+    from medfed.core.records import RoundRecord, SiteMetrics, TaskKind
+    from medfed.dashboard.pages.privacy import site_spends
+
+    # Arrange: a DP job selecting by tag, matched to differently named datasets at two sites
+    spec = SPEC.replace('dataset = "heart"', 'dataset = { tags = ["cardiology"] }')
+    store = Store(tmp_path / "coordinator.sqlite")
+    store.add_job(job_id="jt", name="n", owner="r", spec_toml=spec, spec_hash=spec_digest(spec), rounds=1)
+    store.add_job(job_id="jn", name="n", owner="r", spec_toml=SPEC, spec_hash=spec_digest(SPEC), rounds=1)
+    store.set_dataset_matches("jt", {"alpha": ["heart-a"], "beta": ["cardio"]})
+    spent = {"privacy_epsilon_spent": 0.5, "privacy_epsilon_left": 2.5, "privacy_epsilon_total": 3.0}
+    for job_id in ("jt", "jn"):
+        sites = tuple(SiteMetrics(site=s, num_examples=9, metrics=spent) for s in ("alpha", "beta"))
+        record = RoundRecord(job_id=job_id, round=1, kind=TaskKind.FIT, sites=sites, aggregated={}, duration_s=1.0)
+        store.complete_round(record, checkpoint=None)
+
+    # Act
+    spends = site_spends(SimpleNamespace(store=store))  # type: ignore[arg-type]  # site_spends reads .store only
+
+    # Assert: each site's own dataset, not the selector's label; a job by name keeps its name
+    assert {(s.job_id, s.site): s.dataset for s in spends} == {
+        ("jt", "alpha"): "heart-a",
+        ("jt", "beta"): "cardio",
+        ("jn", "alpha"): "heart",
+        ("jn", "beta"): "heart",
+    }
+    store.close()

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from medfed.coordinator.service import Coordinator
 from medfed.core.config import parse_job_spec
 from medfed.core.errors import ConfigError
+from medfed.core.selectors import TAG_PREFIX
 from medfed.dashboard.pages.scope import site_scope, when
 from medfed.dashboard.web import ctx, render
 from medfed.security.authz import Action
@@ -107,14 +108,20 @@ def site_spends(coordinator: Coordinator) -> list[SiteSpend]:
             latest[(s["job_id"], s["site"])] = s  # rows come ordered by round: the last one wins
     jobs = {row.job_id: row for row in coordinator.store.jobs()}
     datasets: dict[str, str] = {}
+    matches: dict[str, dict[str, list[str]]] = {}
     spends = []
     for (job_id, site), s in sorted(latest.items(), key=lambda kv: (jobs[kv[0][0]].created, kv[0][1])):
         row, m = jobs[job_id], s["metrics"]
         if job_id not in datasets:
             datasets[job_id] = _dataset_of(row.spec_toml, job_id)
+            tagged = datasets[job_id].startswith(TAG_PREFIX)
+            matches[job_id] = coordinator.store.dataset_matches(job_id) if tagged else {}
+        # a tag-selected job spent the budget of the site's own dataset its selector matched there
+        found = matches[job_id].get(site, [])
+        dataset = found[0] if len(found) == 1 else datasets[job_id]
         spends.append(
             SiteSpend(
-                site=site, dataset=datasets[job_id], job_id=job_id, job_name=row.name, job_state=row.state.value,
+                site=site, dataset=dataset, job_id=job_id, job_name=row.name, job_state=row.state.value,
                 round=int(s["round"]), epsilon_spent=_number(m, "privacy_epsilon_spent") or 0.0,
                 delta_spent=_number(m, "privacy_delta_spent") or 0.0,
                 epsilon_left=_number(m, "privacy_epsilon_left"), epsilon_total=_number(m, "privacy_epsilon_total"),
