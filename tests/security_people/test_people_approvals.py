@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,22 @@ def test_decisions_persist_across_reopen(tmp_path: Path) -> None:
     s2 = ApprovalStore(tmp_path / "a.db", site="cleveland", audit=lambda n, f: None)
     assert s2.check(f).approved_by == "sam"
     assert s2.find(f.spec_hash[:10]).state is ApprovalState.APPROVED
+
+
+@pytest.mark.parametrize("expiry", [math.nan, math.inf])
+def test_an_expiry_that_is_not_a_time_is_refused_not_stored_as_none(store: ApprovalStore, expiry: float) -> None:
+    # SQLite keeps NaN as NULL: accepted, `--expires-days nan` would approve or add a rule for ever
+    f = facts()
+    store.submit(f)
+    rule = StandingRule(
+        rule_id="", task="logistic_regression", dataset="heart", purpose="cardiology", researcher="alice",
+        created_by="", created_at=0, expires_at=expiry, reason="programme grant",
+    )  # fmt: skip
+
+    with pytest.raises(ValidationError, match="not a time"):
+        store.approve(f.spec_hash, by=SAM, expires_at=expiry)
+    with pytest.raises(ValidationError, match="not a time"):
+        store.add_rule(rule, by=SAM)
+
+    assert store.get(f.spec_hash).state is ApprovalState.PENDING
+    assert store.rules() == []

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import secrets
 import sqlite3
 import threading
@@ -220,8 +221,8 @@ class ApprovalStore:
         ``fingerprints`` (dataset → fingerprint, as the decider saw the data) are pinned to the
         approval; without them the node pins what it reads first after this approval.
         """
-        if expires_at is not None and expires_at <= self._clock():
-            raise ValidationError(f"expiry {expires_at!r} is in the past", where=f"approval of {spec_hash[:12]}…")
+        if problems := _expiry_problems(expires_at, self._clock()):
+            raise ValidationError(problems, where=f"approval of {spec_hash[:12]}…")
         pins = {d: f for d, f in (fingerprints or {}).items() if f}  # '' : a dataset without one (a database)
         return self._decide(spec_hash, ApprovalState.APPROVED, by=by, reason=reason, expires_at=expires_at, pins=pins)
 
@@ -296,8 +297,7 @@ class ApprovalStore:
         ]
         if not rule.reason.strip():
             problems.append("a standing rule needs a reason")
-        if rule.expires_at is not None and rule.expires_at <= self._clock():
-            problems.append(f"expiry {rule.expires_at!r} is in the past")
+        problems += _expiry_problems(rule.expires_at, self._clock())
         if problems:
             raise ValidationError(problems, where=f"standing rule at site {self.site!r}")
         rule_id, now = secrets.token_hex(4), self._clock()
@@ -400,6 +400,15 @@ class ApprovalStore:
             tofile=f"{current.state.value} {spec_hash[:12]}",
         )
         return "".join(lines)
+
+
+def _expiry_problems(expires_at: float | None, now: float) -> list[str]:
+    """An expiry must be a finite time after ``now`` (SQLite stores NaN as NULL: no expiry at all)."""
+    if expires_at is None:
+        return []
+    if not math.isfinite(expires_at):
+        return [f"expiry {expires_at!r} is not a time"]
+    return [f"expiry {expires_at!r} is in the past"] if expires_at <= now else []
 
 
 def _why_not(approval: Approval, facts: JobFacts, now: float) -> str:
