@@ -238,11 +238,12 @@ def run_demo(opts: DemoOptions) -> int:
         _print_rules(_standing_rules(root))
         people = _demo_people(root, opts)
         procs = stack.enter_context(_processes(root, port, people, opts.dashboard))
-        if people is not None:
-            _show_dashboard(root, people, procs[0])
-        client = _connect(root, procs, people)
+        client = _connect(root, procs, people)  # logs in first: the person's login below cannot race it
         console.print("coordinator and 4 nodes are up (gRPC over mutual TLS on 127.0.0.1)")
+        url = "" if people is None else _show_dashboard(root, people, procs[0])
         view = client.submit_job(job_toml(strategy, opts.rounds, dp=opts.dp), f"demo-{strategy}.toml")
+        if url:
+            console.print(f"watch job {view['job_id']} at {url}/jobs/{view['job_id']}", soft_wrap=True)
         final = watch_job(client, view["job_id"], timeout_s=600)
         model = client.fetch_model(view["job_id"]) if final["state"] == "completed" else None
         client.close()
@@ -274,13 +275,15 @@ def _demo_people(root: Path, opts: DemoOptions) -> DemoPeople | None:
     return create_demo_people(root)
 
 
-def _show_dashboard(root: Path, people: DemoPeople, coordinator: subprocess.Popen[bytes]) -> None:
+def _show_dashboard(root: Path, people: DemoPeople, coordinator: subprocess.Popen[bytes]) -> str:
+    """Print how to log in to the dashboard; its URL."""
     from medfed.cli.demo_dashboard import dashboard_url, print_access
 
     url = dashboard_url(
         root / "logs" / "coordinator.out", deadline=time.monotonic() + 180.0, alive=lambda: coordinator.poll() is None
     )
     print_access(url, people, root)
+    return url
 
 
 def comparison_table(

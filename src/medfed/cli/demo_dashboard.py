@@ -188,11 +188,14 @@ def print_access(url: str, people: DemoPeople, root: Path) -> None:
         soft_wrap=True,
     )
     for user_id, uri in people.uris.items():
-        code = totp_code(people.secrets[user_id], at=now)
-        console.print(f"  {user_id} TOTP: {uri}  (code now: {code})", soft_wrap=True)
+        # the demo client's login spent at most the current step of researcher's: the next step's
+        # code is still unspent, and accepted now (one step of drift, RFC 6238 §5.2)
+        at = now + TOTP_STEP_S if user_id == "researcher" else now
+        code = totp_code(people.secrets[user_id], at=at)
+        console.print(f"  {user_id} TOTP: {uri}  (a code that works now: {code})", soft_wrap=True)
     console.print(f"  a fresh code: medfed demo --workdir {root} --totp-code researcher", soft_wrap=True)
     console.print(
-        "  a code works once: if it is refused, the demo's own login spent it; wait for the next one.\n"
+        "  a code works once: if the current one is refused, the demo's own login spent it: use the next one.\n"
         "  [yellow]a throw-away federation: this password and these secrets are printed and lie in "
         f"{people_dir(root)} in clear; never reuse them, never give the demo real data.[/]",
         soft_wrap=True,
