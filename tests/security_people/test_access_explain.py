@@ -287,3 +287,12 @@ def test_fuzzed_relation_tables_load_or_fail_clearly(records: dict[str, list[obj
         assert err.problems
         return
     explain([view("ann", "p1", T), view("bob", "p2", T + 60)], rel)  # whatever loaded can be used
+
+
+def test_a_user_in_two_departments_is_explained_by_either() -> None:
+    both = [{"user": "ann", "department": "cardiology"}, {"user": "ann", "department": "oncology"}]
+    rel = relations(staff=both, care_team=[])
+    one = relations(staff=both[:1], care_team=[])
+    assert case([view("ann", "p1", T + DAY)], rel).explanation is Explanation.DEPARTMENT  # e1 is oncology
+    assert case([view("ann", "p2", T + DAY)], rel).explanation is Explanation.DEPARTMENT  # e2 is cardiology
+    assert case([view("ann", "p1", T + DAY)], one).explanation is Explanation.NONE

@@ -29,6 +29,7 @@ enum values and encounter ids only, never a name or a note from the tables (no P
 
 from __future__ import annotations
 
+import csv
 import enum
 import json
 import math
@@ -110,16 +111,11 @@ class ExplainConfig:
     no_encounter_weight: float = 0.5  # an unexplained access to a patient under no one's care at the time
 
     def __post_init__(self) -> None:
+        names = ("team_margin_days", "appointment_days", "department_margin_days", "breadth_weight")
         problems = [
-            f"{name} must be >= 0, got {getattr(self, name)!r}"
-            for name in (
-                "team_margin_days",
-                "appointment_days",
-                "department_margin_days",
-                "breadth_weight",
-                "no_encounter_weight",
-            )
-            if not getattr(self, name) >= 0
+            f"{n} must be >= 0, got {getattr(self, n)!r}"
+            for n in (*names, "no_encounter_weight")
+            if not getattr(self, n) >= 0
         ]
         if not 0 <= self.explained_rule_factor <= 1:
             problems.append(f"explained_rule_factor must be in [0, 1], got {self.explained_rule_factor!r}")
@@ -198,32 +194,31 @@ def _checked(frame: pd.DataFrame, name: str, problems: list[str]) -> pd.DataFram
 
 def load_relations(directory: Path) -> Relations:
     """Read the relationship tables of ``directory`` (see the module docstring); missing tables are empty."""
-    import pandas as pd
-
     if not directory.is_dir():
         raise ConfigError(f"{directory}: not a directory of relationship tables")
     problems: list[str] = []
-    tables = {}
+    records: dict[str, list[Mapping[str, object]]] = {}
     for name in TABLES:
-        csv, js = directory / f"{name}.csv", directory / f"{name}.json"
+        path = next((p for p in (directory / f"{name}.csv", directory / f"{name}.json") if p.is_file()), None)
         try:
-            if csv.is_file():
-                frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
-            elif js.is_file():
-                raw = json.loads(js.read_text(encoding="utf-8"))
-                if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
-                    problems.append(f"{js.name}: must be a JSON list of objects")
+            if path is not None and path.suffix == ".csv":
+                with path.open(encoding="utf-8", newline="") as f:
+                    records[name] = list(csv.DictReader(f))
+            elif path is not None:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(raw, list):
+                    problems.append(f"{path.name}: must be a JSON list of objects")
                     continue
-                frame = pd.DataFrame(raw)
-            else:
-                continue
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
+                records[name] = raw
+        except (OSError, ValueError, csv.Error) as exc:
             problems.append(f"{name}: cannot read: {exc}")
-            continue
-        tables[name] = _checked(frame, name, problems)
+    try:
+        relations = Relations.from_records(records, where=str(directory))
+    except ValidationError as exc:
+        problems += exc.problems
     if problems:
         raise ValidationError(problems[:20], where=str(directory))
-    return Relations(tables=tables)
+    return relations
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -268,7 +263,7 @@ def _explain_rows(frame: pd.DataFrame, rel: Relations, cfg: ExplainConfig) -> tu
     detail = np.full(n, "", dtype=object)
     enc = rel["encounters"]
     team = rel["care_team"].merge(enc, on="encounter", how="inner")
-    staff = rel["staff"][["user", "department"]].drop_duplicates("user")
+    staff = rel["staff"][["user", "department"]].drop_duplicates()  # a user may work in several departments
     with_dept = frame.reset_index().merge(staff, on="user", how="inner").set_index("index")
     pair, appts = ["user", "patient"], rel["appointments"]
     tries = [
