@@ -249,6 +249,9 @@ def test_alerts_list_with_relations_explains_a_log_end_to_end(
     audited = [r.getMessage() for r in caplog.records if "security.access_alert" in r.getMessage()]
     assert len(audited) >= 10 and all("board member" not in m for m in audited)
     assert "explained by a relationship" in text.splitlines()[-1] and "family link" in text
+    assert main([*common, "--baseline-days", "1", "--budget", "3"]) == 0  # the anomaly detector runs first
+    both = capsys.readouterr().out
+    assert "events after a baseline of" in both and "3 of" in both.splitlines()[-1]
     assert main(["alerts", "list", "--events", str(events), "--relations", str(tmp_path / "nope"), "--site", "x",
                  "--users-db", str(db)]) == 1  # fmt: skip
     assert "not a directory of relationship tables" in capsys.readouterr().err
