@@ -187,3 +187,16 @@ def test_fhir_document_references_become_scrubbed_features_by_patient(
     assert rows.shape[0] == len(table) - job.consent.rows_excluded
     assert not rows[:, [job.data.feature_names.index(w) for w in names]].any()  # no name counted
     assert rows[:, job.data.feature_names.index("illness")].any()
+
+
+def test_a_labels_csv_problem_names_the_line_never_the_patient(tmp_path: Path) -> None:
+    from medfed.data.notes_source import _patient_labels  # the labels reader of FHIR notes
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("patient_id,label\nMRN-40213,1\nMRN-40213,0\n")
+
+    with pytest.raises(DataError) as err:
+        _patient_labels(labels, "label")
+
+    assert f"{labels}: line 3: patient_id listed twice" in str(err.value)
+    assert "40213" not in str(err.value)  # a job's error travels to the coordinator

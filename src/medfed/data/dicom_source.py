@@ -73,7 +73,7 @@ def read_label_csv(path: Path, label: str) -> tuple[str, dict[str, int]]:
         raise DataError(f"{path}: needs one of {list(_LABEL_KEYS)} and a {label!r} column (has {list(frame.columns)})")
     keys, values = frame[key].str.strip(), frame[label].str.strip()
     problems = [f"{path}: line {i + 2}: label {v!r} is not 0 or 1" for i, v in enumerate(values) if v not in ("0", "1")]
-    problems += [f"{path}: line {i + 2}: {key} {keys[i]!r} listed twice" for i in np.nonzero(keys.duplicated())[0]]
+    problems += [f"{path}: line {i + 2}: {key} listed twice" for i in np.nonzero(keys.duplicated())[0]]  # no value: PHI
     if problems:
         raise DataError("\n".join(problems[:MAX_LISTED]))
     return key, {k: int(v) for k, v in zip(keys, values, strict=True)}
@@ -84,7 +84,8 @@ def _label(ds: Dataset, opts: ImageOptions, table: tuple[str, dict[str, int]] | 
     if table is not None:
         key, labels = table
         value = str(ds.get(key if key != "patient_id" else "PatientID", "")).strip()
-        return labels.get(value, f"{key} {value!r} not in the labels CSV")
+        # never the value itself: a job's error travels to the coordinator, and a PatientID is PHI
+        return labels.get(value, f"its {key} is not in the labels CSV")
     if opts.label_attribute not in ds:
         return f"no {opts.label_attribute} attribute to label it by"
     return int(str(ds.get(opts.label_attribute)).strip() in opts.positive)

@@ -47,7 +47,8 @@ def _patient_labels(path: Path, label: str) -> dict[str, int]:
         raise DataError(f"{path}: needs patient_id and {label!r} columns (has {list(frame.columns)})")
     ids, values = frame["patient_id"].str.strip(), frame[label].str.strip()
     problems = [f"{path}: line {i + 2}: label {v!r} is not 0 or 1" for i, v in enumerate(values) if v not in ("0", "1")]
-    problems += [f"{path}: line {i + 2}: patient {ids[i]!r} listed twice" for i in np.nonzero(ids.duplicated())[0]]
+    # never the id itself: a job's error travels to the coordinator
+    problems += [f"{path}: line {i + 2}: patient_id listed twice" for i in np.nonzero(ids.duplicated())[0]]
     if problems:
         raise DataError("\n".join(problems[:MAX_LISTED]))
     return {p: int(v) for p, v in zip(ids, values, strict=True)}
@@ -141,7 +142,7 @@ def index_notes(decl: DatasetDecl) -> pd.DataFrame:
         for row in rows:
             row["label"] = labels.get(row["patient_id"])
             if row["label"] is None:
-                problems.append(f"{row['where']}: patient {row['patient_id']!r} has no label in {opts.labels}")
+                problems.append(f"{row['where']}: its patient has no label in {opts.labels}")  # no id: PHI
     if not rows and not problems:
         problems.append(f"{decl.path}: no notes")
     if problems:
