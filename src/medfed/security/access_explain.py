@@ -33,10 +33,10 @@ import csv
 import enum
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -325,7 +325,7 @@ def explain(
     if not len(frame):
         return []
     agg, details, breadth = _per_case(_per_access(frame, relations, cfg))
-    rows = zip(agg.itertuples(index=False), details, breadth, strict=True)
+    rows = zip(agg.to_dict("records"), details, breadth, strict=True)
     return [_case(row, d, int(b), cfg) for row, d, b in rows]
 
 
@@ -364,28 +364,30 @@ def _per_case(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray
     return agg, details, breadth
 
 
-def _case(row: object, detail: str, breadth: int, cfg: ExplainConfig) -> AuditCase:
-    level = _LEVELS[int(row.level)]  # type: ignore[attr-defined]  # a pandas itertuples row
-    best = _LEVELS[int(row.best)]  # type: ignore[attr-defined]
-    rules = tuple(k for k in RuleKind if bool(getattr(row, f"rule_{k.value}")))
+def _case(row: Mapping[Hashable, Any], detail: str, breadth: int, cfg: ExplainConfig) -> AuditCase:
+    level = _LEVELS[int(row["level"])]
+    best = _LEVELS[int(row["best"])]
+    rules = tuple(k for k in RuleKind if bool(row[f"rule_{k.value}"]))
     reasons = []
     if level is Explanation.NONE:
         reasons.append("no treating-team, appointment or department relationship explains this access")
         if best is not Explanation.NONE:
             reasons[-1] = "some accesses are not explained by any relationship"
-        if not bool(row.cared):  # type: ignore[attr-defined]
+        if not bool(row["cared"]):
             reasons.append("the patient had no current encounter in any department")
     else:
         enc = f" of encounter {detail}" if detail and level is not Explanation.APPOINTMENT else ""
         reasons.append(f"explained: {level.value}{enc}")
     reasons += [_REASON[k] for k in rules]
-    score = float(row.score) + (0.1 * math.log1p(int(row.accesses)) if level is Explanation.NONE or rules else 0.0)  # type: ignore[attr-defined]
+    score = float(row["score"]) + (
+        0.1 * math.log1p(int(row["accesses"])) if level is Explanation.NONE or rules else 0.0
+    )
     if level is Explanation.NONE and breadth > 1:
         score += cfg.breadth_weight * math.log1p(breadth - 1)
         reasons.append(f"the user opened {breadth} unexplained records that day")
     return AuditCase(
-        user=str(row.user), patient=str(row.patient), day_start=float(row.day) * DAY,  # type: ignore[attr-defined]
-        accesses=int(row.accesses), explanation=level, rules=rules, reasons=tuple(reasons),  # type: ignore[attr-defined]
+        user=str(row["user"]), patient=str(row["patient"]), day_start=float(row["day"]) * DAY,
+        accesses=int(row["accesses"]), explanation=level, rules=rules, reasons=tuple(reasons),
         score=round(score, 6),
     )  # fmt: skip
 
