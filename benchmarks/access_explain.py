@@ -20,9 +20,8 @@ an incident case when an injected incident of that user and patient falls on tha
 
 ``--compare`` scores the same incidents with the per-user anomaly detector
 (:mod:`medfed.security.access_anomaly`, fitted on days 0-20): it sees volume, hours and networks,
-not relationships. Caveat: the simulated events carry the user's own department, so its
-out-of-scope rule cannot fire here; on a log that names the patient's unit it could catch a part of
-the lookups outside the user's department.
+not relationships. The simulated events name the unit treating the patient at the time (as its
+out-of-scope rule expects), but three weeks of consults make every unit "usual" for most users.
 
 The explained share is a property of the simulation (its rates of consults and stray lookups), not a
 measurement of a real hospital; Fabbri & LeFevre report > 90 % on a real one. The weights of

@@ -93,9 +93,10 @@ def _active(h: Hospital, at: float) -> list[tuple[str, str, str, float, float]]:
     return [e for e in h.encounters if e[3] <= at <= e[4]]
 
 
-def _view(s: Staff, patient: str, at: float) -> AccessEvent:
+def _view(s: Staff, patient: str, at: float, unit: str) -> AccessEvent:
+    """A record view; ``unit`` is the department treating the patient at the time ("" if none)."""
     return AccessEvent(user=s.user, role=s.role, action=AccessAction.VIEW, resource=f"patient:{patient}", at=at,
-                       source=s.hosts[0], outcome=Outcome.SUCCESS, bytes=20_000, department=s.dept)  # fmt: skip
+                       source=s.hosts[0], outcome=Outcome.SUCCESS, bytes=20_000, department=unit)  # fmt: skip
 
 
 def simulate(h: Hospital, seed: int, *, first_day: int, days: int) -> list[AccessEvent]:
@@ -121,18 +122,18 @@ def simulate(h: Hospital, seed: int, *, first_day: int, days: int) -> list[Acces
                 u = rng.random()
                 consult = 0.06 if s.dept in ("emergency", "radiology") else 0.03
                 if u < 0.005:
-                    patient = _pid(int(rng.integers(50, N_PATIENTS)))  # a lookup no table explains
+                    patient, unit = _pid(int(rng.integers(50, N_PATIENTS))), ""  # a lookup no table explains
                 elif u < 0.005 + consult and other:
-                    patient = other[int(rng.integers(len(other)))][1]
+                    patient, unit = other[int(rng.integers(len(other)))][1:3]
                 elif u < 0.4 and appts:
-                    patient = appts[int(rng.integers(len(appts)))][0]
+                    patient, unit = appts[int(rng.integers(len(appts)))][0], s.dept
                 elif u < 0.7 and mine:
-                    patient = mine[int(rng.integers(len(mine)))][1]
+                    patient, unit = mine[int(rng.integers(len(mine)))][1:3]
                 elif dept:
-                    patient = dept[int(rng.integers(len(dept)))][1]
+                    patient, unit = dept[int(rng.integers(len(dept)))][1:3]
                 else:
                     continue
-                events.append(_view(s, patient, float(at)))
+                events.append(_view(s, patient, float(at), unit))
     return sorted(events, key=lambda e: e.at)
 
 
@@ -156,7 +157,8 @@ def inject(h: Hospital, seed: int, *, first_day: int, days: int, per_kind: int) 
             if patient is None:
                 continue
             n = int(rng.integers(1, 4))
-            events += [_view(s, patient, at + 300 * k) for k in range(n)]
+            unit = next((e[2] for e in _active(h, at) if e[1] == patient), "")
+            events += [_view(s, patient, at + 300 * k, unit) for k in range(n)]
             incidents.append(Incident(kind, s.user, patient, at, at + 300 * (n - 1)))
             made += 1
     return events, incidents
