@@ -93,6 +93,12 @@ def test_the_demo_serves_its_dashboard_where_its_job_advances_live(page: Any, tm
         assert demo.popen.poll() is None
         page.reload()
         assert page.locator("[data-testid=comparison] tbody tr").count() == 5  # 4 hospitals + the mean
+        # the report link serves the demo's report: the local-only and pooled references beside the federated model
+        page.goto(job.group(2) + "/report")
+        shot(page, "demo-job-report")
+        report = page.inner_text("body")
+        assert "Federated vs local-only vs pooled" in report
+        assert "pooled (reference)" in report and "local-only cleveland" in report
         # the printed one-liner gives the codes of the secret in the printed otpauth URI
         now = time.time()
         around = {
@@ -110,3 +116,24 @@ def test_the_demo_serves_its_dashboard_where_its_job_advances_live(page: Any, tm
             pass  # the coordinator process (which served the dashboard) is gone
     finally:
         demo.stop()
+
+
+def _demo_error(*args: str) -> str:
+    run = subprocess.run([sys.executable, "-m", "medfed", "demo", *args], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stdout + run.stderr
+    return run.stderr
+
+
+def test_the_demo_refuses_a_public_dashboard_address_and_a_totp_code_it_cannot_give(tmp_path: Path) -> None:
+    # Act / Assert: each refusal names the option and why, before anything starts
+    public = _demo_error("--dashboard", "0.0.0.0:8443", "--workdir", str(tmp_path / "w"))
+    assert "--dashboard '0.0.0.0:8443'" in public and "loopback address only" in public
+    assert not (tmp_path / "w").exists()
+    malformed = _demo_error("--dashboard", "localhost", "--workdir", str(tmp_path / "w"))
+    assert "expected HOST:PORT" in malformed
+    assert "--totp-code needs --workdir" in _demo_error("--totp-code", "researcher")
+    assert "the demo's people are ['auditor', 'researcher']" in _demo_error(
+        "--workdir", str(tmp_path), "--totp-code", "bob"
+    )
+    missing = _demo_error("--workdir", str(tmp_path), "--totp-code", "researcher")
+    assert "no demo TOTP secret here" in missing and "researcher.totp" in missing
