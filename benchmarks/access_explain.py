@@ -87,15 +87,17 @@ def run_seed(seed: int, per_kind: int, budgets: tuple[int, ...]) -> dict[str, ob
         for k in sim.KINDS
     }  # fmt: skip
     ranked = rank_cases(cases)
-    at_k, recall_k = {}, {}
+    at_k, recall_k, kind_k = {}, {}, {}
     for k in budgets:
         top = [is_incident(c, incidents) for c in ranked[:k]]
         at_k[k] = sum(t is not None for t in top) / max(min(k, len(ranked)), 1)
         recall_k[k] = sum(t is not None for t in top) / max(int(labels.sum()), 1)
+        kind_k[k] = {n: top.count(n) / max(kinds.count(n), 1) for n in sim.KINDS}  # incident cases of a kind
     return {
         "seed": seed, "normal_accesses": len(normal), "incidents": len(incidents), "cases": len(cases),
         "flagged": len(ranked), "incident_cases": int(labels.sum()), "explained_normal": explained,
         "flagged_recall": flagged_recall, "precision_at_k": at_k, "recall_at_k": recall_k,
+        "recall_at_k_per_kind": kind_k,
         "auc": auc(np.array([c.score for c in cases]), labels), "explain_seconds": elapsed,
         "auc_flagged": auc(np.array([c.score for c in cases if c.flagged]), labels[[c.flagged for c in cases]]),
     }  # fmt: skip
@@ -173,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{float(np.mean([r['auc'] for r in held])):.3f} (among flagged cases only "
               f"{float(np.mean([r['auc_flagged'] for r in held])):.3f}), mean precision@k "
               + ", ".join(f"@{k} {v:.3f}" for k, v in mean.items()))  # fmt: skip
+        for k in budgets:
+            per = {n: float(np.mean([r["recall_at_k_per_kind"][k][n] for r in held])) for n in sim.KINDS}  # type: ignore[index]
+            print(f"  mean recall within a budget of {k}: " + ", ".join(f"{n} {v:.3f}" for n, v in per.items()))
     if args.compare:
         for seed in args.seeds:
             recall = _detector_recall(seed, args.per_kind)
