@@ -207,3 +207,22 @@ def test_a_tag_selected_jobs_spend_counts_against_each_sites_own_matched_dataset
         ("jn", "beta"): "heart",
     }
     store.close()
+
+
+def test_the_node_page_hashes_a_dataset_again_only_when_its_files_changed(tmp_path: Path) -> None:
+    from medfed.node.fingerprints import FingerprintCache, dataset_fingerprint
+
+    data = tmp_path / "heart"
+    data.mkdir()
+    (data / "train.csv").write_text("a,label\n1,0\n2,1\n")
+    (data / "test.csv").write_text("a,label\n4,1\n")
+    datasets = {"heart": DatasetConfig(name="heart", path=data)}
+    cache = FingerprintCache()
+
+    first = dataset_views(datasets, tmp_path, on=dt.date(2026, 1, 1), fingerprints=cache)
+    again = dataset_views(datasets, tmp_path, on=dt.date(2026, 1, 1), fingerprints=cache)
+    (data / "test.csv").write_text("a,label\n4,1\n5,0\n")
+    changed = dataset_views(datasets, tmp_path, on=dt.date(2026, 1, 1), fingerprints=cache)
+
+    assert first[0].fingerprint == again[0].fingerprint and cache.computed == 2  # one hash per content
+    assert changed[0].fingerprint == dataset_fingerprint(datasets["heart"]) != first[0].fingerprint

@@ -48,6 +48,7 @@ from medfed.dashboard.web import (
     csrf_for,
     verify_csrf,
 )
+from medfed.node.fingerprints import FingerprintCache
 from medfed.node.runtime import NodeSettings
 from medfed.security.approvals import ApprovalState, ApprovalStore, open_site_approvals
 from medfed.security.audit import AuditLog, read_log, verify_chain
@@ -93,6 +94,8 @@ class NodePageContext:
     approvals: ApprovalStore | None
     clock: Callable[[], float] = time.time
     csrf_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    #: datasets hashed again only when their files changed (a DICOM directory can be large)
+    fingerprints: FingerprintCache = field(default_factory=FingerprintCache, repr=False)
 
     @property
     def site(self) -> str:
@@ -251,7 +254,7 @@ def datasets(request: Request) -> Response:
     _require(request, Action.BUDGET_READ)
     c = _ctx(request)
     today = dt.datetime.fromtimestamp(c.clock(), dt.UTC).date()
-    views = data.dataset_views(c.settings.datasets, c.state_dir, on=today)
+    views = data.dataset_views(c.settings.datasets, c.state_dir, on=today, fingerprints=c.fingerprints)
     return _render(request, "node/datasets.html", {"datasets": views, "consent": data.consent_counts(c.state_dir)})
 
 
@@ -293,7 +296,7 @@ def _decide(request: Request, form: FormData) -> Response:
         if verdict == "approve":
             expires = _expiry(str(form.get("expires_days", "")).strip(), c.clock())
             ds = c.settings.datasets.get(current.dataset)
-            pins = {current.dataset: data.dataset_fingerprint(ds)} if ds is not None else {}
+            pins = {current.dataset: data.dataset_fingerprint(ds, c.fingerprints)} if ds is not None else {}
             a = c.approvals.approve(spec_hash, by=principal, reason=reason, expires_at=expires, fingerprints=pins)
         elif verdict == "reject":
             a = c.approvals.reject(spec_hash, by=principal, reason=reason)

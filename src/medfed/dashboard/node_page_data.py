@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from medfed.core.errors import MedfedError
+from medfed.core.errors import DataError, MedfedError
 from medfed.data.consent import ConsentRegistry, ConsentStatus
-from medfed.data.sources import fingerprint
 from medfed.node.datasets import local_profile, read_registry
+from medfed.node.fingerprints import FingerprintCache
 from medfed.node.ledger import BudgetStatus, PrivacyLedger
 from medfed.node.runtime import DatasetConfig
 
@@ -76,16 +76,17 @@ def _legacy_rows(path: Path) -> int | None:
         return max(sum(1 for _ in a) - 1, 0) + max(sum(1 for _ in b) - 1, 0)
 
 
-def _digest(path: Path) -> str:
-    try:
-        return fingerprint(path) if path.exists() else ""
-    except OSError:
-        return ""
-
-
-def dataset_views(datasets: Mapping[str, DatasetConfig], state_dir: Path | None, *, on: dt.date) -> list[DatasetView]:
+def dataset_views(
+    datasets: Mapping[str, DatasetConfig],
+    state_dir: Path | None,
+    *,
+    on: dt.date,
+    fingerprints: FingerprintCache | None = None,
+) -> list[DatasetView]:
     """Each declared dataset: format, exact rows (after opt-outs of every purpose), fingerprint and
-    whether it passes validation now (a failing one is not offered to the federation)."""
+    whether it passes validation now (a failing one is not offered to the federation).
+    ``fingerprints``: the page's cache, so a dataset is hashed again only when its files changed."""
+    cache = fingerprints or FingerprintCache()
     registry = read_registry(state_dir)
     views = []
     for name in sorted(datasets):
@@ -94,7 +95,8 @@ def dataset_views(datasets: Mapping[str, DatasetConfig], state_dir: Path | None,
             rows = _legacy_rows(ds.path)
             state = "valid (train.csv and test.csv; no declared schema)" if rows is not None else "missing CSV files"
             views.append(DatasetView(name=name, format="csv (legacy directory)", path=str(ds.path), rows=rows,
-                                     fingerprint=_digest(ds.path), valid=rows is not None, state=state))  # fmt: skip
+                                     fingerprint=dataset_fingerprint(ds, cache), valid=rows is not None,
+                                     state=state))  # fmt: skip
             continue
         decl = ds.decl
         try:
@@ -102,17 +104,19 @@ def dataset_views(datasets: Mapping[str, DatasetConfig], state_dir: Path | None,
         except (MedfedError, OSError) as exc:
             rows, state, valid = None, f"invalid: {exc}", False
         where = "database (dsn)" if decl.dsn else str(decl.path)
-        digest = "" if decl.dsn else _digest(decl.path)
+        digest = dataset_fingerprint(ds, cache)
         views.append(DatasetView(name=name, format=decl.format.value, path=where, rows=rows, fingerprint=digest,
                                  valid=valid, state=state))  # fmt: skip
     return views
 
 
-def dataset_fingerprint(ds: DatasetConfig) -> str:
-    """The content fingerprint an approval pins ('' for a database, which has none)."""
-    if ds.decl is not None:
-        return "" if ds.decl.dsn else _digest(ds.decl.path)
-    return _digest(ds.path)
+def dataset_fingerprint(ds: DatasetConfig, fingerprints: FingerprintCache | None = None) -> str:
+    """The content fingerprint an approval pins, as the node computes it before a task
+    (:mod:`medfed.node.fingerprints`); '' for a database, or files missing or unreadable."""
+    try:
+        return (fingerprints or FingerprintCache()).current(ds)
+    except (DataError, OSError):
+        return ""
 
 
 def consent_counts(state_dir: Path | None) -> ConsentCounts:
