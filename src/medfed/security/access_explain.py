@@ -8,15 +8,17 @@ privacy officer should look at. Relationship *rules* run on **every** access, ex
 (a family member on the treating team is still a conflict): family link, co-worker (the patient is a
 member of staff), the user's own record, VIP patient.
 
-Accesses are grouped into **cases** (one user, one patient, one day) and scored: unexplained 1.0, a
-rule hit adds its weight (half of it when a strong explanation covers the access), and a user who
-opens many unexplained records that day scores higher. :func:`rank_cases` orders them for a review
-budget (precision@k); Boxwala et al. (JAMIA 2011) report AUC 0.91-0.95 for such ranked review.
+Accesses are grouped into **cases** (one user, one patient, one day) and scored: unexplained 1.0
+(1.5 when the patient was under no one's care at the time), a rule hit adds its weight (half of it
+when the treating team or an appointment explains the access; the department is a weak
+explanation and keeps the full weight), and a user who opens many unexplained records that day
+scores higher. :func:`rank_cases` orders the flagged cases for a review budget (precision@k);
+Boxwala et al. (JAMIA 2011) report AUC 0.91-0.95 for ranked review of real snooping cases.
 
 Relationship tables (``DIR/<name>.csv`` or ``DIR/<name>.json``, a list of objects; all optional;
 times are seconds since the epoch; extra columns are ignored and never copied into a case)::
 
-    staff.csv         user, department[, patient]    the user's department; patient = their own record
+    staff.csv         user, department[, patient]    one row per department; patient = their own record
     encounters.csv    encounter, patient, department, start, end
     care_team.csv     encounter, user
     appointments.csv  patient, user, at
@@ -78,8 +80,6 @@ class RuleKind(enum.StrEnum):
     VIP = "vip"
 
 
-_STRONG = (Explanation.TREATING_TEAM, Explanation.APPOINTMENT)
-
 #: table name -> required columns (and which of them are times)
 TABLES: dict[str, tuple[str, ...]] = {
     "staff": ("user", "department"),
@@ -131,11 +131,7 @@ class Relations:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> pd.DataFrame:
-        import pandas as pd
-
-        if name in self.tables:
-            return self.tables[name]
-        return pd.DataFrame({c: pd.Series(dtype=float if c in _TIMES else object) for c in TABLES[name]})
+        return self.tables[name] if name in self.tables else _empty(TABLES[name])
 
     @classmethod
     def from_records(
@@ -162,6 +158,12 @@ class Relations:
         return cls(tables=tables)
 
 
+def _empty(columns: Sequence[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.Series(dtype=float if c in _TIMES else object) for c in columns})
+
+
 def _checked(frame: pd.DataFrame, name: str, problems: list[str]) -> pd.DataFrame:
     import pandas as pd
 
@@ -171,7 +173,7 @@ def _checked(frame: pd.DataFrame, name: str, problems: list[str]) -> pd.DataFram
         problems.append(f"{name}: missing columns {missing}")
         return frame
     if not len(frame):
-        return pd.DataFrame({c: pd.Series(dtype=float if c in _TIMES else object) for c in columns})
+        return _empty(columns)
     out = frame[list(columns)].copy()
     for c in columns:
         if c in _TIMES:
@@ -332,9 +334,8 @@ def explain(
 def _per_access(frame: pd.DataFrame, relations: Relations, cfg: ExplainConfig) -> pd.DataFrame:
     """Each access with its explanation level, encounter id, rule hits, score and day."""
     level, detail = _explain_rows(frame, relations, cfg)
-    rules = _rule_rows(frame, relations)
-    weights = dict(cfg.rule_weights)
-    strong = level <= 1
+    rules, weights = _rule_rows(frame, relations), dict(cfg.rule_weights)
+    strong = level <= 1  # treating team or appointment
     cared = np.zeros(len(frame), dtype=bool)
     margin = cfg.department_margin_days * DAY
     cared[_hits(frame, relations["encounters"], ["patient"], "start", "end", margin)["index"].to_numpy()] = True
