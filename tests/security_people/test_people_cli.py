@@ -146,3 +146,18 @@ def test_the_user_store_needs_its_key(
     monkeypatch.delenv("MEDFED_DATA_KEY")
     with pytest.raises(ConfigError, match="no data key"):
         cli("users", "list", "--users-db", str(tmp_path / "users.db"))
+
+
+def test_a_login_over_a_token_file_others_could_read_makes_it_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli, db = Cli(tmp_path, monkeypatch, capsys), str(tmp_path / "users.db")
+    cli("users", "add", "root", "--role", "federation_admin", "--users-db", db, "--password-stdin", stdin=PW)
+    cli.token_file.parent.mkdir(parents=True)
+    cli.token_file.write_text("an old session\n")
+    cli.token_file.chmod(0o644)
+
+    cli.enrol_and_login("root")
+
+    assert stat.S_IMODE(cli.token_file.stat().st_mode) == 0o600
+    assert cli.token_file.read_text().strip() != "an old session"

@@ -140,6 +140,7 @@ def _principal(store: Any) -> Principal:
 def _write_token(path: Path, secret: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode of os.open applies only to a new file: an old 0644 one stays readable
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
 
