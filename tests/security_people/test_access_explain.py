@@ -255,6 +255,8 @@ def test_alerts_list_with_relations_explains_a_log_end_to_end(
     assert main(["alerts", "list", "--events", str(events), "--relations", str(tmp_path / "nope"), "--site", "x",
                  "--users-db", str(db)]) == 1  # fmt: skip
     assert "not a directory of relationship tables" in capsys.readouterr().err
+    assert main(["alerts", "list", "--state", str(tmp_path), "--relations", str(tmp_path / "rel")]) == 1
+    assert "give it with --events" in capsys.readouterr().err
 
 
 def test_json_tables_load_like_csv_and_extra_columns_are_dropped(tmp_path: Path) -> None:

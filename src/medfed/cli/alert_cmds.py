@@ -51,6 +51,8 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private; type
 
 
 def _list(args: argparse.Namespace) -> int:
+    if args.relations is not None and args.events is None:
+        raise ConfigError("alerts list --relations explains an access log: give it with --events FILE")
     if args.events is not None:
         needed = ("site", "users_db") if args.relations is not None else ("baseline_days", "site", "users_db")
         missing = [f"--{n.replace('_', '-')}" for n in needed if getattr(args, n) is None]
