@@ -140,7 +140,9 @@ def simulate(h: Hospital, seed: int, *, first_day: int, days: int) -> list[Acces
 def inject(h: Hospital, seed: int, *, first_day: int, days: int, per_kind: int) -> tuple[
     list[AccessEvent], list[Incident]
 ]:  # fmt: skip
-    """``per_kind`` incidents of each kind on the given days, and their labels."""
+    """``per_kind`` incidents of each kind on the given days, and their labels. Half the family lookups admit
+    the relative to the user's department first: this adds encounters to ``h`` (write or convert its tables
+    after injecting)."""
     rng = np.random.default_rng(seed + 40_000)
     team = {(u, e) for e, u in h.team}
     by_enc = {e[0]: e for e in h.encounters}
