@@ -7,6 +7,9 @@ processes that talk gRPC over mutual TLS on 127.0.0.1, runs a federated
 logistic regression with a progress bar, and prints federated vs local-only vs pooled accuracy
 beside FLamby's published figures. The local-only and pooled baselines are computed in this
 process from the same public data set, as references: in a real federation they do not exist.
+
+With ``--dashboard`` the coordinator also serves the web dashboard on loopback HTTPS, with demo
+logins (``demo_dashboard``); ``--keep-open`` keeps the federation up after the job until Ctrl-C.
 """
 
 from __future__ import annotations
