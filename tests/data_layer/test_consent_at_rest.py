@@ -108,3 +108,30 @@ def test_a_wrong_or_missing_key_is_refused_not_silently_ignored(tmp_path: Path) 
         ConsentStore(state / "consent.sqlite")
     with pytest.raises(DataError, match="outside its directory"):
         ConsentStore(state / "consent.sqlite", key_path=state / "k.key")
+
+
+def test_an_open_with_nothing_to_convert_writes_nothing_and_a_late_plaintext_row_is_converted(tmp_path: Path) -> None:
+    # Arrange: a converted store (every task opens it afresh: that open must be a read)
+    state = tmp_path / "state"
+    state.mkdir()
+    path = state / "consent.sqlite"
+    store = ConsentStore(path)
+    store.add(records(), source="consent.csv", at=AT)
+    store.close()
+    before = file_bytes(state)
+
+    # Act 1: open again with nothing to convert
+    ConsentStore(path).close()
+    unchanged = file_bytes(state) == before
+    # Act 2: a plaintext row written behind the store's back (an older writer), then an open
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO consent VALUES (?, 'research', 'deny', '2026-01-01', 'old.csv', '')", (IDS[2],))
+    db.close()
+    reopened = ConsentStore(path)
+    registry = reopened.registry()
+    reopened.close()
+
+    # Assert
+    assert unchanged
+    assert all(Pseudonymizer.is_pseudonym(r.patient_id) for r in registry.records) and len(registry.records) == 4
+    assert IDS[2].encode() not in file_bytes(state)

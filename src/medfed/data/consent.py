@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from medfed.core.errors import DataError, PermissionDenied, ValidationError
-from medfed.crypto.pseudonym import Pseudonymizer, new_pseudonym_key
+from medfed.crypto.pseudonym import PREFIX, Pseudonymizer, new_pseudonym_key
 from medfed.data.fhir import iter_resources
 from medfed.data.fhir_views import ViewDefinition, evaluate
 from medfed.data.sources import DatasetDecl, read_table
@@ -274,8 +274,14 @@ class ConsentStore:
         if found is not None and found[0] != self._pseudonym.fingerprint:
             raise DataError(f"consent store {self._path}: its ids were pseudonymised under another key than "
                             f"{CONSENT_KEY_FILE} (fingerprint {found[0]}); restore that key file")  # fmt: skip
-        plain = [(r, p) for r, p in self._db.execute("SELECT rowid, patient_id FROM consent")
-                 if not Pseudonymizer.is_pseudonym(p)]  # fmt: skip
+        # every open (each task reads consent afresh): let SQLite skip the pseudonyms, and write only when needed
+        candidates = self._db.execute(
+            "SELECT rowid, patient_id FROM consent WHERE NOT (substr(patient_id, 1, ?) = ? AND length(patient_id) = ?)",
+            (len(PREFIX), PREFIX, len(PREFIX) + 64),
+        )
+        plain = [(r, p) for r, p in candidates if not Pseudonymizer.is_pseudonym(p)]
+        if found is not None and not plain:
+            return
         with self._db:
             self._db.execute("INSERT OR IGNORE INTO consent_meta VALUES ('key', ?)", (self._pseudonym.fingerprint,))
             self._db.executemany("UPDATE consent SET patient_id=? WHERE rowid=?",
