@@ -10,7 +10,6 @@ SameSite=Strict (:func:`medfed.dashboard.auth.set_cookie`). Serve it only with
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from urllib.parse import quote
 
@@ -34,6 +33,7 @@ from medfed.dashboard.web import (
     LoginRequired,
     NavEntry,
     render,
+    utc_text,
 )
 
 __all__ = ["SECURITY_HEADERS", "BodyLimit", "SecurityHeaders", "create_app", "login_redirect"]
@@ -109,13 +109,6 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
-
-
-def utc_text(ts: float) -> str:
-    """Seconds since the epoch as ``YYYY-MM-DD HH:MM:SS UTC`` (``—`` for none)."""
-    if not ts or ts <= 0:
-        return "—"
-    return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def login_redirect(request: Request, exc: Exception, *, session_cookie: str = SESSION_COOKIE) -> Response:

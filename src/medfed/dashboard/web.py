@@ -20,6 +20,7 @@ not sent with it anyway).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -56,6 +57,7 @@ __all__ = [
     "current_principal",
     "render",
     "require",
+    "utc_text",
     "verify_csrf",
 ]
 
@@ -257,3 +259,11 @@ def render(request: Request, template: str, context: dict[str, Any], *, status_c
     }
     response = templates(request).TemplateResponse(request, template, page | context, status_code=status_code)
     return response
+
+
+def utc_text(ts: float) -> str:
+    """Seconds since the epoch as ``YYYY-MM-DD HH:MM:SS UTC`` (``—`` for none); the ``utc`` filter
+    of the templates."""
+    if not ts or ts <= 0:
+        return "—"
+    return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

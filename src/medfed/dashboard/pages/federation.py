@@ -5,7 +5,6 @@ API shows the same site list with the job list). The page refreshes the status c
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from starlette.requests import Request
@@ -13,15 +12,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from medfed import __version__
-from medfed.dashboard.web import ctx, render, require
+from medfed.dashboard.web import ctx, render, require, utc_text
 
 NAV = ("/federation", "Federation")
 #: A certificate closer than this to its expiry is flagged.
 EXPIRY_WARNING_S = 30 * 86400.0
-
-
-def _when(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts > 0 else "—"
 
 
 def site_rows(request: Request) -> list[dict[str, Any]]:
@@ -44,13 +39,13 @@ def site_rows(request: Request) -> list[dict[str, Any]]:
                 "site": site,
                 "online": site in online,
                 "last_seen": last_seen,
-                "last_seen_text": _when(last_seen),
+                "last_seen_text": utc_text(last_seen),
                 "age_s": max(0.0, now - last_seen),
                 "version": str(stored["version"]),
                 "version_differs": str(stored["version"]) != __version__,
                 "datasets": list(stored["datasets"]),
                 "cert_expires": expires,
-                "cert_expires_text": _when(expires),
+                "cert_expires_text": utc_text(expires),
                 "cert_warning": bool(expires) and expires - now < EXPIRY_WARNING_S,
             }
         )
