@@ -94,9 +94,13 @@ class NodeContext:
                 spec_toml = getattr(task, "spec_toml", "")
                 spec = parse_job_spec(spec_toml, source_name=f"job {job_id}") if spec_toml else None
                 purpose = str(getattr(spec, "purpose", DEFAULT_PURPOSE))
-                loaded = load_for_job(
-                    decl, read_registry(self.state_dir), purpose=purpose, on=self.today(), job_id=job_id
-                )
+                try:
+                    loaded = load_for_job(
+                        decl, read_registry(self.state_dir), purpose=purpose, on=self.today(), job_id=job_id
+                    )
+                except (DataError, ValidationError) as exc:
+                    log.warning("site %s, job %s: dataset %s cannot be used:\n%s", self.site, job_id, name, exc)
+                    raise DataError(site_safe_reason(name, exc)) from None
                 log.info(
                     "site %s, job %s: dataset %s for purpose %r: %d row(s) of %d patient(s) excluded by consent",
                     self.site, job_id, name, purpose, loaded.consent.rows_excluded, loaded.consent.patients_excluded,
@@ -132,6 +136,21 @@ def build_chain(handler: Handler, middleware: Sequence[Middleware]) -> Handler:
 
 def _bind(mw: Middleware, nxt: Handler) -> Handler:
     return lambda task, ctx: mw(task, ctx, nxt)
+
+
+def site_safe_reason(name: str, exc: DataError | ValidationError) -> str:
+    """What the coordinator (and the researcher) may learn when a declared dataset fails at load.
+
+    The full report names rows, files and cell values (a reader's own error can quote a line of
+    the file): it stays in the site's log, where ``medfed data check`` shows it to the site admin.
+    Rows never leave a site, not even inside an error message.
+    """
+    if isinstance(exc, ValidationError):
+        what = f"failed validation ({len(exc.problems)} problem(s))"
+    else:
+        what = "could not be read"
+    where = "its log and `medfed data check` say where (row values stay at the site)"
+    return f"dataset {name!r} {what} at this site; {where}"
 
 
 def error_result(task: TaskMessage, site: str, exc: BaseException) -> ResultMessage:
