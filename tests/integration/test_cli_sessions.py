@@ -215,6 +215,7 @@ def test_a_token_works_within_its_scopes_and_is_refused_outside_them(
     # Arrange: a script's token in a file, and a narrower one in the environment
     token_file = tmp_path / "token"
     token_file.write_text(desk.token(Action.JOB_SUBMIT, Action.JOB_READ, Action.CATALOG_READ) + "\n")
+    token_file.chmod(0o600)  # a bearer secret: the CLI refuses one others can read
     commands = desk.commands()
 
     # Act / Assert: the file's token may submit and search
@@ -254,6 +255,7 @@ def test_a_refused_session_or_token_says_what_was_sent_and_what_to_do(
     secret = desk.token(Action.CATALOG_READ)
     token_file = tmp_path / "token"
     token_file.write_text(secret)
+    token_file.chmod(0o600)  # a bearer secret: the CLI refuses one others can read
     assert main([*search, "--token-file", str(token_file)]) == 0
     for tok in desk.users.tokens(RESEARCHER):
         desk.users.revoke_token(tok.token_id, by=Principal(user_id=RESEARCHER, role=UserRole.RESEARCHER))
@@ -274,6 +276,7 @@ def test_the_client_takes_the_token_file_then_the_session_then_the_environment(
     mine.write_text(config.read_text())
     token_file = tmp_path / "token"
     token_file.write_text("medfed-token-from-file\n")
+    token_file.chmod(0o600)  # a bearer secret: the CLI refuses one others can read
     monkeypatch.setenv("MEDFED_TOKEN", "medfed-token-from-env")
 
     def who(**given: object) -> tuple[str, str]:

@@ -160,6 +160,7 @@ def test_cli_job_commands_take_a_token_file_or_the_environment(
     tok = people.token(RESEARCHER, UserRole.RESEARCHER, Action.JOB_READ)
     token_file = tmp_path / "token"
     token_file.write_text(tok.secret + "\n")
+    token_file.chmod(0o600)  # a bearer secret: the CLI refuses one others can read
 
     assert main(["job", "list", "--config", str(config), "--token-file", str(token_file)]) == 0
     monkeypatch.setenv("MEDFED_TOKEN", tok.secret)

@@ -248,6 +248,8 @@ def read_api_token(token_file: Path | None, environ: Mapping[str, str] | None = 
     else ``$MEDFED_TOKEN``, else '' (the session of ``medfed login --config`` is used)."""
     if token_file is not None:
         try:
+            if token_file.stat().st_mode & 0o077:  # a bearer secret: as ssh does for keys, refuse what others can read
+                raise ConfigError(f"--token-file {token_file}: group or others may read it; chmod 600 {token_file}")
             token = token_file.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"--token-file {token_file}: {exc.strerror or exc}") from None
