@@ -22,6 +22,8 @@ message, never as exceptions across the wire; :func:`error_from_kind` rebuilds t
 
 from __future__ import annotations
 
+import enum
+
 
 class MedfedError(Exception):
     """Base of every medfed error."""
@@ -76,10 +78,26 @@ class AuthenticationError(TransportError):
     kind = "authentication"
 
 
+class Refusal(enum.StrEnum):
+    """Why a site refused a task (its ``task.refused`` audit outcome; travels on the error result)."""
+
+    NO_SPEC = "no-spec"  # the task carries no job spec to judge
+    BAD_SPEC = "bad-spec"  # the spec does not parse, or the task asks for something else
+    POLICY = "policy"  # the site's [policy] forbids the job
+    NOT_CLEARED = "not-cleared"  # no approval of this spec (pending, rejected, expired) nor a standing rule
+    DATASET_CHANGED = "dataset-changed"  # the dataset's content differs from what the approval pinned
+
+
 class PermissionDenied(MedfedError):  # noqa: N818 - reads as a verdict, like PermissionError
-    """An authenticated caller lacks the role for the action."""
+    """An authenticated caller lacks the role for the action.
+
+    A site's governance sets ``refusal`` (and the refused spec's ``spec_hash``) when it refuses a
+    task, so the error result tells the coordinator why without parsing the message.
+    """
 
     kind = "permission"
+    refusal: Refusal | None = None
+    spec_hash: str = ""
 
 
 class DatasetChanged(PermissionDenied):

@@ -6,7 +6,7 @@ import enum
 import hashlib
 from dataclasses import dataclass, field, replace
 
-from medfed.core.errors import ConfigError
+from medfed.core.errors import ConfigError, Refusal
 from medfed.core.params import Parameters
 from medfed.core.selectors import DatasetSelector
 
@@ -349,6 +349,8 @@ class ResultMessage:
     error_kind: str = ""
     error_message: str = ""
     payload: bytes = b""  # secure-aggregation stage message (schema-checked JSON), else empty
+    refusal: Refusal | None = None  # why the site's governance refused the task (None: not a refusal, or an old node)
+    refusal_spec: str = ""  # the refused job spec's SHA-256 (hex), when the refusal concerns one
 
     @property
     def ok(self) -> bool:

@@ -24,7 +24,6 @@ process without a policy (tests, simulations) has no approval step: it is not a 
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import logging
 import time
@@ -34,7 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medfed.core.config import parse_job_spec
-from medfed.core.errors import ConfigError, DataError, DatasetChanged, PermissionDenied, StoreError, ValidationError
+from medfed.core.errors import (
+    ConfigError,
+    DataError,
+    DatasetChanged,
+    PermissionDenied,
+    Refusal,
+    StoreError,
+    ValidationError,
+)
 from medfed.core.records import ResultMessage, TaskKind, TaskMessage
 from medfed.crypto.signing import BAD_SIGNATURE, ModelSignature, model_digest, verify_model
 from medfed.node.fingerprints import FingerprintCache
@@ -54,16 +61,6 @@ __all__ = ["NodeGovernance", "governance", "job_facts", "open_governance"]
 log = logging.getLogger(__name__)
 
 Fields = dict[str, str | int | float | bool]
-
-
-class Refusal(enum.StrEnum):
-    """Why a site refused a task (the ``outcome`` of its ``task.refused`` audit event)."""
-
-    NO_SPEC = "no-spec"  # the task carries no job spec to judge
-    BAD_SPEC = "bad-spec"  # the spec does not parse, or the task asks for something else
-    POLICY = "policy"  # the site's [policy] forbids the job
-    NOT_CLEARED = "not-cleared"  # no approval of this spec (pending, rejected, expired) nor a standing rule
-    DATASET_CHANGED = "dataset-changed"  # the dataset's content differs from what the approval pinned
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,21 +105,21 @@ class NodeGovernance:
         facts = self._facts(task, tags)
         try:
             self.policy.check(facts)
-        except PermissionDenied:
-            self._refused(task, Refusal.POLICY, facts.spec_hash)
+        except PermissionDenied as exc:
+            self._refused(task, Refusal.POLICY, facts.spec_hash, exc=exc)
             raise
         if self.approvals is None:  # approval = "off", audited at start
             return None
         current = self._fingerprint(task, dataset)
         try:
             return self.approvals.check(facts, fingerprint=current)
-        except DatasetChanged:
+        except DatasetChanged as exc:
             changed: Fields = {"dataset": facts.dataset, "fingerprint": current,
                                "reason": f"dataset {facts.dataset} changed since approval"}  # fmt: skip
-            self._refused(task, Refusal.DATASET_CHANGED, facts.spec_hash, changed)
+            self._refused(task, Refusal.DATASET_CHANGED, facts.spec_hash, changed, exc=exc)
             raise
-        except PermissionDenied:
-            self._refused(task, Refusal.NOT_CLEARED, facts.spec_hash)
+        except PermissionDenied as exc:
+            self._refused(task, Refusal.NOT_CLEARED, facts.spec_hash, exc=exc)
             raise
 
     def _fingerprint(self, task: TaskMessage, dataset: DatasetConfig | None) -> str:
@@ -136,11 +133,20 @@ class NodeGovernance:
     def _facts(self, task: TaskMessage, tags: Sequence[str]) -> JobFacts:
         try:
             return job_facts(task, tags=tags)
-        except PermissionDenied:
-            self._refused(task, Refusal.NO_SPEC if not task.spec_toml else Refusal.BAD_SPEC, "")
+        except PermissionDenied as exc:
+            self._refused(task, Refusal.NO_SPEC if not task.spec_toml else Refusal.BAD_SPEC, "", exc=exc)
             raise
 
-    def _refused(self, task: TaskMessage, why: Refusal, spec_hash: str, extra: Fields | None = None) -> None:
+    def _refused(
+        self,
+        task: TaskMessage,
+        why: Refusal,
+        spec_hash: str,
+        extra: Fields | None = None,
+        *,
+        exc: PermissionDenied,
+    ) -> None:
+        exc.refusal, exc.spec_hash = why, spec_hash  # travels on the error result (middleware.error_result)
         fields: Fields = {"job_id": task.job_id, "round": task.round, "outcome": why.value, **(extra or {})}
         if spec_hash:
             fields["spec_hash"] = spec_hash

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from medfed.core.errors import DataError, MedfedError, TaskError, ValidationError, error_kind
+from medfed.core.errors import DataError, MedfedError, PermissionDenied, TaskError, ValidationError, error_kind
 from medfed.core.params import Parameters
 from medfed.core.records import ResultMessage, ResultStatus, TaskKind, TaskMessage
 from medfed.learn.base import TabularData, Task
@@ -154,6 +154,7 @@ def site_safe_reason(name: str, exc: DataError | ValidationError) -> str:
 
 
 def error_result(task: TaskMessage, site: str, exc: BaseException) -> ResultMessage:
+    refused = exc if isinstance(exc, PermissionDenied) else None
     return ResultMessage(
         task_id=task.task_id,
         job_id=task.job_id,
@@ -162,6 +163,8 @@ def error_result(task: TaskMessage, site: str, exc: BaseException) -> ResultMess
         status=ResultStatus.ERROR,
         error_kind=error_kind(exc),
         error_message=f"site {site!r}, round {task.round}: {exc}",
+        refusal=None if refused is None else refused.refusal,
+        refusal_spec="" if refused is None else refused.spec_hash,
     )
 
 

@@ -9,11 +9,12 @@ and no pickle anywhere. The receiver preallocates one buffer and views arrays ov
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from medfed.core.errors import ConfigError, TransportError, ValidationError
+from medfed.core.errors import ConfigError, Refusal, TransportError, ValidationError
 from medfed.core.params import ALLOWED_DTYPES, Parameters
 from medfed.core.records import PrivacySpec, ResultMessage, ResultStatus, Scalar, TaskKind, TaskMessage
 from medfed.transport import medfed_pb2 as pb
@@ -241,6 +242,8 @@ def result_frames(result: ResultMessage) -> Iterator[pb.Frame]:
         error_kind=result.error_kind,
         error_message=result.error_message,
         payload=_checked_payload(result.payload, f"result of task {result.task_id}"),
+        refusal="" if result.refusal is None else result.refusal.value,
+        refusal_spec=result.refusal_spec,
     )
     yield pb.Frame(result=header)
     if params is not None:
@@ -305,6 +308,7 @@ def read_result(frames: Iterable[pb.Frame], *, site: str) -> ResultMessage:
         status = ResultStatus(h.status)
     except ValueError:
         raise TransportError(f"{where}: unknown status {h.status!r}") from None
+    refusal = _checked_refusal(h.refusal, h.refusal_spec, where)
     params = _read_tensors(h.layout, it, where) if h.has_parameters else None
     return ResultMessage(
         task_id=h.task_id,
@@ -318,7 +322,31 @@ def read_result(frames: Iterable[pb.Frame], *, site: str) -> ResultMessage:
         error_kind=h.error_kind,
         error_message=h.error_message,
         payload=_checked_payload(h.payload, where),
+        refusal=refusal,
+        refusal_spec=h.refusal_spec,
     )
+
+
+_SPEC_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def _checked_refusal(refusal: str, spec: str, where: str) -> Refusal | None:
+    """A result header's refusal reason: one of :class:`Refusal` or empty (an old node sends none);
+    the spec hash: empty or 64 lowercase hex digits, and only with a reason."""
+    problems = []
+    reason = None
+    if refusal:
+        try:
+            reason = Refusal(refusal)
+        except ValueError:
+            problems.append(f"unknown refusal {refusal[:40]!r} (known: {', '.join(r.value for r in Refusal)})")
+    if spec and not _SPEC_HASH.fullmatch(spec):
+        problems.append(f"refusal_spec {spec[:80]!r} is not a SHA-256 in hex")
+    elif spec and not refusal:
+        problems.append("refusal_spec without a refusal")
+    if problems:
+        raise TransportError(f"{where}: " + "; ".join(problems))
+    return reason
 
 
 def model_frames(params: Parameters, *, signature: bytes = b"") -> Iterator[pb.Frame]:

@@ -4,89 +4,88 @@
 # source: medfed/transport/medfed.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
+
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
+
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC,
-    7,
-    35,
-    1,
-    '',
-    'medfed/transport/medfed.proto'
+    _runtime_version.Domain.PUBLIC, 7, 35, 1, "", "medfed/transport/medfed.proto"
 )
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
 
 
-
-
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmedfed/transport/medfed.proto\x12\tmedfed.v1\"E\n\x06Scalar\x12\x0b\n\x01\x66\x18\x01 \x01(\x01H\x00\x12\x0b\n\x01i\x18\x02 \x01(\x03H\x00\x12\x0b\n\x01s\x18\x03 \x01(\tH\x00\x12\x0b\n\x01\x62\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value\"8\n\nTensorMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"[\n\x0cTensorLayout\x12&\n\x07tensors\x18\x01 \x03(\x0b\x32\x15.medfed.v1.TensorMeta\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"a\n\rPrivacyHeader\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\x12\x11\n\tclip_norm\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x14\n\x0c\x65val_epsilon\x18\x04 \x01(\x01\"\xa0\x03\n\nTaskHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12\x31\n\x06\x63onfig\x18\x08 \x03(\x0b\x32!.medfed.v1.TaskHeader.ConfigEntry\x12\'\n\x06layout\x18\t \x01(\x0b\x32\x17.medfed.v1.TensorLayout\x12\x12\n\njob_rounds\x18\n \x01(\x05\x12)\n\x07privacy\x18\x0b \x01(\x0b\x32\x18.medfed.v1.PrivacyHeader\x12\x0f\n\x07payload\x18\x0c \x01(\x0c\x12\x11\n\tspec_toml\x18\r \x01(\t\x12\r\n\x05owner\x18\x0e \x01(\t\x12\x17\n\x0fmodel_signature\x18\x0f \x01(\x0c\x1a@\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.medfed.v1.Scalar:\x02\x38\x01\"\xc8\x02\n\x0cResultHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12\x35\n\x07metrics\x18\x06 \x03(\x0b\x32$.medfed.v1.ResultHeader.MetricsEntry\x12\x16\n\x0ehas_parameters\x18\x07 \x01(\x08\x12\'\n\x06layout\x18\x08 \x01(\x0b\x32\x17.medfed.v1.TensorLayout\x12\x12\n\nerror_kind\x18\t \x01(\t\x12\x15\n\rerror_message\x18\n \x01(\t\x12\x0f\n\x07payload\x18\x0b \x01(\x0c\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\x06NoTask\x12\x15\n\rretry_after_s\x18\x01 \x01(\x01\"\x95\x01\n\x05\x46rame\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x15.medfed.v1.TaskHeaderH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.medfed.v1.ResultHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x12!\n\x04none\x18\x04 \x01(\x0b\x32\x11.medfed.v1.NoTaskH\x00\x42\x06\n\x04\x62ody\"O\n\x05Hello\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x02 \x03(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\x12\x14\n\x0c\x63\x61talog_json\x18\x04 \x01(\t\"R\n\x07Welcome\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x1b\n\x13\x63oordinator_version\x18\x03 \x01(\t\"\x16\n\x04\x42\x65\x61t\x12\x0e\n\x06status\x18\x01 \x01(\t\"\x18\n\x07\x42\x65\x61tAck\x12\r\n\x05known\x18\x01 \x01(\x08\"\x16\n\x04Poll\x12\x0e\n\x06wait_s\x18\x01 \x01(\x01\"(\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x1b\n\x08OpenJobs\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\"l\n\tEndedJobs\x12\x30\n\x06states\x18\x01 \x03(\x0b\x32 .medfed.v1.EndedJobs.StatesEntry\x1a-\n\x0bStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\nJobRequest\x12\x11\n\tspec_toml\x18\x01 \x01(\t\x12\x13\n\x0bsource_name\x18\x02 \x01(\t\"\x1a\n\x08JobQuery\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1d\n\x0c\x43\x61talogQuery\x12\r\n\x05query\x18\x01 \x01(\t\"\'\n\x07JobView\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04json\x18\x02 \x01(\t\"`\n\x0cLoginRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x11\n\ttotp_code\x18\x03 \x01(\t\x12\x1a\n\x12\x62reak_glass_reason\x18\x04 \x01(\t\"R\n\nLoginReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x01\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x11\n\temergency\x18\x04 \x01(\x08\x32\x91\x05\n\nFederation\x12\x30\n\x08Register\x12\x10.medfed.v1.Hello\x1a\x12.medfed.v1.Welcome\x12\x30\n\tHeartbeat\x12\x0f.medfed.v1.Beat\x1a\x12.medfed.v1.BeatAck\x12/\n\x08PollTask\x12\x0f.medfed.v1.Poll\x1a\x10.medfed.v1.Frame0\x01\x12\x32\n\x0cSubmitResult\x12\x10.medfed.v1.Frame\x1a\x0e.medfed.v1.Ack(\x01\x12\x36\n\tJobsEnded\x12\x13.medfed.v1.OpenJobs\x1a\x14.medfed.v1.EndedJobs\x12\x36\n\tSubmitJob\x12\x15.medfed.v1.JobRequest\x1a\x12.medfed.v1.JobView\x12\x31\n\x06GetJob\x12\x13.medfed.v1.JobQuery\x1a\x12.medfed.v1.JobView\x12\x33\n\x08ListJobs\x12\x13.medfed.v1.JobQuery\x1a\x12.medfed.v1.JobView\x12\x34\n\tCancelJob\x12\x13.medfed.v1.JobQuery\x1a\x12.medfed.v1.JobView\x12\x35\n\nFetchModel\x12\x13.medfed.v1.JobQuery\x1a\x10.medfed.v1.Frame0\x01\x12<\n\rSearchCatalog\x12\x17.medfed.v1.CatalogQuery\x1a\x12.medfed.v1.JobView\x12\x37\n\x05Login\x12\x17.medfed.v1.LoginRequest\x1a\x15.medfed.v1.LoginReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
+    b'\n\x1dmedfed/transport/medfed.proto\x12\tmedfed.v1"E\n\x06Scalar\x12\x0b\n\x01\x66\x18\x01 \x01(\x01H\x00\x12\x0b\n\x01i\x18\x02 \x01(\x03H\x00\x12\x0b\n\x01s\x18\x03 \x01(\tH\x00\x12\x0b\n\x01\x62\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value"8\n\nTensorMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03"[\n\x0cTensorLayout\x12&\n\x07tensors\x18\x01 \x03(\x0b\x32\x15.medfed.v1.TensorMeta\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c"a\n\rPrivacyHeader\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\x12\x11\n\tclip_norm\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x14\n\x0c\x65val_epsilon\x18\x04 \x01(\x01"\xa0\x03\n\nTaskHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12\x31\n\x06\x63onfig\x18\x08 \x03(\x0b\x32!.medfed.v1.TaskHeader.ConfigEntry\x12\'\n\x06layout\x18\t \x01(\x0b\x32\x17.medfed.v1.TensorLayout\x12\x12\n\njob_rounds\x18\n \x01(\x05\x12)\n\x07privacy\x18\x0b \x01(\x0b\x32\x18.medfed.v1.PrivacyHeader\x12\x0f\n\x07payload\x18\x0c \x01(\x0c\x12\x11\n\tspec_toml\x18\r \x01(\t\x12\r\n\x05owner\x18\x0e \x01(\t\x12\x17\n\x0fmodel_signature\x18\x0f \x01(\x0c\x1a@\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.medfed.v1.Scalar:\x02\x38\x01"\xef\x02\n\x0cResultHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12\x35\n\x07metrics\x18\x06 \x03(\x0b\x32$.medfed.v1.ResultHeader.MetricsEntry\x12\x16\n\x0ehas_parameters\x18\x07 \x01(\x08\x12\'\n\x06layout\x18\x08 \x01(\x0b\x32\x17.medfed.v1.TensorLayout\x12\x12\n\nerror_kind\x18\t \x01(\t\x12\x15\n\rerror_message\x18\n \x01(\t\x12\x0f\n\x07payload\x18\x0b \x01(\x0c\x12\x0f\n\x07refusal\x18\x0c \x01(\t\x12\x14\n\x0crefusal_spec\x18\r \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01"\x1f\n\x06NoTask\x12\x15\n\rretry_after_s\x18\x01 \x01(\x01"\x95\x01\n\x05\x46rame\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x15.medfed.v1.TaskHeaderH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.medfed.v1.ResultHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x12!\n\x04none\x18\x04 \x01(\x0b\x32\x11.medfed.v1.NoTaskH\x00\x42\x06\n\x04\x62ody"O\n\x05Hello\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x02 \x03(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\x12\x14\n\x0c\x63\x61talog_json\x18\x04 \x01(\t"R\n\x07Welcome\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x1b\n\x13\x63oordinator_version\x18\x03 \x01(\t"\x16\n\x04\x42\x65\x61t\x12\x0e\n\x06status\x18\x01 \x01(\t"\x18\n\x07\x42\x65\x61tAck\x12\r\n\x05known\x18\x01 \x01(\x08"\x16\n\x04Poll\x12\x0e\n\x06wait_s\x18\x01 \x01(\x01"(\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t"F\n\x08OpenJobs\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\x12)\n\x07\x62udgets\x18\x02 \x03(\x0b\x32\x18.medfed.v1.BudgetFigures"\xa0\x01\n\rBudgetFigures\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x15\n\repsilon_total\x18\x02 \x01(\x01\x12\x13\n\x0b\x64\x65lta_total\x18\x03 \x01(\x01\x12\x14\n\x0c\x65psilon_used\x18\x04 \x01(\x01\x12\x12\n\ndelta_used\x18\x05 \x01(\x01\x12\x14\n\x0c\x65psilon_held\x18\x06 \x01(\x01\x12\x12\n\ndelta_held\x18\x07 \x01(\x01"l\n\tEndedJobs\x12\x30\n\x06states\x18\x01 \x03(\x0b\x32 .medfed.v1.EndedJobs.StatesEntry\x1a-\n\x0bStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01"4\n\nJobRequest\x12\x11\n\tspec_toml\x18\x01 \x01(\t\x12\x13\n\x0bsource_name\x18\x02 \x01(\t"\x1a\n\x08JobQuery\x12\x0e\n\x06job_id\x18\x01 \x01(\t"\x1d\n\x0c\x43\x61talogQuery\x12\r\n\x05query\x18\x01 \x01(\t"\'\n\x07JobView\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04json\x18\x02 \x01(\t"`\n\x0cLoginRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x11\n\ttotp_code\x18\x03 \x01(\t\x12\x1a\n\x12\x62reak_glass_reason\x18\x04 \x01(\t"R\n\nLoginReply\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x01\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x11\n\temergency\x18\x04 \x01(\x08\x32\x91\x05\n\nFederation\x12\x30\n\x08Register\x12\x10.medfed.v1.Hello\x1a\x12.medfed.v1.Welcome\x12\x30\n\tHeartbeat\x12\x0f.medfed.v1.Beat\x1a\x12.medfed.v1.BeatAck\x12/\n\x08PollTask\x12\x0f.medfed.v1.Poll\x1a\x10.medfed.v1.Frame0\x01\x12\x32\n\x0cSubmitResult\x12\x10.medfed.v1.Frame\x1a\x0e.medfed.v1.Ack(\x01\x12\x36\n\tJobsEnded\x12\x13.medfed.v1.OpenJobs\x1a\x14.medfed.v1.EndedJobs\x12\x36\n\tSubmitJob\x12\x15.medfed.v1.JobRequest\x1a\x12.medfed.v1.JobView\x12\x31\n\x06GetJob\x12\x13.medfed.v1.JobQuery\x1a\x12.medfed.v1.JobView\x12\x33\n\x08ListJobs\x12\x13.medfed.v1.JobQuery\x1a\x12.medfed.v1.JobView\x12\x34\n\tCancelJob\x12\x13.medfed.v1.JobQuery\x1a\x12.medfed.v1.JobView\x12\x35\n\nFetchModel\x12\x13.medfed.v1.JobQuery\x1a\x10.medfed.v1.Frame0\x01\x12<\n\rSearchCatalog\x12\x17.medfed.v1.CatalogQuery\x1a\x12.medfed.v1.JobView\x12\x37\n\x05Login\x12\x17.medfed.v1.LoginRequest\x1a\x15.medfed.v1.LoginReplyb\x06proto3'
+)
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'medfed.transport.medfed_pb2', _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "medfed.transport.medfed_pb2", _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_TASKHEADER_CONFIGENTRY']._loaded_options = None
-  _globals['_TASKHEADER_CONFIGENTRY']._serialized_options = b'8\001'
-  _globals['_RESULTHEADER_METRICSENTRY']._loaded_options = None
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_ENDEDJOBS_STATESENTRY']._loaded_options = None
-  _globals['_ENDEDJOBS_STATESENTRY']._serialized_options = b'8\001'
-  _globals['_SCALAR']._serialized_start=44
-  _globals['_SCALAR']._serialized_end=113
-  _globals['_TENSORMETA']._serialized_start=115
-  _globals['_TENSORMETA']._serialized_end=171
-  _globals['_TENSORLAYOUT']._serialized_start=173
-  _globals['_TENSORLAYOUT']._serialized_end=264
-  _globals['_PRIVACYHEADER']._serialized_start=266
-  _globals['_PRIVACYHEADER']._serialized_end=363
-  _globals['_TASKHEADER']._serialized_start=366
-  _globals['_TASKHEADER']._serialized_end=782
-  _globals['_TASKHEADER_CONFIGENTRY']._serialized_start=718
-  _globals['_TASKHEADER_CONFIGENTRY']._serialized_end=782
-  _globals['_RESULTHEADER']._serialized_start=785
-  _globals['_RESULTHEADER']._serialized_end=1113
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=1067
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=1113
-  _globals['_NOTASK']._serialized_start=1115
-  _globals['_NOTASK']._serialized_end=1146
-  _globals['_FRAME']._serialized_start=1149
-  _globals['_FRAME']._serialized_end=1298
-  _globals['_HELLO']._serialized_start=1300
-  _globals['_HELLO']._serialized_end=1379
-  _globals['_WELCOME']._serialized_start=1381
-  _globals['_WELCOME']._serialized_end=1463
-  _globals['_BEAT']._serialized_start=1465
-  _globals['_BEAT']._serialized_end=1487
-  _globals['_BEATACK']._serialized_start=1489
-  _globals['_BEATACK']._serialized_end=1513
-  _globals['_POLL']._serialized_start=1515
-  _globals['_POLL']._serialized_end=1537
-  _globals['_ACK']._serialized_start=1539
-  _globals['_ACK']._serialized_end=1579
-  _globals['_OPENJOBS']._serialized_start=1581
-  _globals['_OPENJOBS']._serialized_end=1608
-  _globals['_ENDEDJOBS']._serialized_start=1610
-  _globals['_ENDEDJOBS']._serialized_end=1718
-  _globals['_ENDEDJOBS_STATESENTRY']._serialized_start=1673
-  _globals['_ENDEDJOBS_STATESENTRY']._serialized_end=1718
-  _globals['_JOBREQUEST']._serialized_start=1720
-  _globals['_JOBREQUEST']._serialized_end=1772
-  _globals['_JOBQUERY']._serialized_start=1774
-  _globals['_JOBQUERY']._serialized_end=1800
-  _globals['_CATALOGQUERY']._serialized_start=1802
-  _globals['_CATALOGQUERY']._serialized_end=1831
-  _globals['_JOBVIEW']._serialized_start=1833
-  _globals['_JOBVIEW']._serialized_end=1872
-  _globals['_LOGINREQUEST']._serialized_start=1874
-  _globals['_LOGINREQUEST']._serialized_end=1970
-  _globals['_LOGINREPLY']._serialized_start=1972
-  _globals['_LOGINREPLY']._serialized_end=2054
-  _globals['_FEDERATION']._serialized_start=2057
-  _globals['_FEDERATION']._serialized_end=2714
+    DESCRIPTOR._loaded_options = None
+    _globals["_TASKHEADER_CONFIGENTRY"]._loaded_options = None
+    _globals["_TASKHEADER_CONFIGENTRY"]._serialized_options = b"8\001"
+    _globals["_RESULTHEADER_METRICSENTRY"]._loaded_options = None
+    _globals["_RESULTHEADER_METRICSENTRY"]._serialized_options = b"8\001"
+    _globals["_ENDEDJOBS_STATESENTRY"]._loaded_options = None
+    _globals["_ENDEDJOBS_STATESENTRY"]._serialized_options = b"8\001"
+    _globals["_SCALAR"]._serialized_start = 44
+    _globals["_SCALAR"]._serialized_end = 113
+    _globals["_TENSORMETA"]._serialized_start = 115
+    _globals["_TENSORMETA"]._serialized_end = 171
+    _globals["_TENSORLAYOUT"]._serialized_start = 173
+    _globals["_TENSORLAYOUT"]._serialized_end = 264
+    _globals["_PRIVACYHEADER"]._serialized_start = 266
+    _globals["_PRIVACYHEADER"]._serialized_end = 363
+    _globals["_TASKHEADER"]._serialized_start = 366
+    _globals["_TASKHEADER"]._serialized_end = 782
+    _globals["_TASKHEADER_CONFIGENTRY"]._serialized_start = 718
+    _globals["_TASKHEADER_CONFIGENTRY"]._serialized_end = 782
+    _globals["_RESULTHEADER"]._serialized_start = 785
+    _globals["_RESULTHEADER"]._serialized_end = 1152
+    _globals["_RESULTHEADER_METRICSENTRY"]._serialized_start = 1106
+    _globals["_RESULTHEADER_METRICSENTRY"]._serialized_end = 1152
+    _globals["_NOTASK"]._serialized_start = 1154
+    _globals["_NOTASK"]._serialized_end = 1185
+    _globals["_FRAME"]._serialized_start = 1188
+    _globals["_FRAME"]._serialized_end = 1337
+    _globals["_HELLO"]._serialized_start = 1339
+    _globals["_HELLO"]._serialized_end = 1418
+    _globals["_WELCOME"]._serialized_start = 1420
+    _globals["_WELCOME"]._serialized_end = 1502
+    _globals["_BEAT"]._serialized_start = 1504
+    _globals["_BEAT"]._serialized_end = 1526
+    _globals["_BEATACK"]._serialized_start = 1528
+    _globals["_BEATACK"]._serialized_end = 1552
+    _globals["_POLL"]._serialized_start = 1554
+    _globals["_POLL"]._serialized_end = 1576
+    _globals["_ACK"]._serialized_start = 1578
+    _globals["_ACK"]._serialized_end = 1618
+    _globals["_OPENJOBS"]._serialized_start = 1620
+    _globals["_OPENJOBS"]._serialized_end = 1690
+    _globals["_BUDGETFIGURES"]._serialized_start = 1693
+    _globals["_BUDGETFIGURES"]._serialized_end = 1853
+    _globals["_ENDEDJOBS"]._serialized_start = 1855
+    _globals["_ENDEDJOBS"]._serialized_end = 1963
+    _globals["_ENDEDJOBS_STATESENTRY"]._serialized_start = 1918
+    _globals["_ENDEDJOBS_STATESENTRY"]._serialized_end = 1963
+    _globals["_JOBREQUEST"]._serialized_start = 1965
+    _globals["_JOBREQUEST"]._serialized_end = 2017
+    _globals["_JOBQUERY"]._serialized_start = 2019
+    _globals["_JOBQUERY"]._serialized_end = 2045
+    _globals["_CATALOGQUERY"]._serialized_start = 2047
+    _globals["_CATALOGQUERY"]._serialized_end = 2076
+    _globals["_JOBVIEW"]._serialized_start = 2078
+    _globals["_JOBVIEW"]._serialized_end = 2117
+    _globals["_LOGINREQUEST"]._serialized_start = 2119
+    _globals["_LOGINREQUEST"]._serialized_end = 2215
+    _globals["_LOGINREPLY"]._serialized_start = 2217
+    _globals["_LOGINREPLY"]._serialized_end = 2299
+    _globals["_FEDERATION"]._serialized_start = 2302
+    _globals["_FEDERATION"]._serialized_end = 2959
 # @@protoc_insertion_point(module_scope)

@@ -92,7 +92,7 @@ class TaskHeader(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[str] = ..., dataset: _Optional[str] = ..., seed: _Optional[int] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., layout: _Optional[_Union[TensorLayout, _Mapping]] = ..., job_rounds: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyHeader, _Mapping]] = ..., payload: _Optional[bytes] = ..., spec_toml: _Optional[str] = ..., owner: _Optional[str] = ..., model_signature: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("task_id", "job_id", "round", "status", "num_examples", "metrics", "has_parameters", "layout", "error_kind", "error_message", "payload")
+    __slots__ = ("task_id", "job_id", "round", "status", "num_examples", "metrics", "has_parameters", "layout", "error_kind", "error_message", "payload", "refusal", "refusal_spec")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,8 @@ class ResultHeader(_message.Message):
     ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_SPEC_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     job_id: str
     round: int
@@ -122,7 +124,9 @@ class ResultHeader(_message.Message):
     error_kind: str
     error_message: str
     payload: bytes
-    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., status: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., has_parameters: _Optional[bool] = ..., layout: _Optional[_Union[TensorLayout, _Mapping]] = ..., error_kind: _Optional[str] = ..., error_message: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    refusal: str
+    refusal_spec: str
+    def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., status: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., has_parameters: _Optional[bool] = ..., layout: _Optional[_Union[TensorLayout, _Mapping]] = ..., error_kind: _Optional[str] = ..., error_message: _Optional[str] = ..., payload: _Optional[bytes] = ..., refusal: _Optional[str] = ..., refusal_spec: _Optional[str] = ...) -> None: ...
 
 class NoTask(_message.Message):
     __slots__ = ("retry_after_s",)
@@ -191,10 +195,30 @@ class Ack(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
 
 class OpenJobs(_message.Message):
-    __slots__ = ("job_ids",)
+    __slots__ = ("job_ids", "budgets")
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    BUDGETS_FIELD_NUMBER: _ClassVar[int]
     job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    budgets: _containers.RepeatedCompositeFieldContainer[BudgetFigures]
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., budgets: _Optional[_Iterable[_Union[BudgetFigures, _Mapping]]] = ...) -> None: ...
+
+class BudgetFigures(_message.Message):
+    __slots__ = ("dataset", "epsilon_total", "delta_total", "epsilon_used", "delta_used", "epsilon_held", "delta_held")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DELTA_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_USED_FIELD_NUMBER: _ClassVar[int]
+    DELTA_USED_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_HELD_FIELD_NUMBER: _ClassVar[int]
+    DELTA_HELD_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    epsilon_total: float
+    delta_total: float
+    epsilon_used: float
+    delta_used: float
+    epsilon_held: float
+    delta_held: float
+    def __init__(self, dataset: _Optional[str] = ..., epsilon_total: _Optional[float] = ..., delta_total: _Optional[float] = ..., epsilon_used: _Optional[float] = ..., delta_used: _Optional[float] = ..., epsilon_held: _Optional[float] = ..., delta_held: _Optional[float] = ...) -> None: ...
 
 class EndedJobs(_message.Message):
     __slots__ = ("states",)
