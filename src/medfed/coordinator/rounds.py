@@ -83,7 +83,12 @@ class RoundInProgress:
                 raise ValidationError("a result for this round was already received", where=where)
             if not result.ok:
                 self.results[site] = SiteMetrics(
-                    site=site, num_examples=0, metrics={}, error=f"{result.error_kind}: {result.error_message}"
+                    site=site,
+                    num_examples=0,
+                    metrics={},
+                    error=f"{result.error_kind}: {result.error_message}",
+                    refusal=result.refusal,
+                    refusal_spec=result.refusal_spec,
                 )
                 return
             try:

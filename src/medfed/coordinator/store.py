@@ -28,7 +28,7 @@ from typing import Any
 
 from medfed.aggregation.anomaly import AnomalyRecord
 from medfed.coordinator.store_catalog import CatalogTables
-from medfed.core.errors import StoreError
+from medfed.core.errors import Refusal, StoreError
 from medfed.core.records import JobState, RoundRecord
 
 SCHEMA = """
@@ -76,6 +76,13 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE TABLE catalog_reports (site TEXT PRIMARY KEY, reported_at REAL NOT NULL)",
             "CREATE TABLE job_datasets (job_id TEXT NOT NULL, site TEXT NOT NULL, datasets TEXT NOT NULL, "
             "updated REAL NOT NULL, PRIMARY KEY (job_id, site))",
+        ),
+    ),
+    (
+        4,
+        (  # why a site refused a task (a Refusal value, '' otherwise or from an old node) and the spec it refused
+            "ALTER TABLE site_metrics ADD COLUMN refusal TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE site_metrics ADD COLUMN refusal_spec TEXT NOT NULL DEFAULT ''",
         ),
     ),
 )
@@ -208,7 +215,8 @@ class Store(CatalogTables):
             )
             for s in record.sites:
                 db.execute(
-                    "INSERT OR REPLACE INTO site_metrics VALUES (?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO site_metrics (job_id, round, kind, site, num_examples, metrics, error, "
+                    "refusal, refusal_spec) VALUES (?,?,?,?,?,?,?,?,?)",
                     (
                         record.job_id,
                         record.round,
@@ -217,6 +225,8 @@ class Store(CatalogTables):
                         s.num_examples,
                         json.dumps(s.metrics),
                         s.error,
+                        "" if s.refusal is None else s.refusal.value,
+                        s.refusal_spec,
                     ),
                 )
             for a in anomalies:
@@ -316,6 +326,14 @@ class Store(CatalogTables):
             .fetchall()
         )
         return [(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+    def site_refusals(self) -> list[tuple[str, int, str, Refusal, str, str]]:
+        """``(job_id, round, site, refusal, spec_hash, error)`` of every site result that carried a refusal reason."""
+        rows = self._conn().execute(
+            "SELECT job_id, round, site, refusal, refusal_spec, error FROM site_metrics WHERE refusal != '' "
+            "ORDER BY job_id, round"
+        )
+        return [(str(r[0]), int(r[1]), str(r[2]), Refusal(r[3]), str(r[4]), str(r[5])) for r in rows]
 
     def sites_succeeded(self) -> dict[str, set[str]]:
         """job id -> the sites that returned at least one successful result for it."""

@@ -365,6 +365,8 @@ class SiteMetrics:
     num_examples: int
     metrics: dict[str, float]
     error: str = ""
+    refusal: Refusal | None = None  # why the site's governance refused the task (from its result)
+    refusal_spec: str = ""  # the refused spec's SHA-256 (hex), when the refusal concerns one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
