@@ -4,9 +4,12 @@ A site decides approvals itself (:mod:`medfed.security.approvals`, in its own ``
 does not take the coordinator's word; so this page cannot approve anything. What the coordinator
 does see are the refusals coming back from the sites: an error result whose message the site's
 :meth:`ApprovalStore.check` wrote (``site 'x' has not cleared job 'j' (spec 0123abcd4567…): ...``),
-either in a round's per-site results or in the error of a job that failed because of it. This page
-parses those, shows the spec with its diff to the last spec of the same job name that ran at that
-site, and tells the site admin where to decide: the node's local page or ``medfed approvals``.
+either in a round's per-site results or in the error of a job that failed because of it. A site's
+result carries the reason (``not-cleared``, ``dataset-changed``) and the refused spec's hash as
+fields, which this page uses; it parses the message only where they are empty (an older node, or a
+failed job's error text) and for the detail (pending, rejected, expired). This page shows each
+refused spec with its diff to the last spec of the same job name that ran at that site, and
+tells the site admin where to decide: the node's local page or ``medfed approvals``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from starlette.routing import Route
 
 from medfed.coordinator.service import Coordinator
 from medfed.coordinator.store import JobRow
+from medfed.core.errors import Refusal as Reason
 from medfed.dashboard.pages.scope import site_scope, when
 from medfed.dashboard.web import ctx, render
 from medfed.security.authz import Action
@@ -67,9 +71,12 @@ class Refusal:
     job_id: str
     spec_prefix: str  # the first 12 hex digits of the spec's SHA-256
     why: str
+    reason: Reason | None = None  # the site's structured reason (None: parsed from text only)
 
     @property
     def kind(self) -> RefusalKind:
+        if self.reason is Reason.DATASET_CHANGED:
+            return RefusalKind.DATASET_CHANGED
         return _kind(self.why)
 
 
@@ -109,11 +116,17 @@ def not_cleared(coordinator: Coordinator, *, sites: Iterable[str] | None = None)
     jobs = coordinator.store.jobs()  # oldest first
     by_id = {j.job_id: j for j in jobs}
     texts: dict[str, list[str]] = {j.job_id: [j.error] for j in jobs if _MARK in j.error}
-    for job_id, _, _, error in coordinator.store.site_errors(_MARK):
-        texts.setdefault(job_id, []).append(error)
+    fielded = _fielded(coordinator)
+    for job_id, round_, site, error in coordinator.store.site_errors(_MARK):
+        if (job_id, round_, site) not in fielded:  # an older node's result: its text is all there is
+            texts.setdefault(job_id, []).append(error)
+    by_job: dict[str, list[Refusal]] = {}
+    for (job_id, _, _), r in fielded.items():
+        by_job.setdefault(job_id, []).append(r)
     latest: dict[tuple[str, str], tuple[JobRow, Refusal]] = {}
-    for row in sorted((by_id[j] for j in texts if j in by_id), key=lambda j: j.created):
-        for r in (r for t in texts[row.job_id] for r in parse_refusals(t)):
+    for row in sorted((by_id[j] for j in {*texts, *by_job} if j in by_id), key=lambda j: j.created):
+        parsed = (r for t in texts.get(row.job_id, ()) for r in parse_refusals(t))
+        for r in (*parsed, *by_job.get(row.job_id, ())):  # a site's fields win over a job error's text
             if r.job_id == row.job_id and row.spec_hash.startswith(r.spec_prefix) and (keep is None or r.site in keep):
                 latest[(r.site, row.spec_hash)] = (row, r)
     ran = coordinator.store.sites_succeeded() if latest else {}
@@ -133,6 +146,19 @@ def not_cleared(coordinator: Coordinator, *, sites: Iterable[str] | None = None)
             )
         )  # fmt: skip
     return sorted(out, key=lambda n: (bool(n.cleared_since), n.site, -n.refused_at))
+
+
+def _fielded(coordinator: Coordinator) -> dict[tuple[str, int, str], Refusal]:
+    """(job, round, site) -> the refusal a site's result reported in fields (reason and spec hash);
+    the message gives only the detail (pending, rejected, ...), and a reworded one loses nothing else."""
+    out: dict[tuple[str, int, str], Refusal] = {}
+    for job_id, round_, site, reason, spec, error in coordinator.store.site_refusals():
+        if reason not in (Reason.NOT_CLEARED, Reason.DATASET_CHANGED) or not spec:
+            continue
+        texts = [r.why for r in parse_refusals(error) if r.site == site]
+        why = texts[0] if texts else error.split(": ", 1)[-1]
+        out[(job_id, round_, site)] = Refusal(site=site, job_id=job_id, spec_prefix=spec[:12], why=why, reason=reason)
+    return out
 
 
 def _diff(base: JobRow, row: JobRow) -> str:
