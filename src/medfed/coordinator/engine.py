@@ -262,6 +262,7 @@ class JobRunner(threading.Thread):
                 + ("" if round_.sites else f"; no eligible site online ({self._why_no_site()})")
             )
             log.warning("job %s round %d: %s", self.ctx.job_id, rnd, reason)
+            self.ctx.store.record_refusals(self.ctx.job_id, rnd, kind, round_.site_metrics())
             if round_.sites and not missing:
                 break
         raise JobError(f"round {rnd} ({kind.value}) failed: {reason}")
