@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from medfed.core.config import parse_job_spec
-from medfed.core.errors import ConfigError, PermissionDenied, ValidationError
+from medfed.core.errors import ConfigError, PermissionDenied, Refusal, ValidationError
 from medfed.core.records import ResultMessage, TaskMessage
 from medfed.core.selectors import DatasetSelector
 from medfed.security.audit_events import AuditAction
@@ -74,8 +74,6 @@ def select_dataset(task: TaskMessage, ctx: NodeContext, nxt: Handler) -> ResultM
         name = resolve_dataset(task, ctx.site, ctx.datasets)
     except PermissionDenied:
         if ctx.governance is not None:
-            from medfed.node.governance import Refusal  # governance imports this module
-
             fields: dict[str, str | int | float | bool] = {"job_id": task.job_id, "round": task.round}
             ctx.governance.record(AuditAction.TASK_REFUSED, fields | {"outcome": Refusal.BAD_SPEC.value})
         raise
