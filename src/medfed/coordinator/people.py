@@ -40,7 +40,7 @@ from medfed.crypto.aead import Keyring
 from medfed.security.audit_events import ALLOWED_FIELDS, AuditAction
 from medfed.security.authz import Action, Principal, Resource, authorize
 from medfed.security.users import AuthenticationFailed, AuthPolicy, Credentials, UserStore
-from medfed.transport.api import Hello, JobViewDict, LoginGrant, Peer, PollOutcome, Welcome
+from medfed.transport.api import BudgetFigures, Hello, JobViewDict, LoginGrant, Peer, PollOutcome, Welcome
 from medfed.transport.signed_calls import RefusedCall
 
 __all__ = ["PeopleGuard", "open_user_store", "refused_call_audit"]
@@ -251,8 +251,10 @@ class PeopleGuard:
     def submit(self, peer: Peer, result: ResultMessage) -> None:
         self._inner.submit(peer, result)
 
-    def jobs_ended(self, peer: Peer, job_ids: tuple[str, ...]) -> dict[str, str]:
-        return self._inner.jobs_ended(peer, job_ids)
+    def jobs_ended(
+        self, peer: Peer, job_ids: tuple[str, ...], budgets: tuple[BudgetFigures, ...] = ()
+    ) -> dict[str, str]:
+        return self._inner.jobs_ended(peer, job_ids, budgets)
 
     # --- people-facing -----------------------------------------------------------------------
 

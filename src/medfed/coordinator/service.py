@@ -32,7 +32,7 @@ from medfed.core.records import JobState, ResultMessage, Role
 from medfed.crypto.aead import Keyring
 from medfed.learn.base import Task
 from medfed.learn.registry import load_task
-from medfed.transport.api import MAX_OPEN_JOBS, Hello, JobViewDict, Peer, PollOutcome, Welcome
+from medfed.transport.api import MAX_OPEN_JOBS, BudgetFigures, Hello, JobViewDict, Peer, PollOutcome, Welcome
 
 log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a job id as nodes' ledgers hold it
@@ -194,15 +194,20 @@ class Coordinator:
         finally:
             self.nodes.notify()
 
-    def jobs_ended(self, peer: Peer, job_ids: tuple[str, ...]) -> dict[str, str]:
+    def jobs_ended(
+        self, peer: Peer, job_ids: tuple[str, ...], budgets: tuple[BudgetFigures, ...] = ()
+    ) -> dict[str, str]:
         """Which of ``job_ids`` (a node's open privacy-budget reservations) belong to jobs that are
         over, with their final state. Unknown ids get no answer: the node keeps those holds. The
-        node decides what to give back; its ledger returns at most ``reserved - committed``."""
+        node decides what to give back; its ledger returns at most ``reserved - committed``.
+        ``budgets``, the node's ledger figures per dataset, are kept as the site's latest snapshot."""
         self.nodes.touch(peer.name)
         problems = [f"{len(job_ids)} job ids, at most {MAX_OPEN_JOBS}"] if len(job_ids) > MAX_OPEN_JOBS else []
         problems += [f"job id #{i} is not an id" for i, j in enumerate(job_ids) if not _JOB_ID.fullmatch(j)]
         if problems:
             raise ValidationError(problems, where=f"jobs_ended from site {peer.name!r}")
+        if budgets:
+            self.store.record_budgets(peer.name, budgets)
         rows = (self.store.job(j) for j in dict.fromkeys(job_ids))
         return {r.job_id: r.state.value for r in rows if r is not None and r.state.finished}
 

@@ -5,7 +5,8 @@ reported per round), ``anomalies`` (anomaly detection's report per site and fit 
 that ask for it), ``checkpoints`` (file, SHA-256, round), ``nodes`` (last contact),
 ``query_results`` (a query job's combined result, JSON), ``catalog`` (each site's catalog entries,
 replaced at each registration) with ``catalog_reports`` (when each site last reported), and
-``job_datasets`` (which dataset(s) of each site a job's selector matched).
+``job_datasets`` (which dataset(s) of each site a job's selector matched), and ``budget_snapshots``
+(each site's privacy-ledger figures per dataset, :mod:`medfed.coordinator.store_budgets`).
 Every write is one transaction; a killed coordinator leaves the last committed state. The catalog
 and dataset-selection tables' methods live in :mod:`medfed.coordinator.store_catalog`.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from medfed.aggregation.anomaly import AnomalyRecord
+from medfed.coordinator.store_budgets import BudgetTables
 from medfed.coordinator.store_catalog import CatalogTables
 from medfed.core.errors import Refusal, StoreError
 from medfed.core.records import JobState, RoundRecord, SiteMetrics, TaskKind
@@ -79,6 +81,15 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         ),
     ),
     (
+        3,
+        (
+            "CREATE TABLE budget_snapshots (site TEXT NOT NULL, dataset TEXT NOT NULL, epsilon_total REAL NOT NULL, "
+            "delta_total REAL NOT NULL, epsilon_used REAL NOT NULL, delta_used REAL NOT NULL, "
+            "epsilon_held REAL NOT NULL, delta_held REAL NOT NULL, reported_at REAL NOT NULL, "
+            "PRIMARY KEY (site, dataset))",
+        ),
+    ),
+    (
         4,
         (  # why a site refused a task (a Refusal value, '' otherwise or from an old node) and the spec it refused
             "ALTER TABLE site_metrics ADD COLUMN refusal TEXT NOT NULL DEFAULT ''",
@@ -105,7 +116,7 @@ class JobRow:
     updated: float
 
 
-class Store(CatalogTables):
+class Store(CatalogTables, BudgetTables):
     """Thread-safe access to the coordinator database at ``path``."""
 
     def __init__(self, path: Path) -> None:

@@ -230,6 +230,19 @@ class PrivacyLedger:
         out = [self.close_job(ds, job_id, reason=reason) for (ds,) in rows]
         return [r for r in out if r is not None]
 
+    def figures(self) -> list[tuple[str, float, float, float, float, float, float]]:
+        """Per dataset with a budget: (dataset, ε total, δ total, ε committed, δ committed, ε held,
+        δ held), held being what open reservations hold beyond their committed spend."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT b.dataset, b.epsilon, b.delta,"
+                " COALESCE(SUM(j.spent_epsilon), 0), COALESCE(SUM(j.spent_delta), 0),"
+                " COALESCE(SUM(CASE WHEN j.open THEN MAX(0, j.reserved_epsilon - j.spent_epsilon) ELSE 0 END), 0),"
+                " COALESCE(SUM(CASE WHEN j.open THEN MAX(0, j.reserved_delta - j.spent_delta) ELSE 0 END), 0)"
+                " FROM budgets b LEFT JOIN jobs j ON j.dataset = b.dataset GROUP BY b.dataset ORDER BY b.dataset"
+            ).fetchall()
+        return [(str(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]), float(r[6])) for r in rows]
+
     def open_jobs(self, *, limit: int = 256) -> list[str]:
         """Ids of the jobs holding an open account on any dataset, oldest first (at most ``limit``)."""
         with self._lock:

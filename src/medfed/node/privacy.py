@@ -39,6 +39,7 @@ from medfed.privacy.accounting import epsilon
 from medfed.privacy.mechanisms import secure_rng
 from medfed.secagg.wire import CLIENT_DP_PREFIX
 from medfed.security.audit_events import AuditAction
+from medfed.transport.api import BudgetFigures
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,14 @@ def release_ended_jobs(ctx: NodeContext, ended: Mapping[str, str], *, asked: Col
 
 
 _FINISHED = frozenset(s.value for s in JobState if s.finished)
+
+
+def budget_figures(ledger: PrivacyLedger | None) -> tuple[BudgetFigures, ...]:
+    """The ledger's figures per dataset as the node reports them (numbers only, no patient data)."""
+    if ledger is None:
+        return ()
+    keys = ("epsilon_total", "delta_total", "epsilon_used", "delta_used", "epsilon_held", "delta_held")
+    return tuple(BudgetFigures(dataset=row[0], **dict(zip(keys, row[1:], strict=True))) for row in ledger.figures())
 
 
 def _with_spend(result: ResultMessage, task: TaskMessage, ledger: PrivacyLedger) -> ResultMessage:

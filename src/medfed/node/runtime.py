@@ -37,7 +37,7 @@ from medfed.learn.registry import load_task
 from medfed.node.governance import open_governance
 from medfed.node.ledger import PrivacyLedger
 from medfed.node.middleware import Handler, Middleware, NodeContext, build_chain, default_middleware, run_task
-from medfed.node.privacy import release_ended_jobs
+from medfed.node.privacy import budget_figures, release_ended_jobs
 from medfed.security.node_policy import NodePolicy
 from medfed.transport.api import MAX_OPEN_JOBS, CoordinatorLink, Hello
 
@@ -178,22 +178,25 @@ class NodeRuntime:
         self._heartbeat_s = welcome.heartbeat_interval_s
         self._registered.set()
         log.info("site %s registered with coordinator %s", welcome.site, welcome.coordinator_version)
-        self._release_ended()  # a job may have ended while we were away (or before a restart)
+        self._release_ended(report=True)  # a job may have ended while we were away (or before a restart)
 
-    def _release_ended(self) -> None:
+    def _release_ended(self, *, report: bool = False) -> None:
         """Ask which jobs holding open reservations in the ledger are over; give their unspent
-        rest back (:func:`medfed.node.privacy.release_ended_jobs`)."""
+        rest back (:func:`medfed.node.privacy.release_ended_jobs`). Each question carries the
+        ledger's figures per dataset (the coordinator's Privacy page shows them); after a release
+        the node asks once more, so the coordinator sees the figures without the released holds.
+        With ``report`` (registration) the figures go even when no reservation is open."""
         self._release_checked = time.monotonic()
         ledger = self.context.ledger
         asked = ledger.open_jobs(limit=MAX_OPEN_JOBS) if ledger is not None else []
-        if not asked:
+        if not asked and not (report and budget_figures(ledger)):
             return
         try:
-            ended = self.link.jobs_ended(tuple(asked))
+            ended = self.link.jobs_ended(tuple(asked), budget_figures(ledger))
+            if release_ended_jobs(self.context, ended, asked=set(asked)) and ledger is not None:
+                self.link.jobs_ended(tuple(ledger.open_jobs(limit=MAX_OPEN_JOBS)), budget_figures(ledger))
         except (TransportError, ValidationError) as exc:  # asked again later; polling reports a lost link
             log.warning("site %s: could not ask which jobs ended: %s", self.settings.site, exc)
-            return
-        release_ended_jobs(self.context, ended, asked=set(asked))
 
     def _serve(self) -> None:
         while not self.stop_event.is_set() and self._registered.is_set():

@@ -6,6 +6,7 @@ the current time per call, so a retry is signed again, never resent.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -23,7 +24,7 @@ from medfed.crypto.request_signing import RequestSigner
 from medfed.transport import codec
 from medfed.transport import medfed_pb2 as pb
 from medfed.transport import medfed_pb2_grpc as pb_grpc
-from medfed.transport.api import Hello, LoginGrant, Welcome
+from medfed.transport.api import BudgetFigures, Hello, LoginGrant, Welcome
 from medfed.transport.grpc_server import ERROR_KIND_KEY, SESSION_KEY
 from medfed.transport.signed_calls import TOKEN_KEY, StreamDigest, message_digest, method_path
 
@@ -150,8 +151,9 @@ class GrpcCoordinatorLink(_Client):
 
         return self._rpc(call)
 
-    def jobs_ended(self, job_ids: tuple[str, ...]) -> dict[str, str]:
-        req = pb.OpenJobs(job_ids=list(job_ids))
+    def jobs_ended(self, job_ids: tuple[str, ...], budgets: tuple[BudgetFigures, ...] = ()) -> dict[str, str]:
+        figures = [pb.BudgetFigures(**dataclasses.asdict(b)) for b in budgets]
+        req = pb.OpenJobs(job_ids=list(job_ids), budgets=figures)
         reply = self._rpc(
             lambda: self._stub.JobsEnded(req, timeout=self._timeout, metadata=self._signed("JobsEnded", req))
         )

@@ -43,7 +43,7 @@ from medfed.crypto.request_signing import DEFAULT_MAX_NONCES, DEFAULT_SKEW_S, Re
 from medfed.transport import codec
 from medfed.transport import medfed_pb2 as pb
 from medfed.transport import medfed_pb2_grpc as pb_grpc
-from medfed.transport.api import CoordinatorAPI, Hello, Login, Peer
+from medfed.transport.api import BudgetFigures, CoordinatorAPI, Hello, Login, Peer
 from medfed.transport.signed_calls import (
     TOKEN_KEY,
     RefusedCall,
@@ -265,7 +265,15 @@ class FederationServicer(pb_grpc.FederationServicer):  # type: ignore[misc]  # g
 
     def JobsEnded(self, request: pb.OpenJobs, context: grpc.ServicerContext) -> pb.EndedJobs:  # noqa: N802
         peer = self._peer(context, NODE_ROLES, "JobsEnded", request)
-        states = self._call(context, lambda: self._api.jobs_ended(peer, tuple(request.job_ids)))
+        budgets = tuple(
+            BudgetFigures(
+                dataset=b.dataset, epsilon_total=b.epsilon_total, delta_total=b.delta_total,
+                epsilon_used=b.epsilon_used, delta_used=b.delta_used, epsilon_held=b.epsilon_held,
+                delta_held=b.delta_held,
+            )
+            for b in request.budgets
+        )  # fmt: skip
+        states = self._call(context, lambda: self._api.jobs_ended(peer, tuple(request.job_ids), budgets))
         return pb.EndedJobs(states=states)
 
     def SubmitResult(self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext) -> pb.Ack:  # noqa: N802

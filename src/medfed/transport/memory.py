@@ -9,7 +9,7 @@ from __future__ import annotations
 from medfed.core.errors import MedfedError, error_from_kind, error_kind
 from medfed.core.records import ResultMessage, Role, TaskMessage
 from medfed.transport import codec
-from medfed.transport.api import CoordinatorAPI, Hello, Peer, Welcome
+from medfed.transport.api import BudgetFigures, CoordinatorAPI, Hello, Peer, Welcome
 
 
 class MemoryLink:
@@ -39,8 +39,8 @@ class MemoryLink:
         except MedfedError as exc:  # travels as a value on the wire; rebuild it the same way
             raise error_from_kind(error_kind(exc), str(exc)) from None
 
-    def jobs_ended(self, job_ids: tuple[str, ...]) -> dict[str, str]:
-        return dict(self._api.jobs_ended(self._peer, tuple(job_ids)))
+    def jobs_ended(self, job_ids: tuple[str, ...], budgets: tuple[BudgetFigures, ...] = ()) -> dict[str, str]:
+        return dict(self._api.jobs_ended(self._peer, tuple(job_ids), tuple(budgets)))
 
     def close(self) -> None:
         self.closed = True

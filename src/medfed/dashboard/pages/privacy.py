@@ -8,7 +8,11 @@ authority on it. What the coordinator knows, and this page shows with its source
   (declared datasets), and in every DP result (``privacy_epsilon_total``);
 * the ε **left**, as the site reported it with its latest DP result (``privacy_epsilon_left``);
 * each job's **spend** at each site: the job's cumulative ``privacy_epsilon_spent`` /
-  ``privacy_delta_spent`` in that site's latest result.
+  ``privacy_delta_spent`` in that site's latest result;
+* the site's **ledger figures** (total, used = committed, held = open reservations), which the node
+  sends each time it asks which of its jobs ended (at registration, while it holds reservations,
+  and right after it released the holds of ended jobs). When that snapshot is newer than the last
+  DP result, total and left come from it, and used and held are shown apart.
 
 A gauge is a number and a bar (never colour alone).
 """
@@ -24,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from medfed.coordinator.service import Coordinator
+from medfed.coordinator.store_budgets import BudgetSnapshot
 from medfed.core.config import parse_job_spec
 from medfed.core.errors import ConfigError
 from medfed.core.selectors import TAG_PREFIX
@@ -68,6 +73,26 @@ class BudgetGauge:
     left_source: str
     left_at: float | None
     jobs: tuple[SiteSpend, ...]
+    epsilon_committed: float | None = None  # from the site's ledger snapshot, when it is the newest source
+    epsilon_held: float | None = None
+
+    @property
+    def epsilon_unexplained(self) -> float:
+        """Used beyond what is accounted for: by the ledger's committed and held figures when the
+        snapshot is the newest source, else by what the jobs seen here spent."""
+        used = self.epsilon_used
+        if used is None:
+            return 0.0
+        known = self.epsilon_committed if self.epsilon_committed is not None else self.epsilon_spent_by_jobs
+        return max(0.0, used - known - (self.epsilon_held or 0.0))
+
+    @property
+    def epsilon_unreported(self) -> float:
+        """Committed at the site (its ledger) beyond what the job results kept here show: rounds
+        whose results the coordinator did not keep (e.g. a round that failed at another site)."""
+        if self.epsilon_committed is None:
+            return 0.0
+        return max(0.0, self.epsilon_committed - self.epsilon_spent_by_jobs)
 
     @property
     def epsilon_spent_by_jobs(self) -> float:
@@ -145,17 +170,27 @@ def budget_gauges(coordinator: Coordinator, *, sites: Iterable[str] | None = Non
     keep = None if sites is None else set(sites)
     spends = [s for s in site_spends(coordinator) if keep is None or s.site in keep]
     catalog = {k: v for k, v in _catalog_budgets(coordinator).items() if keep is None or k[0] in keep}
-    keys = sorted(set(catalog) | {(s.site, s.dataset) for s in spends})
+    snapshots = {
+        (x.site, x.figures.dataset): x for x in coordinator.store.budget_snapshots() if keep is None or x.site in keep
+    }
+    keys = sorted(set(catalog) | set(snapshots) | {(s.site, s.dataset) for s in spends})
     by_key: dict[tuple[str, str], list[SiteSpend]] = {}
     for s in spends:
         by_key.setdefault((s.site, s.dataset), []).append(s)
     return [
-        _gauge(site, dataset, catalog.get((site, dataset)), by_key.get((site, dataset), [])) for site, dataset in keys
+        _gauge(
+            site, dataset, catalog.get((site, dataset)), by_key.get((site, dataset), []), snapshots.get((site, dataset))
+        )
+        for site, dataset in keys
     ]
 
 
 def _gauge(
-    site: str, dataset: str, catalog: tuple[float, float | None, float | None] | None, jobs: Sequence[SiteSpend]
+    site: str,
+    dataset: str,
+    catalog: tuple[float, float | None, float | None] | None,
+    jobs: Sequence[SiteSpend],
+    snapshot: BudgetSnapshot | None = None,
 ) -> BudgetGauge:
     last = max(jobs, key=lambda j: j.reported_at, default=None)
     total, delta, total_source, total_at = None, None, "not reported (the site sent no budget)", None
@@ -169,9 +204,21 @@ def _gauge(
     if last is not None and last.epsilon_left is not None:
         left, left_at = last.epsilon_left, last.reported_at
         left_source = f"reported with job {last.job_id}'s round {last.round} result"
+    committed, held = None, None
+    if snapshot is not None and (left_at is None or snapshot.reported_at >= left_at):
+        f, source = snapshot.figures, "the site's ledger, reported when it asked which of its jobs ended"
+        committed, held = f.epsilon_used, f.epsilon_held
+        left, left_at, left_source = (
+            max(0.0, f.epsilon_total - f.epsilon_used - f.epsilon_held),
+            snapshot.reported_at,
+            source,
+        )
+        if total_at is None or snapshot.reported_at >= total_at:
+            total, delta, total_at, total_source = f.epsilon_total, f.delta_total, snapshot.reported_at, source
     return BudgetGauge(
         site=site, dataset=dataset, epsilon_total=total, delta_total=delta, total_source=total_source,
         total_at=total_at, epsilon_left=left, left_source=left_source, left_at=left_at, jobs=tuple(jobs),
+        epsilon_committed=committed, epsilon_held=held,
     )  # fmt: skip
 
 
