@@ -30,8 +30,9 @@ from typing import Any
 from medfed.aggregation.anomaly import AnomalyRecord
 from medfed.coordinator.store_budgets import BudgetTables
 from medfed.coordinator.store_catalog import CatalogTables
-from medfed.core.errors import Refusal, StoreError
-from medfed.core.records import JobState, RoundRecord, SiteMetrics, TaskKind
+from medfed.coordinator.store_refusals import RefusalTables
+from medfed.core.errors import StoreError
+from medfed.core.records import JobState, RoundRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -116,7 +117,7 @@ class JobRow:
     updated: float
 
 
-class Store(CatalogTables, BudgetTables):
+class Store(CatalogTables, BudgetTables, RefusalTables):
     """Thread-safe access to the coordinator database at ``path``."""
 
     def __init__(self, path: Path) -> None:
@@ -337,29 +338,6 @@ class Store(CatalogTables, BudgetTables):
             .fetchall()
         )
         return [(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
-
-    def record_refusals(self, job_id: str, round_: int, kind: TaskKind, sites: Sequence[SiteMetrics]) -> None:
-        """Keep the refusals of a round that failed (no :meth:`complete_round` follows): the sites'
-        reasons stay queryable (:meth:`site_refusals`) beside the failed job's error text."""
-        rows = [
-            (job_id, round_, kind.value, s.site, 0, "{}", s.error, s.refusal.value, s.refusal_spec)
-            for s in sites
-            if s.refusal is not None
-        ]
-        with self._tx() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO site_metrics (job_id, round, kind, site, num_examples, metrics, error, "
-                "refusal, refusal_spec) VALUES (?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
-
-    def site_refusals(self) -> list[tuple[str, int, str, Refusal, str, str]]:
-        """``(job_id, round, site, refusal, spec_hash, error)`` of every site result that carried a refusal reason."""
-        rows = self._conn().execute(
-            "SELECT job_id, round, site, refusal, refusal_spec, error FROM site_metrics WHERE refusal != '' "
-            "ORDER BY job_id, round"
-        )
-        return [(str(r[0]), int(r[1]), str(r[2]), Refusal(r[3]), str(r[4]), str(r[5])) for r in rows]
 
     def sites_succeeded(self) -> dict[str, set[str]]:
         """job id -> the sites that returned at least one successful result for it."""
