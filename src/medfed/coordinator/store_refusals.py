@@ -43,9 +43,10 @@ class RefusalTables:
             )
 
     def site_refusals(self) -> list[tuple[str, int, str, Refusal, str, str]]:
-        """``(job_id, round, site, refusal, spec_hash, error)`` of every site result that carried a refusal reason."""
+        """``(job_id, round, site, refusal, spec_hash, error)`` of every site result that carried a
+        refusal reason, oldest first (in the order the coordinator recorded them: job ids are random)."""
         rows = self._conn().execute(
             "SELECT job_id, round, site, refusal, refusal_spec, error FROM site_metrics WHERE refusal != '' "
-            "ORDER BY job_id, round"
+            "ORDER BY rowid"
         )
         return [(str(r[0]), int(r[1]), str(r[2]), Refusal(r[3]), str(r[4]), str(r[5])) for r in rows]
