@@ -21,20 +21,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from dashboard_pages import PASSWORD, TARGET_S, Browser, populate, timed  # the same store, client and timer
-from medfed.coordinator.service import Coordinator, CoordinatorSettings
+from dashboard_pages import (  # same store, client, timer
+    TARGET_S,
+    Browser,
+    auditor_browser,
+    bench_coordinator,
+    populate,
+    time_pages,
+)
+from medfed.coordinator.service import Coordinator
 from medfed.core.records import RoundRecord, SiteMetrics, TaskKind
-from medfed.crypto.aead import Keyring, generate_key
-from medfed.dashboard.app import create_app
-from medfed.dashboard.server import serve_dashboard
-from medfed.dashboard.web import DashboardContext
 from medfed.data.catalog import CatalogColumn, CatalogEntry
 from medfed.security.alerts import AlertSource, AlertStore, StoredAlert, alert_id
 from medfed.security.audit_events import AuditAction, AuditEvent
-from medfed.security.authz import UserRole
-from medfed.security.plan import parse_plan
-from medfed.security.provision import provision
-from medfed.security.users import AuthPolicy, Credentials, UserStore
 
 PAGES = ("/privacy", "/approvals", "/audit", "/audit?action=job.submitted&actor=researcher", "/alerts",
          "/alerts?kind=failed_logins", "/catalog?q=heart+age%3E60")  # fmt: skip
@@ -103,49 +102,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alerts", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="medfed-gov-bench-") as tmp:
-        root = Path(tmp)
-        plan = ('[federation]\nname = "bench"\ncoordinator_host = "127.0.0.1"\ncoordinator_port = 50443\n\n'
-                '[[sites]]\nname = "site-00"\n')  # fmt: skip
-        provision(parse_plan(plan, source_name="bench plan"), root / "fed")
-        kit, state = root / "fed" / "coordinator", root / "state"
-        coordinator = Coordinator(CoordinatorSettings(state_dir=state))
-        cheap = AuthPolicy(argon2_time_cost=1, argon2_memory_kib=8192, argon2_parallelism=1)
-        keyring = Keyring.single(generate_key("k1"))
-        users = UserStore(root / "users.db", audit=lambda e, f: None, keyring=keyring, policy=cheap)
-        users.add_user("auditor", UserRole.AUDITOR, PASSWORD)
-        users.login(Credentials(user_id="auditor", password=PASSWORD))
+    with (
+        tempfile.TemporaryDirectory(prefix="medfed-gov-bench-") as tmp,
+        bench_coordinator(Path(tmp)) as (
+            coordinator,
+            users,
+        ),
+    ):
         t0 = time.perf_counter()
         ids = populate(coordinator, jobs=args.jobs, sites=args.sites, rounds=args.rounds)
         add_governance(coordinator, ids, sites=args.sites, rounds=args.rounds)
-        add_audit_and_alerts(coordinator, state, audit=args.audit, alerts=args.alerts)
+        add_audit_and_alerts(coordinator, Path(tmp) / "state", audit=args.audit, alerts=args.alerts)
         print(f"state: {args.jobs} jobs ({args.jobs // 2} DP, {args.jobs // 10} refused at 5 sites) x {args.rounds} "
               f"rounds over {args.sites} sites, {args.audit} audit entries, {args.alerts} alerts "
               f"(built in {time.perf_counter() - t0:.1f} s)")  # fmt: skip
-        server = serve_dashboard(create_app(DashboardContext(coordinator=coordinator, users=users, state_dir=state)),
-                                 cert_path=kit / "cert.pem", key_path=kit / "key.pem")  # fmt: skip
-        try:
-            browser = Browser(server.port, kit / "ca.pem")
-            browser.login("auditor")
-            timed(browser, "/static/style.css", 3)
-            base, _ = timed(browser, "/static/style.css", args.repeats)
-            print(f"baseline GET /static/style.css: {base * 1e3:.2f} ms (median of {args.repeats})")
-            print(f"{'page':<48} {'status':>6} {'median ms':>10} {'x static':>9}")
-            worst = 0.0
-            for path in PAGES:
-                median, status = timed(browser, path, args.repeats)
-                worst = max(worst, median)
-                print(f"{path:<48} {status:>6} {median * 1e3:>10.1f} {median / base:>9.1f}")
+        with auditor_browser(Path(tmp), coordinator, users) as browser:
+            base, worst = time_pages(browser, PAGES, args.repeats, width=48)
             took = statistics.median(verify_once(browser)[0] for _ in range(3))
             print(f"{'POST /audit/verify (' + verify_once(browser)[1] + ')':<48} {'':>6} {took * 1e3:>10.1f} "
                   f"{took / base:>9.1f}")  # fmt: skip
             print(f"slowest page {worst * 1e3:.0f} ms: {'meets' if worst < TARGET_S else 'MISSES'} the "
                   f"{TARGET_S:.0f} s target; verifying {args.audit} entries took {took * 1e3:.0f} ms")  # fmt: skip
-        finally:
-            server.stop()
-            coordinator.stop()
-            coordinator.store.close()
-            users.close()
     return 0
 
 
